@@ -1,0 +1,67 @@
+#include "opt/nn/dynamic_layer.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace mto {
+namespace nn {
+
+void DynamicLayer::add_transform(Slot slot, const std::string& name,
+                                 std::shared_ptr<TransformImpl> transform) {
+  torch::nn::Module& module = as_module();
+  for (const auto& child : module.named_children()) {
+    if (child.key() == name) {
+      throw std::invalid_argument("layer " + module.name() + " already has a submodule '" +
+                                  name + "'");
+    }
+  }
+  module.register_module(name, transform);
+  transforms_.push_back(Entry{slot, name, std::move(transform)});
+}
+
+std::shared_ptr<TransformImpl> DynamicLayer::remove_transform(const std::string& name) {
+  auto it = std::find_if(transforms_.begin(), transforms_.end(),
+                         [&](const Entry& e) { return e.name == name; });
+  if (it == transforms_.end()) return nullptr;
+  std::shared_ptr<TransformImpl> removed = std::move(it->transform);
+  transforms_.erase(it);
+  as_module().unregister_module(name);
+  return removed;
+}
+
+std::shared_ptr<TransformImpl> DynamicLayer::transform(const std::string& name) const {
+  for (const auto& e : transforms_) {
+    if (e.name == name) return e.transform;
+  }
+  return nullptr;
+}
+
+std::vector<std::string> DynamicLayer::transform_names(Slot slot) const {
+  std::vector<std::string> out;
+  for (const auto& e : transforms_) {
+    if (e.slot == slot) out.push_back(e.name);
+  }
+  return out;
+}
+
+at::Tensor DynamicLayer::apply_transforms(Slot slot, const at::Tensor& x) const {
+  at::Tensor out = x;
+  for (const auto& e : transforms_) {
+    if (e.slot == slot) out = e.transform->forward(out);
+  }
+  return out;
+}
+
+std::vector<NamedDynamicLayer> named_dynamic_layers(torch::nn::Module& model) {
+  std::vector<NamedDynamicLayer> out;
+  if (auto* layer = dynamic_cast<DynamicLayer*>(&model)) out.push_back({"", layer});
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
+    if (auto* layer = dynamic_cast<DynamicLayer*>(item.value().get())) {
+      out.push_back({item.key(), layer});
+    }
+  }
+  return out;
+}
+
+}  // namespace nn
+}  // namespace mto

@@ -1,0 +1,37 @@
+#pragma once
+
+#include <string>
+
+namespace mto {
+
+// Names of the files in a checkpoint directory:
+//
+//   modelopt_state.pb                 the ModeloptState protobuf
+//   model-00001-of-00004.safetensors  one shard of weights per writing rank
+//   model.safetensors.index.json      {"metadata": {"total_size": N}, "weight_map": {...}}
+//   MANIFEST                          written last: files, tensors and their checksums
+//
+// MANIFEST is the 8 bytes kManifestMagic, the payload length (8 bytes, little-endian), the
+// XXH3-64 of the payload (8 bytes, little-endian) and the payload, a serialized mto.Manifest.
+// The framing makes a truncated or altered manifest detectable, which a bare protobuf is not.
+
+inline constexpr char kStateFileName[] = "modelopt_state.pb";
+inline constexpr char kIndexFileName[] = "model.safetensors.index.json";
+inline constexpr char kManifestFileName[] = "MANIFEST";
+inline constexpr char kManifestMagic[] = "MTOMANI1";  // 8 bytes, no terminator on disk
+inline constexpr unsigned kCheckpointFormatVersion = 1;
+
+// Largest metadata file (state, manifest, index, safetensors header) a reader accepts.
+inline constexpr unsigned long long kMaxMetadataBytes = 256ull << 20;
+
+// "model-00001-of-00004.safetensors" for index 0 of 4.
+std::string shard_file_name(int index, int count);
+
+// Throws CheckpointError unless `name` is a plain file name: not empty, no '/', not "." or
+// "..", no NUL. `what` says where the name came from, e.g. "manifest in /ckpt".
+void check_plain_file_name(const std::string& name, const std::string& what);
+
+// `dir` + "/" + `name`.
+std::string path_in(const std::string& dir, const std::string& name);
+
+}  // namespace mto

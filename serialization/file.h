@@ -1,0 +1,59 @@
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace mto {
+
+// An open file descriptor that closes itself. Every failure throws CheckpointError with the
+// path, the operation and the offset. Not safe to share between threads while writing;
+// concurrent read_at calls are safe.
+class File {
+ public:
+  // Creates (or truncates) `path` for writing, mode 0644.
+  static File create(const std::string& path);
+  // Opens an existing `path` for reading.
+  static File open(const std::string& path);
+
+  File(File&& other) noexcept;
+  File& operator=(File&& other) noexcept;
+  File(const File&) = delete;
+  File& operator=(const File&) = delete;
+  ~File();
+
+  // Appends `size` bytes at the current position.
+  void write(const void* data, size_t size);
+  // Reads exactly `size` bytes at `offset`; a short file is reported as truncated.
+  void read_at(void* data, size_t size, uint64_t offset) const;
+  // Size of the file now, from fstat.
+  uint64_t size() const;
+  // Flushes data and metadata to the device (fsync).
+  void sync();
+  // Closes the descriptor, reporting a failure of close itself.
+  void close();
+
+  const std::string& path() const { return path_; }
+  int fd() const { return fd_; }
+
+ private:
+  File(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
+
+  int fd_ = -1;
+  std::string path_;
+  uint64_t written_ = 0;
+};
+
+// Reads the whole of `path`, which must be at most `max_size` bytes.
+std::string read_file(const std::string& path, uint64_t max_size);
+
+// Writes `contents` to `path` (created or truncated) and fsyncs it.
+void write_file_synced(const std::string& path, const std::string& contents);
+
+// fsyncs a directory, so that entries created or renamed in it are durable.
+void sync_directory(const std::string& path);
+
+// "<what> <path>: <strerror(errno_value)>", the common form of I/O error messages.
+std::string io_error_message(const std::string& what, const std::string& path, int errno_value);
+
+}  // namespace mto

@@ -1,0 +1,47 @@
+#pragma once
+
+#include <string>
+
+namespace mto {
+
+// A hidden sibling directory in which a new checkpoint is written, then swapped into place
+// with one atomic rename, so that a crash at any moment leaves the previous checkpoint
+// intact and the new one complete or absent. Not safe to share between threads.
+//
+//   StagingDirectory staging("/ckpt/run1");
+//   ... write files into staging.path(), fsync each ...
+//   staging.commit();  // /ckpt/run1 is now the new checkpoint
+class StagingDirectory {
+ public:
+  // Creates an empty directory "<parent>/.<name>.mto-staging-XXXXXX" next to `target`,
+  // creating the parent directories if needed. Throws CheckpointError if `target` exists
+  // and is neither an empty directory nor an mto checkpoint (it would be lost).
+  explicit StagingDirectory(std::string target);
+  // Removes the staging directory and what it holds unless commit() succeeded.
+  ~StagingDirectory();
+  StagingDirectory(const StagingDirectory&) = delete;
+  StagingDirectory& operator=(const StagingDirectory&) = delete;
+
+  // Where the new checkpoint's files go.
+  const std::string& path() const { return path_; }
+
+  // Makes the staged files the checkpoint at `target`: fsyncs the staging directory,
+  // exchanges it with `target` in one renameat2(RENAME_EXCHANGE) (a plain rename when there
+  // is no `target` yet), fsyncs the parent, and deletes the previous checkpoint. On file
+  // systems without RENAME_EXCHANGE the previous checkpoint is first renamed aside to
+  // "<parent>/.<name>.mto-previous-XXXXXX", which a crash between the two renames leaves
+  // behind (restore then names it). Throws CheckpointError if a rename fails.
+  void commit();
+
+ private:
+  std::string target_;
+  std::string parent_;
+  std::string path_;
+  bool committed_ = false;
+};
+
+// If `target` is missing because a save was interrupted between the two renames of the
+// fallback commit, returns the directory that holds the previous checkpoint; else "".
+std::string find_previous_checkpoint(const std::string& target);
+
+}  // namespace mto
