@@ -127,6 +127,7 @@ void ModeloptStateManager::add_mode(std::shared_ptr<const ModeDescriptor> mode,
   ModeRecord record;
   record.config = mode->config_class();
   record.config->CopyFrom(message_as_type(config, *record.config, what_config(*mode)));
+  mode->validate_config(*record.config);
   record.metadata = mode->metadata_class();
   record.metadata->CopyFrom(message_as_type(
       metadata, *record.metadata, absl::StrCat("metadata of mode '", mode->name(), "'")));
@@ -169,7 +170,6 @@ void ModeloptStateManager::load_state_dict(const ModeloptStateDict& state_dict) 
   for (const ModeEntry& entry : state_dict) {
     auto mode = ModeRegistry::get_from_any(entry.mode());
     MessagePtr config = unpack_message(entry.config(), *mode->config_class(), what_config(*mode));
-    mode->validate_config(*config);
     MessagePtr metadata = unpack_message(entry.metadata(), *mode->metadata_class(),
                                          absl::StrCat("metadata of mode '", mode->name(), "'"));
     add_mode(std::move(mode), *config, *metadata);

@@ -62,7 +62,8 @@ class ModeloptStateManager {
   void check_mode(const ModeDescriptor& mode) const;
 
   // Checks `mode` and appends it with copies of `config` and `metadata`, which must have
-  // the mode's config and metadata types (else ConfigError). Updates the export stack.
+  // the mode's config and metadata types and pass its validate_config (else ConfigError).
+  // Updates the export stack.
   void add_mode(const std::string& mode, const Message& config, const Message& metadata);
   void add_mode(std::shared_ptr<const ModeDescriptor> mode, const Message& config,
                 const Message& metadata);
