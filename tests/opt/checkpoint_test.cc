@@ -1,0 +1,260 @@
+// save and restore of a checkpoint directory in one process: the layout other tools read,
+// atomic replacement, and a clear error naming the file for every kind of damage.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+
+#include "opt/checkpoint.h"
+#include "opt/conversion.h"
+#include "serialization/checkpoint_error.h"
+#include "serialization/checkpoint_layout.h"
+#include "serialization/file.h"
+#include "serialization/manifest_file.h"
+#include "serialization/safetensors.h"
+#include "tests/opt/testing/test_modes.h"
+#include "tests/testing/temp_dir.h"
+
+namespace mto {
+namespace {
+
+namespace fs = std::filesystem;
+
+class CheckpointTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    parent_ = test::make_temp_dir();
+    dir_ = parent_ + "/ckpt";
+    model_ = apply_mode(ModelLike("test_mlp", {{"seed", 1}}).build(), {"test_sparse", "test_quantize"});
+    x_ = test::test_input(model_);
+    expected_ = test::test_forward(model_, x_);
+  }
+
+  // Restores dir_ and returns the error message, or "no error".
+  std::string restore_error() {
+    try {
+      restore(ModelLike("test_mlp"), dir_);
+    } catch (const CheckpointError& e) {
+      return e.what();
+    }
+    return "no error";
+  }
+
+  // Flips one byte of `file` at `offset` from the end (or from the start when >= 0).
+  void flip_byte(const std::string& file, int64_t offset) {
+    std::fstream f(dir_ + "/" + file, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(offset >= 0 ? std::streamoff(offset) : std::streamoff(offset), offset >= 0 ? std::ios::beg : std::ios::end);
+    const std::streampos at = f.tellg();
+    char c;
+    f.read(&c, 1);
+    c ^= 0x5a;
+    f.seekp(at);
+    f.write(&c, 1);
+  }
+
+  std::vector<std::string> hidden_entries() const {
+    std::vector<std::string> out;
+    for (const auto& e : fs::directory_iterator(parent_)) {
+      if (e.path().filename().string()[0] == '.') out.push_back(e.path().filename());
+    }
+    return out;
+  }
+
+  std::string parent_;
+  std::string dir_;
+  ModulePtr model_;
+  at::Tensor x_;
+  at::Tensor expected_;
+};
+
+TEST_F(CheckpointTest, LayoutIsReadableByOtherTools) {
+  save(*model_, dir_);
+  std::set<std::string> files;
+  for (const auto& e : fs::directory_iterator(dir_)) files.insert(e.path().filename());
+  EXPECT_EQ(files, (std::set<std::string>{"MANIFEST", "model-00001-of-00001.safetensors",
+                                          "model.safetensors.index.json", "modelopt_state.pb"}));
+
+  auto index = nlohmann::json::parse(read_file(dir_ + "/model.safetensors.index.json", 1 << 20));
+  const auto& weight_map = index["weight_map"];
+  EXPECT_EQ(weight_map["fc1.weight"], "model-00001-of-00001.safetensors");
+  EXPECT_EQ(weight_map["fc2.weight_sparsifier._weight_mask"], "model-00001-of-00001.safetensors");
+  EXPECT_EQ(weight_map["fc3.weight_quantizer._amax"], "model-00001-of-00001.safetensors");
+  EXPECT_EQ(weight_map.size(), 12u);
+
+  SafetensorsHeader header = read_safetensors_header(dir_ + "/model-00001-of-00001.safetensors");
+  EXPECT_EQ(header.metadata.at("writer_rank"), "0");
+  EXPECT_EQ(header.metadata.at("format"), "pt");
+  EXPECT_EQ(header.data_begin % 8, 0u);
+  uint64_t total = 0;
+  for (const auto& e : header.entries) total += e.end - e.begin;
+  EXPECT_EQ(index["metadata"]["total_size"], total);
+
+  Manifest manifest = read_manifest(dir_);
+  EXPECT_EQ(manifest.tensors_size(), 12);
+  EXPECT_EQ(manifest.shards(0).writer_rank(), 0);
+  EXPECT_EQ(manifest.world_size(), 1);
+  EXPECT_TRUE(hidden_entries().empty());
+}
+
+TEST_F(CheckpointTest, RestoredWeightsAreBitIdentical) {
+  save(*model_, dir_);
+  ModulePtr restored = restore(ModelLike("test_mlp", {{"seed", 2}}), dir_);
+  auto original = model_->named_buffers();
+  auto params = model_->named_parameters();
+  for (const auto& p : restored->named_parameters()) EXPECT_TRUE(p.value().equal(params[p.key()])) << p.key();
+  for (const auto& b : restored->named_buffers()) EXPECT_TRUE(b.value().equal(original[b.key()])) << b.key();
+  EXPECT_TRUE(test::test_forward(restored, x_).equal(expected_));
+}
+
+TEST_F(CheckpointTest, SavingOverACheckpointReplacesItAtomically) {
+  save(*model_, dir_);
+  ModulePtr other = apply_mode(ModelLike("test_mlp", {{"seed", 5}}).build(), "test_kd");
+  save(*other, dir_);
+  ModulePtr restored = restore(dir_);
+  EXPECT_TRUE(test::test_forward(restored, x_).equal(test::test_forward(other, x_)));
+  EXPECT_EQ(modelopt_state(*restored).modelopt_state_dict(0).mode(), "test_kd");
+  EXPECT_TRUE(hidden_entries().empty());
+}
+
+TEST_F(CheckpointTest, RefusesToReplaceADirectoryThatIsNotACheckpoint) {
+  fs::create_directories(dir_);
+  std::ofstream(dir_ + "/notes.txt") << "precious";
+  try {
+    save(*model_, dir_);
+    FAIL() << "no error";
+  } catch (const CheckpointError& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "refusing to replace " + dir_ + ": it exists and is not an mto checkpoint (no MANIFEST)");
+  }
+  EXPECT_EQ(read_file(dir_ + "/notes.txt", 100), "precious");
+  EXPECT_TRUE(hidden_entries().empty());
+}
+
+TEST_F(CheckpointTest, FailedSaveLeavesThePreviousCheckpointIntact) {
+  save(*model_, dir_);
+  auto broken = apply_mode(ModelLike("test_mlp", {{"seed", 5}}).build(), "test_kd");
+  broken->register_buffer("phase", at::zeros({2}, at::kComplexFloat));
+  try {
+    save(*broken, dir_);
+    FAIL() << "no error";
+  } catch (const CheckpointError& e) {
+    EXPECT_STREQ(e.what(), "tensor phase has dtype ComplexFloat, which safetensors cannot store");
+  }
+  EXPECT_TRUE(hidden_entries().empty());
+  EXPECT_TRUE(test::test_forward(restore(dir_), x_).equal(expected_));
+}
+
+TEST_F(CheckpointTest, AnInterruptedSaveLeavesThePreviousCheckpointIntact) {
+  save(*model_, dir_);
+  // What a crash in the middle of a save leaves: a partial staging directory.
+  fs::create_directories(parent_ + "/.ckpt.mto-staging-abc123");
+  std::ofstream(parent_ + "/.ckpt.mto-staging-abc123/model-00001-of-00001.safetensors") << "partial";
+  EXPECT_TRUE(test::test_forward(restore(dir_), x_).equal(expected_));
+  save(*model_, dir_);
+  EXPECT_TRUE(test::test_forward(restore(dir_), x_).equal(expected_));
+}
+
+TEST_F(CheckpointTest, MissingDirectoryAndMissingManifestAreReported) {
+  EXPECT_EQ(restore_error(), "cannot open checkpoint directory " + dir_ + ": No such file or directory");
+  save(*model_, dir_);
+  fs::remove(dir_ + "/MANIFEST");
+  EXPECT_EQ(restore_error(),
+            dir_ + " is not a complete mto checkpoint: " + dir_ + "/MANIFEST is missing");
+}
+
+TEST_F(CheckpointTest, InterruptedFallbackCommitNamesThePreviousCheckpoint) {
+  save(*model_, dir_);
+  const std::string aside = parent_ + "/.ckpt.mto-previous-XYZ123";
+  fs::rename(dir_, aside);
+  const std::string error = restore_error();
+  EXPECT_NE(error.find("a save into " + dir_ + " was interrupted, and the previous checkpoint is at " + aside),
+            std::string::npos) << error;
+}
+
+TEST_F(CheckpointTest, TruncatedStateFileIsReported) {
+  save(*model_, dir_);
+  const std::string path = dir_ + "/modelopt_state.pb";
+  const uint64_t size = fs::file_size(path);
+  fs::resize_file(path, size - 10);
+  EXPECT_EQ(restore_error(), "file " + path + " is " + std::to_string(size - 10) +
+                                 " bytes but the manifest says " + std::to_string(size) + " (truncated)");
+}
+
+TEST_F(CheckpointTest, CorruptStateFileIsReported) {
+  save(*model_, dir_);
+  flip_byte("modelopt_state.pb", 20);
+  EXPECT_EQ(restore_error(), "checksum mismatch in " + dir_ + "/modelopt_state.pb (corrupt file)");
+}
+
+TEST_F(CheckpointTest, CorruptWeightIsReportedWithItsTensor) {
+  save(*model_, dir_);
+  flip_byte("model-00001-of-00001.safetensors", -3);
+  const std::string error = restore_error();
+  EXPECT_EQ(error.rfind("checksum mismatch in " + dir_ + "/model-00001-of-00001.safetensors: tensor ", 0), 0u)
+      << error;
+  EXPECT_NE(error.find("does not match the manifest (corrupt file)"), std::string::npos);
+}
+
+TEST_F(CheckpointTest, CorruptSafetensorsHeaderIsReported) {
+  save(*model_, dir_);
+  flip_byte("model-00001-of-00001.safetensors", 12);
+  EXPECT_EQ(restore_error(), "checksum mismatch in " + dir_ +
+                                 "/model-00001-of-00001.safetensors: the safetensors header does "
+                                 "not match the manifest");
+}
+
+TEST_F(CheckpointTest, TruncatedAndMissingShardsAreReported) {
+  save(*model_, dir_);
+  const std::string shard = dir_ + "/model-00001-of-00001.safetensors";
+  const uint64_t size = fs::file_size(shard);
+  fs::resize_file(shard, size / 2);
+  EXPECT_EQ(restore_error(), "file " + shard + " is " + std::to_string(size / 2) +
+                                 " bytes but the manifest says " + std::to_string(size) + " (truncated)");
+  fs::remove(shard);
+  EXPECT_EQ(restore_error(), "cannot open " + shard + ": No such file or directory");
+}
+
+TEST_F(CheckpointTest, ManifestNamingAFileOutsideTheDirectoryIsRejected) {
+  save(*model_, dir_);
+  Manifest manifest = read_manifest(dir_);
+  manifest.mutable_shards(0)->set_file("../../etc/passwd");
+  write_manifest(dir_, manifest);
+  EXPECT_EQ(restore_error(), "manifest " + dir_ +
+                                 "/MANIFEST names the file \"../../etc/passwd\", which is not a "
+                                 "plain file name inside the checkpoint directory");
+}
+
+TEST_F(CheckpointTest, TruncatedManifestIsReported) {
+  save(*model_, dir_);
+  const std::string path = dir_ + "/MANIFEST";
+  fs::resize_file(path, fs::file_size(path) - 1);
+  const std::string error = restore_error();
+  EXPECT_EQ(error.rfind("invalid manifest " + path + ": it announces ", 0), 0u) << error;
+  EXPECT_NE(error.find("(truncated?)"), std::string::npos);
+}
+
+TEST_F(CheckpointTest, StateDictMismatchNamesTheTensor) {
+  save(*model_, dir_);
+  try {
+    restore(ModelLike("test_mlp", {{"hidden", 8}}), dir_);
+    FAIL() << "no error";
+  } catch (const CheckpointError& e) {
+    EXPECT_STREQ(e.what(), "tensor fc1.weight: the checkpoint holds F32 [16, 8] but the model has F32 [8, 8]");
+  }
+  ModulePtr plain = apply_mode(ModelLike("test_mlp").build(), "test_kd");
+  save(*plain, dir_);
+  ModulePtr extra = ModelLike("test_mlp").build();
+  extra->register_buffer("step", at::zeros({1}));
+  try {
+    restore(extra, dir_);
+    FAIL() << "no error";
+  } catch (const CheckpointError& e) {
+    EXPECT_EQ(std::string(e.what()), "checkpoint " + dir_ + " has no tensor step, which the model has");
+  }
+}
+
+}  // namespace
+}  // namespace mto

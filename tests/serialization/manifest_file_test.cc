@@ -1,0 +1,129 @@
+// The manifest: framed with its length and checksum, and validated before any use.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "serialization/checkpoint_error.h"
+#include "serialization/checkpoint_layout.h"
+#include "serialization/file.h"
+#include "serialization/manifest_file.h"
+#include "tests/testing/temp_dir.h"
+
+namespace mto {
+namespace {
+
+// One shard whose data runs from byte 16 to 40: tensors a (F32 [2], 8 bytes) and b
+// (I64 [2], 16 bytes).
+Manifest valid_manifest() {
+  Manifest m;
+  m.set_format_version(kCheckpointFormatVersion);
+  m.set_world_size(1);
+  m.mutable_modelopt_state()->set_file("modelopt_state.pb");
+  m.mutable_index()->set_file("model.safetensors.index.json");
+  ShardRecord* shard = m.add_shards();
+  shard->set_file("model-00001-of-00001.safetensors");
+  shard->set_data_begin(16);
+  shard->set_size(40);
+  TensorRecord* a = m.add_tensors();
+  a->set_name("a");
+  a->set_dtype("F32");
+  a->add_shape(2);
+  a->set_offset(16);
+  a->set_length(8);
+  TensorRecord* b = m.add_tensors();
+  b->set_name("b");
+  b->set_dtype("I64");
+  b->add_shape(2);
+  b->set_offset(24);
+  b->set_length(16);
+  return m;
+}
+
+std::string validation_error(const Manifest& m) {
+  try {
+    validate_manifest(m, "M");
+  } catch (const CheckpointError& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+TEST(ManifestFileTest, RoundTripsThroughTheFramedFile) {
+  const std::string dir = test::make_temp_dir();
+  Manifest m = valid_manifest();
+  write_manifest(dir, m);
+  EXPECT_EQ(read_file(dir + "/MANIFEST", 1 << 20).substr(0, 8), "MTOMANI1");
+  EXPECT_EQ(read_manifest(dir).SerializeAsString(), m.SerializeAsString());
+}
+
+TEST(ManifestFileTest, DamagedFramingIsDetected) {
+  const std::string dir = test::make_temp_dir();
+  write_manifest(dir, valid_manifest());
+  const std::string path = dir + "/MANIFEST";
+  std::string bytes = read_file(path, 1 << 20);
+
+  auto error_for = [&](const std::string& contents) {
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << contents;
+    try {
+      read_manifest(dir);
+    } catch (const CheckpointError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  std::string flipped = bytes;
+  flipped[bytes.size() - 2] ^= 1;
+  EXPECT_EQ(error_for(flipped), "invalid manifest " + path + ": checksum mismatch (corrupt file)");
+  EXPECT_EQ(error_for("XXXXXXXX" + bytes.substr(8)),
+            "invalid manifest " + path + ": the file does not start with an mto manifest header");
+  EXPECT_EQ(error_for(bytes.substr(0, 10)),
+            "invalid manifest " + path + ": the file does not start with an mto manifest header");
+  const std::string appended = error_for(bytes + "x");
+  EXPECT_NE(appended.find("but holds"), std::string::npos) << appended;
+}
+
+TEST(ManifestFileTest, ValidationRejectsInconsistentManifests) {
+  EXPECT_EQ(validation_error(valid_manifest()), "no error");
+  const std::string prefix = "invalid manifest M: ";
+
+  Manifest m = valid_manifest();
+  m.set_format_version(7);
+  EXPECT_EQ(validation_error(m), prefix + "format version 7 is not supported (this mto reads version 1)");
+
+  m = valid_manifest();
+  m.mutable_shards(0)->set_file("/etc/passwd");
+  EXPECT_EQ(validation_error(m), "manifest M names the file \"/etc/passwd\", which is not a plain file "
+                                 "name inside the checkpoint directory");
+  m.mutable_shards(0)->set_file("..");
+  EXPECT_NE(validation_error(m).find("not a plain file name"), std::string::npos);
+
+  m = valid_manifest();
+  m.mutable_tensors(1)->set_name("a");
+  EXPECT_EQ(validation_error(m), prefix + "tensor a is listed twice");
+
+  m = valid_manifest();
+  m.mutable_tensors(1)->set_shard(3);
+  EXPECT_EQ(validation_error(m), prefix + "tensor b names shard 3 of 1");
+
+  m = valid_manifest();
+  m.mutable_tensors(1)->set_length(12);
+  EXPECT_EQ(validation_error(m), prefix + "tensor b is 12 bytes but its dtype and shape need 16");
+
+  m = valid_manifest();
+  m.mutable_tensors(1)->set_offset(28);  // a hole after a
+  EXPECT_EQ(validation_error(m), prefix + "tensor b at bytes [28, +16) of model-00001-of-00001.safetensors "
+                                          "does not follow the previous data at 24 within the 40-byte file");
+
+  m = valid_manifest();
+  m.mutable_shards(0)->set_size(48);  // unaccounted bytes at the end
+  EXPECT_EQ(validation_error(m), prefix + "the tensors of model-00001-of-00001.safetensors end at byte 40 "
+                                          "but the file is 48 bytes");
+
+  m = valid_manifest();
+  *m.add_shards() = m.shards(0);
+  EXPECT_EQ(validation_error(m), prefix + "the file model-00001-of-00001.safetensors is listed twice");
+}
+
+}  // namespace
+}  // namespace mto
