@@ -36,7 +36,7 @@ class Searcher {
   // Clears what an earlier search left.
   virtual void reset() {}
   // Checks and completes the config; throws ConfigError for a bad one.
-  virtual void sanitize_search_config(SearchConfig& config) {}
+  virtual void sanitize_search_config(SearchConfig& /*config*/) {}
   // Restores state_dict() from config().checkpoint if that file exists; returns whether it
   // did. Throws CheckpointError if the file cannot be read.
   virtual bool load_search_checkpoint();
@@ -44,7 +44,7 @@ class Searcher {
   void save_search_checkpoint() const;
   // The searcher's resumable state, and how to load it back.
   virtual std::string state_dict() const { return ""; }
-  virtual void load_state_dict(const std::string& state) {}
+  virtual void load_state_dict(const std::string& /*state*/) {}
   virtual void before_search() {}
   virtual void run_search() = 0;
   virtual void after_search() {}

@@ -43,7 +43,9 @@ TEST(LinearTest, MatchesTorchLinear) {
     // Same initialization from the same seed, same parameter names.
     ASSERT_EQ(layer->named_parameters().keys(), reference->named_parameters().keys());
     EXPECT_TRUE(layer->weight.equal(reference->weight));
-    if (bias) EXPECT_TRUE(layer->bias.equal(reference->bias));
+    if (bias) {
+      EXPECT_TRUE(layer->bias.equal(reference->bias));
+    }
     at::Tensor x = at::randn({3, 5});
     EXPECT_TRUE(layer->forward(x).equal(reference->forward(x)));
   }
