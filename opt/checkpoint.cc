@@ -3,10 +3,14 @@
 #include <torch/csrc/autograd/grad_mode.h>
 
 #include <map>
-#include <optional>
 #include <unordered_map>
 
 #include "absl/strings/str_cat.h"
+#include "distributed/bucketing.h"
+#include "distributed/data_parallel.h"
+#include "distributed/sharding.h"
+#include "distributed/world.h"
+#include "opt/collective.h"
 #include "opt/state_dict.h"
 #include "opt/version.h"
 #include "serialization/checkpoint_error.h"
@@ -21,6 +25,9 @@
 
 namespace mto {
 namespace {
+
+// Small tensors travel together in broadcasts of at most this many bytes.
+constexpr size_t kBroadcastBucketBytes = size_t{4} << 20;
 
 FileRecord write_metadata_file(const std::string& dir, const std::string& name,
                                const std::string& contents) {
@@ -59,16 +66,6 @@ Manifest read_checkpoint_manifest(const std::string& dir) {
   }
 }
 
-ModeloptState read_state(const std::string& dir, const Manifest& manifest) {
-  const std::string bytes = read_checked_file(dir, manifest.modelopt_state());
-  ModeloptState state;
-  if (!state.ParseFromString(bytes)) {
-    throw CheckpointError(absl::StrCat("file ", path_in(dir, manifest.modelopt_state().file()),
-                                       " is not a valid mto.ModeloptState"));
-  }
-  return state;
-}
-
 // Opens a shard and checks its size and header bytes against the manifest.
 File open_shard(const std::string& dir, const ShardRecord& shard) {
   File file = File::open(path_in(dir, shard.file()));
@@ -87,89 +84,207 @@ File open_shard(const std::string& dir, const ShardRecord& shard) {
   return file;
 }
 
-// Reads every tensor of `manifest` into the matching tensor of `model`.
-void load_weights(torch::nn::Module& model, const std::string& dir, const Manifest& manifest) {
+// A tensor of the model and the record of the checkpoint that fills it.
+struct Destination {
+  at::Tensor tensor;
+  const TensorRecord* record;
+};
+
+// Pairs every tensor of `model` with its record, in state-dict order. Throws
+// CheckpointError for a tensor missing on either side or of another dtype or shape.
+std::vector<Destination> match_tensors(torch::nn::Module& model, const Manifest& manifest,
+                                       const std::string& dir) {
   std::unordered_map<std::string, const TensorRecord*> records;
   for (const auto& record : manifest.tensors()) records[record.name()] = &record;
-  std::vector<NamedTensor> tensors = model_state_dict(model);
-  std::unordered_map<std::string, bool> seen;
-  for (const auto& t : tensors) {
-    if (!records.count(t.name)) {
+  std::vector<Destination> out;
+  for (const auto& t : model_state_dict(model)) {
+    auto it = records.find(t.name);
+    if (it == records.end()) {
       throw CheckpointError(absl::StrCat("checkpoint ", dir, " has no tensor ", t.name,
                                          ", which the model has"));
     }
-    check_tensor_matches(*records[t.name], t.tensor.contiguous());
-    seen[t.name] = true;
+    check_tensor_matches(*it->second, t.tensor.contiguous());
+    out.push_back({t.tensor, it->second});
+    records.erase(it);
   }
   for (const auto& record : manifest.tensors()) {
-    if (!seen.count(record.name())) {
+    if (records.count(record.name())) {
       throw CheckpointError(absl::StrCat("checkpoint ", dir, " holds tensor ", record.name(),
                                          ", which the model does not have"));
     }
   }
+  return out;
+}
+
+// Reads the destinations straight into their tensors, checking every checksum.
+void read_destinations(const std::vector<const Destination*>& destinations,
+                       const Manifest& manifest, const std::string& dir) {
   std::map<uint32_t, File> shards;
   torch::NoGradGuard no_grad;
-  for (const auto& t : tensors) {
-    const TensorRecord& record = *records[t.name];
-    auto it = shards.find(record.shard());
-    if (it == shards.end()) {
-      it = shards.emplace(record.shard(), open_shard(dir, manifest.shards(record.shard()))).first;
-    }
-    if (t.tensor.is_contiguous()) {
-      read_tensor_into(it->second, record, t.tensor);
+  for (const Destination* d : destinations) {
+    const uint32_t shard = d->record->shard();
+    auto it = shards.find(shard);
+    if (it == shards.end()) it = shards.emplace(shard, open_shard(dir, manifest.shards(shard))).first;
+    if (d->tensor.is_contiguous()) {
+      read_tensor_into(it->second, *d->record, d->tensor);
     } else {
-      at::Tensor staging = t.tensor.contiguous();
-      read_tensor_into(it->second, record, staging);
-      t.tensor.copy_(staging);
+      at::Tensor staging = d->tensor.contiguous();
+      read_tensor_into(it->second, *d->record, staging);
+      d->tensor.copy_(staging);
     }
   }
 }
 
+// The model the caller passed; refuses a DataParallel wrapper.
+ModulePtr unwrapped_or_refuse(const ModelOrModelLike* model) {
+  if (model == nullptr) return nullptr;
+  ModulePtr module = model->to_module();
+  if (is_data_parallel(*module)) {
+    throw StateError("restore: the model is wrapped in mto::DataParallel; restore into the "
+                     "unwrapped model, then wrap it again.");
+  }
+  return module;
+}
+
 // restore(), into `model` or, when it is null, the recorded model-like.
-ModulePtr restore_checkpoint(const ModelOrModelLike* model, const std::string& dir) {
-  const Manifest manifest = read_checkpoint_manifest(dir);
-  const ModeloptState state = read_state(dir, manifest);
-  read_checked_file(dir, manifest.index());
-  ModulePtr restored = model ? restore_from_modelopt_state(*model, state)
-                             : restore_from_modelopt_state(state);
-  load_weights(*restored, dir, manifest);
+ModulePtr restore_checkpoint(const ModelOrModelLike* model, const std::string& dir,
+                             const RestoreOptions& options) {
+  std::shared_ptr<Communicator> comm = options.communicator ? options.communicator : world();
+  ModulePtr target;
+  std::string manifest_bytes;
+  std::string state_bytes;
+  run_on_every_rank(*comm, [&] {
+    target = unwrapped_or_refuse(model);
+    if (comm->rank() != 0) return;
+    const Manifest manifest = read_checkpoint_manifest(dir);
+    state_bytes = read_checked_file(dir, manifest.modelopt_state());
+    read_checked_file(dir, manifest.index());
+    manifest_bytes = manifest.SerializeAsString();
+  });
+  comm->broadcast(manifest_bytes, 0);
+  comm->broadcast(state_bytes, 0);
+
+  Manifest manifest;
+  ModulePtr restored;
+  std::vector<Destination> destinations;
+  run_on_every_rank(*comm, [&] {
+    if (!manifest.ParseFromString(manifest_bytes)) {
+      throw CheckpointError(absl::StrCat("the manifest of ", dir, " was damaged in transit"));
+    }
+    ModeloptState state;
+    if (!state.ParseFromString(state_bytes)) {
+      throw CheckpointError(absl::StrCat("file ", path_in(dir, manifest.modelopt_state().file()),
+                                         " is not a valid mto.ModeloptState"));
+    }
+    restored = target ? restore_from_modelopt_state(target, state) : restore_from_modelopt_state(state);
+    destinations = match_tensors(*restored, manifest, dir);
+  });
+
+  if (options.strategy == RestoreStrategy::kReadAll || comm->world_size() == 1) {
+    std::vector<const Destination*> all;
+    for (const auto& d : destinations) all.push_back(&d);
+    run_on_every_rank(*comm, [&] { read_destinations(all, manifest, dir); });
+    return restored;
+  }
+
+  std::vector<uint64_t> sizes;
+  for (const auto& d : destinations) sizes.push_back(d.record->length());
+  const std::vector<int> reader = split_by_weight(sizes, comm->world_size());
+  std::vector<const Destination*> mine;
+  for (size_t i = 0; i < destinations.size(); ++i) {
+    if (reader[i] == comm->rank()) mine.push_back(&destinations[i]);
+  }
+  run_on_every_rank(*comm, [&] { read_destinations(mine, manifest, dir); });
+  torch::NoGradGuard no_grad;
+  for (int r = 0; r < comm->world_size(); ++r) {
+    std::vector<at::Tensor> share;
+    for (size_t i = 0; i < destinations.size(); ++i) {
+      if (reader[i] == r) share.push_back(destinations[i].tensor);
+    }
+    for_each_bucket(share, kBroadcastBucketBytes, [&](const at::Tensor& flat) { comm->broadcast(flat, r); });
+  }
   return restored;
 }
 
 }  // namespace
 
-void save(torch::nn::Module& model, const std::string& dir) {
-  const ModeloptState state = modelopt_state(model);
-  const std::vector<NamedTensor> tensors = model_state_dict(model);
+void save(torch::nn::Module& model_in, const std::string& dir, const SaveOptions& options) {
+  std::shared_ptr<Communicator> comm = options.communicator ? options.communicator : world();
+  const int rank = comm->rank();
+  const int world_size = comm->world_size();
+  auto* wrapper = dynamic_cast<DataParallelImpl*>(&model_in);
+  torch::nn::Module& model = wrapper ? *wrapper->module() : model_in;
 
-  StagingDirectory staging(dir);
-  Manifest manifest;
-  manifest.set_format_version(kCheckpointFormatVersion);
-  manifest.set_mto_version(kModeloptVersion);
-  manifest.set_world_size(1);
-  *manifest.mutable_modelopt_state() =
-      write_metadata_file(staging.path(), kStateFileName, serialize_deterministic(state));
+  ModeloptState state;
+  std::vector<NamedTensor> tensors;
+  std::unique_ptr<StagingDirectory> staging;
+  std::string staging_path;
+  run_on_every_rank(*comm, [&] {
+    state = modelopt_state(model);
+    tensors = model_state_dict(model);
+    if (rank == 0) {
+      staging = std::make_unique<StagingDirectory>(dir);
+      staging_path = staging->path();
+    }
+  });
+  comm->broadcast(staging_path, 0);
 
-  const std::string shard_name = shard_file_name(0, 1);
-  WrittenShard shard = write_shard(staging.path(), shard_name, tensors, /*writer_rank=*/0, 0);
-  *manifest.add_shards() = shard.shard;
-  std::map<std::string, std::string> weight_map;
-  uint64_t total_size = 0;
-  for (auto& record : shard.tensors) {
-    weight_map[record.name()] = shard_name;
-    total_size += record.length();
-    *manifest.add_tensors() = std::move(record);
+  // Each rank writes the tensors the plan gives it, in state-dict order.
+  std::vector<uint64_t> sizes;
+  for (const auto& t : tensors) sizes.push_back(static_cast<uint64_t>(t.tensor.nbytes()));
+  const std::vector<int> writer = split_by_weight(sizes, world_size);
+  std::vector<NamedTensor> mine;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (writer[i] == rank) mine.push_back(tensors[i]);
   }
-  *manifest.mutable_index() = write_metadata_file(
-      staging.path(), kIndexFileName, encode_safetensors_index(weight_map, total_size));
-  write_manifest(staging.path(), manifest);
-  staging.commit();
+  std::string written_bytes;
+  run_on_every_rank(*comm, [&] {
+    WrittenShard written = write_shard(staging_path, shard_file_name(rank, world_size), mine,
+                                       rank, static_cast<uint32_t>(rank));
+    Manifest part;
+    *part.add_shards() = written.shard;
+    for (auto& record : written.tensors) *part.add_tensors() = std::move(record);
+    written_bytes = part.SerializeAsString();
+  });
+  const std::vector<std::string> parts = comm->all_gather(written_bytes);
+
+  run_on_every_rank(*comm, [&] {
+    if (rank != 0) return;
+    Manifest manifest;
+    manifest.set_format_version(kCheckpointFormatVersion);
+    manifest.set_mto_version(kModeloptVersion);
+    manifest.set_world_size(world_size);
+    *manifest.mutable_modelopt_state() =
+        write_metadata_file(staging_path, kStateFileName, serialize_deterministic(state));
+    std::unordered_map<std::string, TensorRecord> records;
+    for (const std::string& bytes : parts) {
+      Manifest part;
+      part.ParseFromString(bytes);
+      *manifest.add_shards() = part.shards(0);
+      for (const auto& record : part.tensors()) records[record.name()] = record;
+    }
+    std::map<std::string, std::string> weight_map;
+    uint64_t total_size = 0;
+    for (const auto& t : tensors) {
+      TensorRecord& record = records.at(t.name);
+      weight_map[record.name()] = manifest.shards(record.shard()).file();
+      total_size += record.length();
+      *manifest.add_tensors() = std::move(record);
+    }
+    *manifest.mutable_index() = write_metadata_file(
+        staging_path, kIndexFileName, encode_safetensors_index(weight_map, total_size));
+    write_manifest(staging_path, manifest);
+    staging->commit();
+  });
 }
 
-ModulePtr restore(const ModelOrModelLike& model, const std::string& dir) {
-  return restore_checkpoint(&model, dir);
+ModulePtr restore(const ModelOrModelLike& model, const std::string& dir,
+                  const RestoreOptions& options) {
+  return restore_checkpoint(&model, dir, options);
 }
 
-ModulePtr restore(const std::string& dir) { return restore_checkpoint(nullptr, dir); }
+ModulePtr restore(const std::string& dir, const RestoreOptions& options) {
+  return restore_checkpoint(nullptr, dir, options);
+}
 
 }  // namespace mto

@@ -1,33 +1,72 @@
 #pragma once
 
+#include <memory>
 #include <string>
 
 #include <torch/nn/module.h>
 
+#include "distributed/communicator.h"
 #include "opt/conversion.h"
 
 namespace mto {
 
-// Saves `model` as the checkpoint directory `dir`: its modelopt state (modelopt_state.pb),
-// its weights as safetensors (model-00001-of-00001.safetensors plus
-// model.safetensors.index.json, so other tools can load them) and a MANIFEST with the size
-// and XXH3-64 checksum of every file and tensor, written last.
-//
-// The files are written into a hidden sibling directory, fsynced, and swapped into place in
-// one atomic rename: a crash at any moment leaves the previous checkpoint at `dir` intact
-// and the new one complete or absent. Throws CheckpointError (naming the file) on I/O
-// failure, or if `dir` exists and is not an mto checkpoint; `dir` is then unchanged.
-void save(torch::nn::Module& model, const std::string& dir);
+// How restore brings the weights from the files to every rank.
+enum class RestoreStrategy {
+  // Every rank reads every tensor straight into its model and checks every checksum. The
+  // default: measured faster on one node, where the page cache serves every rank (see
+  // tools/bench).
+  kReadAll,
+  // Each rank reads its share of the tensors (balanced by bytes) and checks their
+  // checksums, then each share is broadcast from its reader. Moves each byte off the
+  // file system once: better where many nodes read from a slow shared file system.
+  kReadShareBroadcast,
+};
 
-// Restores the checkpoint `dir` into the unmodified `model` (or a model built from the
-// model-like): validates the manifest and the state file, replays the modes with
-// restore_from_modelopt_state, then reads every weight straight into the model's own
-// tensors, checking its checksum. Throws CheckpointError naming the file and the tensor for
-// a missing, truncated or corrupt file, or a state dict that does not match; plus the
-// errors of restore_from_modelopt_state.
-ModulePtr restore(const ModelOrModelLike& model, const std::string& dir);
+// Options of save.
+struct SaveOptions {
+  // The ranks that save together; each writes one shard. Null means world().
+  std::shared_ptr<Communicator> communicator;
+};
+
+// Options of restore.
+struct RestoreOptions {
+  // The ranks that restore together; each ends with the full weights. Null means world().
+  std::shared_ptr<Communicator> communicator;
+  RestoreStrategy strategy = RestoreStrategy::kReadAll;
+};
+
+// Saves `model` as the checkpoint directory `dir`. Collective: every rank of the
+// communicator calls it with an identical model (a DataParallel wrapper is unwrapped, so the
+// keys have no "module." prefix).
+//
+//   modelopt_state.pb                     the modelopt state, written by rank 0
+//   model-0000i-of-0000N.safetensors      rank i's shard (N = world size), tensors balanced
+//                                         by bytes; "writer_rank" in its __metadata__
+//   model.safetensors.index.json          weight_map, so other tools load the checkpoint
+//   MANIFEST                              every file and tensor with size and XXH3-64,
+//                                         written last by rank 0
+//
+// The ranks write into a hidden sibling directory made by rank 0 and fsync their shards;
+// rank 0 then writes the manifest and swaps the directory into place with one atomic rename
+// and fsyncs the parent. A crash at any moment leaves the previous checkpoint at `dir`
+// intact and the new one complete or absent. If any rank fails, every rank throws (the
+// failing rank's error, named) and `dir` is unchanged: CheckpointError for I/O failures or a
+// `dir` that exists and is not an mto checkpoint.
+void save(torch::nn::Module& model, const std::string& dir, const SaveOptions& options = {});
+
+// Restores the checkpoint `dir`, written by any number of ranks, into the unmodified
+// `model` (or a model built from the model-like) on every rank of the communicator.
+// Collective. Rank 0 reads and validates the manifest and the state and broadcasts them;
+// every rank replays the modes (restore_from_modelopt_state); the weights are then read
+// straight into the model's own tensors, every byte checked against its checksum, as
+// `options.strategy` says. Every rank ends with identical weights. Refuses a DataParallel
+// model with a StateError: restore, then wrap. If any rank fails, every rank throws:
+// CheckpointError naming the file and the tensor for a missing, truncated or corrupt file
+// or a state dict that does not match, plus the errors of restore_from_modelopt_state.
+ModulePtr restore(const ModelOrModelLike& model, const std::string& dir,
+                  const RestoreOptions& options = {});
 
 // As above, building the model from the model-like recorded in the checkpoint.
-ModulePtr restore(const std::string& dir);
+ModulePtr restore(const std::string& dir, const RestoreOptions& options = {});
 
 }  // namespace mto

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "distributed/data_parallel.h"
 #include "opt/registry.h"
 #include "opt/state_holder.h"
 #include "opt/state_manager.h"
@@ -44,6 +45,15 @@ std::string major_minor(const std::string& version) {
   return absl::StrCat(parts[0], ".", parts[1]);
 }
 
+// Throws StateError for a DataParallel model: modes apply to the unwrapped model.
+void refuse_wrapped(const torch::nn::Module& model, const char* function) {
+  if (is_data_parallel(model)) {
+    throw StateError(absl::StrCat(function,
+                                  ": the model is wrapped in mto::DataParallel; use the unwrapped "
+                                  "model (DataParallel::module()), then wrap it again."));
+  }
+}
+
 }  // namespace
 
 ModulePtr ModelOrModelLike::to_module() const {
@@ -55,6 +65,7 @@ ModulePtr apply_mode(const ModelOrModelLike& model_in, const ModeList& mode,
                      const ModeRegistry* registry, std::optional<bool> init_state,
                      const ModeKwargs& mode_kwargs) {
   ModulePtr model = model_in.to_module();
+  refuse_wrapped(*model, "apply_mode");
   ModeloptStateManager manager(
       model, init_state.value_or(!ModeloptStateManager::is_converted(*model)));
   manager.update_last_state_before_new_mode(*model);
@@ -72,7 +83,9 @@ ModulePtr apply_mode(const ModelOrModelLike& model_in, const ModeList& mode,
   return check_init_modellike(model, nullptr);
 }
 
-ModeloptState modelopt_state(torch::nn::Module& model) {
+ModeloptState modelopt_state(torch::nn::Module& model_in) {
+  auto* wrapper = dynamic_cast<DataParallelImpl*>(&model_in);
+  torch::nn::Module& model = wrapper ? *wrapper->module() : model_in;
   ModeloptState out;
   out.set_modelopt_version(kModeloptVersion);
   if (auto holder = find_state_holder(model); holder && holder->model_like) {
@@ -89,6 +102,7 @@ ModeloptState modelopt_state(torch::nn::Module& model) {
 ModulePtr restore_from_modelopt_state(const ModelOrModelLike& model_in,
                                       const ModeloptState& state) {
   ModulePtr model = model_in.to_module();
+  refuse_wrapped(*model, "restore_from_modelopt_state");
   if (major_minor(state.modelopt_version()) != major_minor(kModeloptVersion)) {
     TORCH_WARN("The checkpoint is stored with version ", state.modelopt_version(),
                ", but current version is ", kModeloptVersion,

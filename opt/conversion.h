@@ -76,8 +76,9 @@ class ModeList {
 // `mode_kwargs` go to every convert and are never saved.
 //
 // Throws ModeError (unknown mode), ConfigError (bad config), StateError (a chain the modes'
-// relations forbid, with the texts of the Python original) or ApplyModeError (a convert
-// failed). The state then holds the modes applied before the failure.
+// relations forbid, with the texts of the Python original, or a DataParallel model: apply
+// modes before wrapping) or ApplyModeError (a convert failed). The state then holds the
+// modes applied before the failure.
 ModulePtr apply_mode(const ModelOrModelLike& model, const ModeList& mode,
                      const ModeRegistry* registry = nullptr,
                      std::optional<bool> init_state = std::nullopt,
@@ -86,6 +87,7 @@ ModulePtr apply_mode(const ModelOrModelLike& model, const ModeList& mode,
 // The modelopt state of `model`: the mto version, the model-like it was built from (if
 // any) and every applied mode with its config and metadata, after the last mode's
 // update_for_save. An unconverted model gives a state with no modes. It holds no weights.
+// A DataParallel wrapper is looked through.
 ModeloptState modelopt_state(torch::nn::Module& model);
 
 // Replays `state` on the unmodified `model` (or builds it from the model-like): every
@@ -93,7 +95,8 @@ ModeloptState modelopt_state(torch::nn::Module& model);
 // chain checks as apply_mode. The model-like recorded in `state`, if any, is recorded on
 // the restored model. Weights are not loaded. Warns if `state` was written by
 // another major.minor version. Throws StateError "Model already has modelopt state!" if
-// `model` is already converted, and the errors of apply_mode.
+// `model` is already converted, StateError for a DataParallel model (restore, then wrap),
+// and the errors of apply_mode.
 ModulePtr restore_from_modelopt_state(const ModelOrModelLike& model, const ModeloptState& state);
 
 // As above, building the model from the model-like recorded in `state`; throws StateError

@@ -1,0 +1,31 @@
+#include "distributed/backend.h"
+
+namespace mto {
+
+size_t data_type_size(DataType type) {
+  switch (type) {
+    case DataType::kUInt8:
+      return 1;
+    case DataType::kInt32:
+    case DataType::kFloat32:
+      return 4;
+    case DataType::kInt64:
+    case DataType::kFloat64:
+      return 8;
+  }
+  return 1;
+}
+
+const char* reduce_op_name(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum:
+      return "sum";
+    case ReduceOp::kMax:
+      return "max";
+    case ReduceOp::kMin:
+      return "min";
+  }
+  return "?";
+}
+
+}  // namespace mto

@@ -1,0 +1,60 @@
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace mto {
+
+// Element types a backend reduces natively.
+enum class DataType { kUInt8, kInt32, kInt64, kFloat32, kFloat64 };
+
+// How all_reduce combines the ranks' values.
+enum class ReduceOp { kSum, kMax, kMin };
+
+// Size in bytes of one element of `type`.
+size_t data_type_size(DataType type);
+
+// "sum", "max" or "min".
+const char* reduce_op_name(ReduceOp op);
+
+// The transport under a Communicator: collectives on raw host buffers, each bounded by a
+// timeout. Implementations: MpiBackend (CPU, Open MPI), NcclBackend (one GPU per rank,
+// staging host buffers through device memory) and LocalBackend (a world of one).
+//
+// Collective: every rank must call each method, in the same order, with the same sizes.
+// A backend is used from one thread at a time.
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual int rank() const = 0;
+  virtual int world_size() const = 0;
+  // "mpi", "nccl" or "local".
+  virtual std::string name() const = 0;
+
+  // Combines `count` elements at `data` over all ranks, in place.
+  virtual void all_reduce(void* data, size_t count, DataType type, ReduceOp op,
+                          std::chrono::milliseconds timeout) = 0;
+  // Copies `bytes` bytes at `data` from rank `root` to every rank.
+  virtual void broadcast(void* data, size_t bytes, int root,
+                         std::chrono::milliseconds timeout) = 0;
+  // Gathers `bytes` bytes from every rank into `out` (world_size * bytes), rank order.
+  virtual void all_gather(const void* in, void* out, size_t bytes,
+                          std::chrono::milliseconds timeout) = 0;
+  // Returns once every rank has entered it.
+  virtual void barrier(std::chrono::milliseconds timeout) = 0;
+
+  // Whether a failure or a timeout broke this backend: it refuses further work, and MPI
+  // must not be finalized (peers may never answer).
+  virtual bool broken() const { return false; }
+
+  // A backend over the ranks that pass the same `color`, ordered by `key`; nullptr for a
+  // rank that passes a negative color. Collective over this backend.
+  virtual std::unique_ptr<Backend> split(int color, int key,
+                                         std::chrono::milliseconds timeout) = 0;
+};
+
+}  // namespace mto

@@ -1,0 +1,16 @@
+#pragma once
+
+#include <functional>
+
+#include "distributed/communicator.h"
+
+namespace mto {
+
+// Runs `step` on every rank of `communicator` and makes its outcome common: if `step`
+// throws on any rank, every rank throws. The failing rank rethrows its own exception; the
+// others throw the same mto error type with the lowest failing rank's message and
+// "(on rank R)" appended. Collective: keeps ranks from waiting forever in a later
+// collective for a rank that failed alone.
+void run_on_every_rank(Communicator& communicator, const std::function<void()>& step);
+
+}  // namespace mto
