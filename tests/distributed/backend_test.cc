@@ -1,0 +1,135 @@
+// The transport backends on raw host buffers, with no LibTorch: the same suite runs on the
+// world of one, on MPI ranks under mpirun, and on NCCL (MTO_BACKEND=nccl, one GPU; checked
+// on a GPU machine, never in CI, where there is none).
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "distributed/gpu.h"
+#include "distributed/local_backend.h"
+#include "distributed/mpi_backend.h"
+#include "distributed/nccl_backend.h"
+
+namespace mto {
+namespace {
+
+constexpr std::chrono::milliseconds kTimeout{60000};
+
+bool nccl_requested() {
+  const char* backend = std::getenv("MTO_BACKEND");
+  return backend != nullptr && std::string(backend) == "nccl";
+}
+
+// The backend this process runs: NCCL (world of one) when asked for, MPI under mpirun,
+// the world of one otherwise.
+Backend& backend() {
+  static Backend* instance = [] {
+    std::unique_ptr<Backend> b;
+    if (nccl_requested()) {
+      b = NcclBackend::create(NcclBackend::new_unique_id(), 0, 1, 0, kTimeout);
+    } else if (std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr) {
+      int provided = 0;
+      MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided);
+      std::atexit([] { MPI_Finalize(); });
+      b = MpiBackend::world();
+    } else {
+      b = std::make_unique<LocalBackend>();
+    }
+    return b.release();
+  }();
+  return *instance;
+}
+
+class BackendTest : public ::testing::Test {
+ protected:
+  Backend& b = backend();
+  int rank = b.rank();
+  int n = b.world_size();
+};
+
+TEST_F(BackendTest, IsTheOneAskedFor) {
+  const std::string expected = nccl_requested() ? "nccl"
+                               : std::getenv("OMPI_COMM_WORLD_SIZE") ? "mpi" : "local";
+  EXPECT_EQ(b.name(), expected);
+  std::cout << "backend " << b.name() << ", rank " << rank << " of " << n << ", " << visible_gpu_count()
+            << " GPU(s) visible\n";
+}
+
+template <typename T>
+void check_all_reduce(Backend& b, DataType type, int rank, int n) {
+  std::vector<T> sum(5), max(5), min(5);
+  for (int i = 0; i < 5; ++i) sum[i] = max[i] = min[i] = static_cast<T>(i + rank);
+  b.all_reduce(sum.data(), 5, type, ReduceOp::kSum, kTimeout);
+  b.all_reduce(max.data(), 5, type, ReduceOp::kMax, kTimeout);
+  b.all_reduce(min.data(), 5, type, ReduceOp::kMin, kTimeout);
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(sum[i], static_cast<T>(i * n + n * (n - 1) / 2));
+    EXPECT_EQ(max[i], static_cast<T>(i + n - 1));
+    EXPECT_EQ(min[i], static_cast<T>(i));
+  }
+}
+
+TEST_F(BackendTest, AllReduceEveryTypeAndOp) {
+  check_all_reduce<uint8_t>(b, DataType::kUInt8, rank, n);
+  check_all_reduce<int32_t>(b, DataType::kInt32, rank, n);
+  check_all_reduce<int64_t>(b, DataType::kInt64, rank, n);
+  check_all_reduce<float>(b, DataType::kFloat32, rank, n);
+  check_all_reduce<double>(b, DataType::kFloat64, rank, n);
+}
+
+TEST_F(BackendTest, LargeBuffersTravelInChunks) {
+  // More than the NCCL staging chunk (64 MiB).
+  const size_t count = (size_t{80} << 20) / sizeof(float);
+  std::vector<float> data(count, 1.0f);
+  data[count - 1] = static_cast<float>(rank);
+  b.all_reduce(data.data(), count, DataType::kFloat32, ReduceOp::kSum, kTimeout);
+  EXPECT_EQ(data[0], static_cast<float>(n));
+  EXPECT_EQ(data[count / 2], static_cast<float>(n));
+  EXPECT_EQ(data[count - 1], static_cast<float>(n * (n - 1) / 2));
+
+  std::vector<char> bytes(size_t{70} << 20, static_cast<char>(rank));
+  if (rank == 0) bytes.back() = 42;
+  b.broadcast(bytes.data(), bytes.size(), 0, kTimeout);
+  EXPECT_EQ(bytes.front(), 0);
+  EXPECT_EQ(bytes.back(), 42);
+}
+
+TEST_F(BackendTest, BroadcastFromEveryRoot) {
+  for (int root = 0; root < n; ++root) {
+    std::vector<int64_t> data(1000, rank);
+    b.broadcast(data.data(), data.size() * sizeof(int64_t), root, kTimeout);
+    for (int64_t v : data) ASSERT_EQ(v, root);
+  }
+}
+
+TEST_F(BackendTest, AllGatherInRankOrder) {
+  std::vector<char> in(1001, static_cast<char>('a' + rank));
+  std::vector<char> out(in.size() * n);
+  b.all_gather(in.data(), out.data(), in.size(), kTimeout);
+  for (int r = 0; r < n; ++r) {
+    EXPECT_EQ(out[r * in.size()], 'a' + r);
+    EXPECT_EQ(out[r * in.size() + in.size() - 1], 'a' + r);
+  }
+}
+
+TEST_F(BackendTest, BarrierAndSplit) {
+  b.barrier(kTimeout);
+  std::unique_ptr<Backend> half = b.split(rank % 2, rank, kTimeout);
+  ASSERT_NE(half, nullptr);
+  EXPECT_EQ(half->rank(), rank / 2);
+  int32_t one = 1;
+  half->all_reduce(&one, 1, DataType::kInt32, ReduceOp::kSum, kTimeout);
+  EXPECT_EQ(one, half->world_size());
+  half->barrier(kTimeout);
+  std::unique_ptr<Backend> none = b.split(-1, rank, kTimeout);
+  EXPECT_EQ(none, nullptr);
+  b.barrier(kTimeout);
+}
+
+}  // namespace
+}  // namespace mto

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# A rank that exits (or stops answering) in the middle of a collective makes the other ranks
+# fail with a DistributedError naming the operation and their rank, within the timeout.
+set -uo pipefail
+binary=$(realpath "$1")
+export TMPDIR="${TEST_TMPDIR:-/tmp}"
+export MTO_COLLECTIVE_TIMEOUT=3
+failures=0
+for mode in exit hang; do
+  start=$(date +%s)
+  # Keep mpirun from killing the survivors as soon as rank 1 exits with an error: the test
+  # is about what the survivors do themselves.
+  out=$(timeout 100 mpirun --allow-run-as-root --oversubscribe --bind-to none -np 3 \
+        --mca orte_abort_on_non_zero_status 0 -x MTO_COLLECTIVE_TIMEOUT -x TMPDIR \
+        "$binary" "$mode" 2>&1)
+  elapsed=$(( $(date +%s) - start ))
+  echo "== mode $mode (${elapsed} s)"
+  echo "$out"
+  for rank in 0 2; do
+    line=$(grep "^rank $rank caught DistributedError" <<<"$out")
+    if ! grep -q "all_reduce (sum of 4 elements) timed out after 3 s on rank $rank of 3" <<<"$line"; then
+      echo "FAIL ($mode): rank $rank did not report the timed-out all_reduce"
+      failures=$((failures + 1))
+      continue
+    fi
+    seconds=$(sed -E 's/.*after ([0-9.]+) s:.*/\1/' <<<"$line")
+    if ! awk -v s="$seconds" 'BEGIN { exit !(s >= 2.9 && s < 10) }'; then
+      echo "FAIL ($mode): rank $rank failed after $seconds s, not within the 3 s timeout"
+      failures=$((failures + 1))
+    fi
+    if ! grep -q "^rank $rank then: cannot run barrier on rank $rank of 3: the communicator broke earlier" <<<"$out"; then
+      echo "FAIL ($mode): rank $rank's broken communicator accepted another collective"
+      failures=$((failures + 1))
+    fi
+  done
+  if [ "$elapsed" -ge 60 ]; then
+    echo "FAIL ($mode): the job took ${elapsed} s: something hung"
+    failures=$((failures + 1))
+  fi
+done
+[ "$failures" -eq 0 ] && echo "PASS"
