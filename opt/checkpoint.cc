@@ -2,6 +2,8 @@
 
 #include <torch/csrc/autograd/grad_mode.h>
 
+#include <algorithm>
+#include <cstring>
 #include <map>
 #include <unordered_map>
 
@@ -146,6 +148,46 @@ ModulePtr unwrapped_or_refuse(const ModelOrModelLike* model) {
   return module;
 }
 
+// What each rank's copy of the model is: the XXH3-64 of its modelopt state, then of every
+// tensor, as bytes.
+std::string replica_digests(const ModeloptState& state, const std::vector<NamedTensor>& tensors) {
+  std::vector<uint64_t> digests;
+  const std::string state_bytes = serialize_deterministic(state);
+  digests.push_back(xxh3_64(state_bytes.data(), state_bytes.size()));
+  for (const auto& t : tensors) {
+    const at::Tensor c = t.tensor.contiguous();
+    digests.push_back(xxh3_64(c.data_ptr(), c.nbytes()));
+  }
+  return std::string(reinterpret_cast<const char*>(digests.data()), digests.size() * sizeof(uint64_t));
+}
+
+// Each rank writes only its shard of its own copy: a rank whose model differs would make a
+// checkpoint that is no rank's model. Throws CheckpointError on every rank, naming the
+// first difference. Collective.
+void check_replicas(Communicator& comm, const std::string& digests,
+                    const std::vector<NamedTensor>& tensors) {
+  const std::vector<std::string> all = comm.all_gather(digests);
+  auto decode = [](const std::string& bytes) {
+    std::vector<uint64_t> out(bytes.size() / sizeof(uint64_t));
+    std::memcpy(out.data(), bytes.data(), out.size() * sizeof(uint64_t));
+    return out;
+  };
+  const std::vector<uint64_t> reference = decode(all[0]);
+  for (size_t r = 1; r < all.size(); ++r) {
+    const std::vector<uint64_t> other = decode(all[r]);
+    if (other == reference) continue;
+    std::string what = "the list of tensors";
+    if (other.size() == reference.size()) {
+      const size_t i = std::mismatch(other.begin(), other.end(), reference.begin()).first - other.begin();
+      what = i == 0 ? "the modelopt state" : absl::StrCat("tensor ", tensors[i - 1].name);
+    }
+    throw CheckpointError(absl::StrCat(
+        "save: ", what, " differs between rank 0 and rank ", r,
+        "; every rank must hold the same model (wrap it in mto::DataParallel, or broadcast "
+        "rank 0's weights) before saving"));
+  }
+}
+
 // restore(), into `model` or, when it is null, the recorded model-like.
 ModulePtr restore_checkpoint(const ModelOrModelLike* model, const std::string& dir,
                              const RestoreOptions& options) {
@@ -219,14 +261,17 @@ void save(torch::nn::Module& model_in, const std::string& dir, const SaveOptions
   std::vector<NamedTensor> tensors;
   std::unique_ptr<StagingDirectory> staging;
   std::string staging_path;
+  std::string digests;
   run_on_every_rank(*comm, [&] {
     state = modelopt_state(model);
     tensors = model_state_dict(model);
+    if (world_size > 1) digests = replica_digests(state, tensors);
     if (rank == 0) {
       staging = std::make_unique<StagingDirectory>(dir);
       staging_path = staging->path();
     }
   });
+  if (world_size > 1) check_replicas(*comm, digests, tensors);
   comm->broadcast(staging_path, 0);
 
   // Each rank writes the tensors the plan gives it, in state-dict order.

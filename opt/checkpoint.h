@@ -37,7 +37,8 @@ struct RestoreOptions {
 
 // Saves `model` as the checkpoint directory `dir`. Collective: every rank of the
 // communicator calls it with an identical model (a DataParallel wrapper is unwrapped, so the
-// keys have no "module." prefix).
+// keys have no "module." prefix). The ranks compare checksums of their copies first: a rank
+// whose state or weights differ fails the save on every rank, naming the first difference.
 //
 //   modelopt_state.pb                     the modelopt state, written by rank 0
 //   model-0000i-of-0000N.safetensors      rank i's shard (N = world size), tensors balanced

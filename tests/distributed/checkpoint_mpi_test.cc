@@ -232,5 +232,23 @@ TEST_F(CheckpointMpiTest, FailedSaveFailsOnEveryRankAndKeepsTheDirectory) {
   comm->barrier();
 }
 
+TEST_F(CheckpointMpiTest, RanksWithDifferentModelsCannotSave) {
+  ModulePtr model = reference_model();
+  if (rank == 2) {
+    at::NoGradGuard no_grad;
+    std::dynamic_pointer_cast<test::TestMlpImpl>(model)->fc2->bias[0] += 1;
+  }
+  const std::string dir = base + "/diverged";
+  try {
+    save(*model, dir, {comm});
+    FAIL() << "no error";
+  } catch (const CheckpointError& e) {
+    EXPECT_STREQ(e.what(), "save: tensor fc2.bias differs between rank 0 and rank 2; every rank must hold the "
+                           "same model (wrap it in mto::DataParallel, or broadcast rank 0's weights) before saving");
+  }
+  EXPECT_FALSE(fs::exists(dir));
+  comm->barrier();
+}
+
 }  // namespace
 }  // namespace mto
