@@ -1,8 +1,10 @@
 #include "serialization/shard_writer.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "serialization/bounce_buffer.h"
 #include "serialization/checkpoint_error.h"
 #include "serialization/checkpoint_layout.h"
 #include "serialization/checksum.h"
@@ -11,10 +13,6 @@
 
 namespace mto {
 namespace {
-
-// Bytes hashed and written per step: large enough for few syscalls, small enough that the
-// hash reads from the cache what the kernel copies next.
-constexpr size_t kWriteChunk = size_t{8} << 20;
 
 }  // namespace
 
@@ -57,11 +55,13 @@ WrittenShard write_shard(const std::string& dir, const std::string& file,
   for (size_t i = 0; i < contiguous.size(); ++i) {
     const char* data = static_cast<const char*>(contiguous[i].data_ptr());
     const size_t size = contiguous[i].nbytes();
+    char* bounce = bounce_buffer();
     Xxh3Stream hash;
-    for (size_t done = 0; done < size; done += kWriteChunk) {
-      size_t n = std::min(kWriteChunk, size - done);
-      hash.update(data + done, n);
-      f.write(data + done, n);
+    for (size_t done = 0; done < size; done += kBounceBufferBytes) {
+      const size_t n = std::min(kBounceBufferBytes, size - done);
+      std::memcpy(bounce, data + done, n);
+      hash.update(bounce, n);
+      f.write(bounce, n);
     }
     TensorRecord& r = out.tensors.emplace_back();
     r.set_name(entries[i].name);

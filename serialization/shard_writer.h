@@ -23,7 +23,7 @@ struct WrittenShard {
   std::vector<TensorRecord> tensors;
 };
 
-// Writes `tensors` as the safetensors file `dir`/`file`, straight from the tensors' memory,
+// Writes `tensors` as the safetensors file `dir`/`file` through the thread's bounce buffer,
 // computing each tensor's XXH3-64 on the way, and fsyncs it. The header's __metadata__
 // records the format ("pt") and `writer_rank`. Tensors must be on the CPU; non-contiguous
 // ones are copied first. `shard_index` is stored in the tensor records.

@@ -1,8 +1,10 @@
 #include "serialization/tensor_reader.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "serialization/bounce_buffer.h"
 #include "absl/strings/str_join.h"
 #include "serialization/checkpoint_error.h"
 #include "serialization/checksum.h"
@@ -10,9 +12,6 @@
 
 namespace mto {
 namespace {
-
-// Read and hash in steps that stay in the cache between the copy and the hash.
-constexpr size_t kReadChunk = size_t{8} << 20;
 
 }  // namespace
 
@@ -34,11 +33,13 @@ void check_tensor_matches(const TensorRecord& record, const at::Tensor& dest) {
 void read_tensor_into(const File& file, const TensorRecord& record, const at::Tensor& dest) {
   check_tensor_matches(record, dest);
   char* data = static_cast<char*>(dest.data_ptr());
+  char* bounce = bounce_buffer();
   Xxh3Stream hash;
-  for (uint64_t done = 0; done < record.length(); done += kReadChunk) {
-    const size_t n = static_cast<size_t>(std::min<uint64_t>(kReadChunk, record.length() - done));
-    file.read_at(data + done, n, record.offset() + done);
-    hash.update(data + done, n);
+  for (uint64_t done = 0; done < record.length(); done += kBounceBufferBytes) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(kBounceBufferBytes, record.length() - done));
+    file.read_at(bounce, n, record.offset() + done);
+    hash.update(bounce, n);
+    std::memcpy(data + done, bounce, n);
   }
   if (hash.digest() != record.xxh3()) {
     throw CheckpointError(absl::StrCat("checksum mismatch in ", file.path(), ": tensor ",
