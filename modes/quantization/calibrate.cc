@@ -1,0 +1,153 @@
+#include "modes/quantization/calibrate.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/grad_mode.h>
+
+#include <exception>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "modes/quantization/quantized_model.h"
+#include "opt/errors.h"
+
+namespace mto {
+namespace quantization {
+namespace {
+
+// Puts quantizers into calibration and always takes them out again.
+class CalibrationScope {
+ public:
+  explicit CalibrationScope(const std::vector<TensorQuantizerImpl*>& quantizers)
+      : quantizers_(quantizers) {
+    for (TensorQuantizerImpl* quantizer : quantizers_) quantizer->begin_calibration();
+  }
+  ~CalibrationScope() {
+    for (TensorQuantizerImpl* quantizer : quantizers_) {
+      if (quantizer->calibrating()) quantizer->end_calibration();
+    }
+  }
+  CalibrationScope(const CalibrationScope&) = delete;
+  CalibrationScope& operator=(const CalibrationScope&) = delete;
+
+ private:
+  std::vector<TensorQuantizerImpl*> quantizers_;
+};
+
+// The shape the amax of `slot` has on every rank, known before any data is seen.
+std::vector<int64_t> amax_shape(const QuantizerSlot& slot, const at::Tensor& weight_amax) {
+  if (slot.slot == nn::Slot::kWeight) return weight_amax.sizes().vec();
+  if (slot.quantizer()->attributes().has_axis()) return {slot.feature_size()};
+  return {};
+}
+
+// This rank's amax of every slot (undefined where it saw no data).
+std::vector<at::Tensor> local_amax(const std::vector<QuantizerSlot>& slots,
+                                   torch::nn::Module& model, const ForwardLoop* forward_loop) {
+  std::vector<at::Tensor> amax(slots.size());
+  std::vector<TensorQuantizerImpl*> quantizers;
+  std::vector<std::string> activation_names;
+  for (size_t i = 0; i < slots.size(); ++i) {
+    quantizers.push_back(slots[i].quantizer());
+    if (slots[i].slot == nn::Slot::kWeight) {
+      amax[i] = slots[i].quantizer()->compute_amax(slots[i].weight());
+    } else {
+      activation_names.push_back(slots[i].name);
+    }
+  }
+  if (activation_names.empty()) return amax;
+  if (forward_loop == nullptr || !*forward_loop) {
+    throw ApplyModeError(absl::StrCat(
+        "max_calibrate needs the mode argument 'forward_loop' to calibrate ",
+        absl::StrJoin(activation_names, ", ")));
+  }
+  {
+    // Every quantizer passes its input through while the loop runs; the weights' amax
+    // comes from the weights themselves.
+    CalibrationScope scope(quantizers);
+    torch::NoGradGuard no_grad;
+    (*forward_loop)(model);
+    for (size_t i = 0; i < slots.size(); ++i) {
+      const at::Tensor seen = slots[i].quantizer()->end_calibration();
+      if (slots[i].slot != nn::Slot::kWeight) amax[i] = seen;
+    }
+  }
+  for (size_t i = 0; i < slots.size(); ++i) {
+    if (!amax[i].defined()) continue;
+    const std::vector<int64_t> expected = amax_shape(slots[i], amax[i]);
+    if (amax[i].sizes().vec() != expected) {
+      throw ApplyModeError(absl::StrCat(slots[i].name, ": calibration produced an amax of shape [",
+                                        absl::StrJoin(amax[i].sizes(), ", "), "], expected [",
+                                        absl::StrJoin(expected, ", "), "]"));
+    }
+    if (!at::isfinite(amax[i]).all().item<bool>()) {
+      throw ApplyModeError(absl::StrCat(slots[i].name,
+                                        ": the calibration data holds infinities or NaNs"));
+    }
+  }
+  return amax;
+}
+
+}  // namespace
+
+void calibrate_max(torch::nn::Module& model, const ForwardLoop* forward_loop,
+                   Communicator* communicator) {
+  std::vector<QuantizerSlot> slots;
+  for (QuantizerSlot& slot : quantized_slots(model)) {
+    if (slot.quantizer()->attributes().enable()) slots.push_back(std::move(slot));
+  }
+  std::vector<at::Tensor> amax;
+  std::exception_ptr failure;
+  try {
+    amax = local_amax(slots, model, forward_loop);
+  } catch (...) {
+    failure = std::current_exception();
+    amax.assign(slots.size(), at::Tensor());
+  }
+
+  // One buffer for the whole model: every amax (-1 where this rank saw no data; real ones
+  // are >= 0, so MAX keeps them), then rank + 1 if this rank failed, else 0.
+  std::vector<std::vector<int64_t>> shapes;
+  int64_t total = 1;
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const at::Tensor weight_amax = slots[i].slot == nn::Slot::kWeight && !amax[i].defined()
+                                       ? slots[i].quantizer()->compute_amax(slots[i].weight())
+                                       : amax[i];
+    shapes.push_back(amax_shape(slots[i], weight_amax));
+    total += c10::multiply_integers(shapes.back());
+  }
+  at::Tensor buffer = at::full({total}, -1.0f, at::kFloat);
+  int64_t offset = 0;
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const int64_t size = c10::multiply_integers(shapes[i]);
+    if (amax[i].defined()) buffer.narrow(0, offset, size).copy_(amax[i].reshape({-1}));
+    offset += size;
+  }
+  const int rank = communicator != nullptr ? communicator->rank() : 0;
+  buffer[total - 1] = failure ? static_cast<float>(rank + 1) : 0.0f;
+  if (communicator != nullptr) communicator->all_reduce(buffer, ReduceOp::kMax);
+
+  if (failure) std::rethrow_exception(failure);
+  const int failed_rank = static_cast<int>(buffer[total - 1].item<float>()) - 1;
+  if (failed_rank >= 0) {
+    throw ApplyModeError(absl::StrCat("max_calibrate failed on rank ", failed_rank,
+                                      " (its own error says why)"));
+  }
+  std::vector<std::string> missing;
+  offset = 0;
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const int64_t size = c10::multiply_integers(shapes[i]);
+    amax[i] = buffer.narrow(0, offset, size).reshape(shapes[i]);
+    if ((amax[i] < 0).any().item<bool>()) missing.push_back(slots[i].name);
+    offset += size;
+  }
+  if (!missing.empty()) {
+    throw ApplyModeError(absl::StrCat("max_calibrate: no rank saw calibration data for ",
+                                      absl::StrJoin(missing, ", "),
+                                      " (does the forward loop run these layers?)"));
+  }
+  for (size_t i = 0; i < slots.size(); ++i) slots[i].quantizer()->set_amax(amax[i]);
+}
+
+}  // namespace quantization
+}  // namespace mto

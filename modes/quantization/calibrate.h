@@ -1,0 +1,31 @@
+#pragma once
+
+#include <functional>
+
+#include <torch/nn/module.h>
+
+#include "distributed/communicator.h"
+
+namespace mto {
+namespace quantization {
+
+// Runs the model over calibration data, e.g. every batch of this rank's slice:
+//   [&](torch::nn::Module& m) { for (auto& batch : slice) forward(m, batch); }
+// Passed to "max_calibrate" as the mode argument "forward_loop"; never saved.
+using ForwardLoop = std::function<void(torch::nn::Module& model)>;
+
+// Sets the `_amax` of every enabled quantizer of `model` to the absolute maximum of what it
+// quantizes: weight quantizers from the weights, input and output quantizers from what
+// `forward_loop` (may be null when none is enabled) runs through them on this rank.
+//
+// With a communicator, every amax is then combined with MAX over its ranks in one fused
+// collective, whose encoding also says which quantizers a rank saw no data for (-1) and
+// whether the rank failed: no rank waits for another that failed, a rank with no data
+// does not hang, and every rank ends with the same amax. Collective when `communicator` is
+// not null. Throws ApplyModeError naming the quantizers that no rank saw data for, or the
+// rank whose forward loop failed.
+void calibrate_max(torch::nn::Module& model, const ForwardLoop* forward_loop,
+                   Communicator* communicator);
+
+}  // namespace quantization
+}  // namespace mto

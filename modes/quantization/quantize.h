@@ -1,0 +1,22 @@
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "distributed/communicator.h"
+#include "modes/quantization/calibrate.h"
+#include "opt/mode.h"
+
+namespace mto {
+namespace quantization {
+
+// Quantizes `model` as the Python original's mtq.quantize does: applies "quantize" with
+// `config` (a preset name such as "int8", or JSON in the Python form), then, when the
+// config's algorithm is "max", "max_calibrate" with `forward_loop` over this rank's data
+// and every amax synchronized over `communicator` (the world when null). Collective.
+// Returns the quantized model.
+ModulePtr quantize(ModulePtr model, const std::string& config, ForwardLoop forward_loop = nullptr,
+                   std::shared_ptr<Communicator> communicator = nullptr);
+
+}  // namespace quantization
+}  // namespace mto

@@ -1,0 +1,174 @@
+#include "modes/quantization/quantized_model.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <memory>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "opt/errors.h"
+#include "opt/nn/conv2d.h"
+#include "opt/nn/linear.h"
+
+namespace mto {
+namespace quantization {
+namespace {
+
+struct SlotName {
+  nn::Slot slot;
+  const char* transform;
+};
+constexpr SlotName kSlots[] = {{nn::Slot::kInput, "input_quantizer"},
+                               {nn::Slot::kWeight, "weight_quantizer"},
+                               {nn::Slot::kOutput, "output_quantizer"}};
+
+std::string join_name(const std::string& prefix, const std::string& name) {
+  return prefix.empty() ? name : absl::StrCat(prefix, ".", name);
+}
+
+std::string layer_class_of(nn::DynamicLayer* layer) {
+  if (dynamic_cast<nn::LinearImpl*>(layer) != nullptr) return "nn.Linear";
+  if (dynamic_cast<nn::Conv2dImpl*>(layer) != nullptr) return "nn.Conv2d";
+  return "";
+}
+
+// "{'a', 'b'}", as the Python original prints a set of keys.
+std::string format_keys(const std::vector<std::string>& keys) {
+  return absl::StrCat("{'", absl::StrJoin(keys, "', '"), "'}");
+}
+
+}  // namespace
+
+TensorQuantizerImpl* QuantizerSlot::quantizer() const {
+  return dynamic_cast<TensorQuantizerImpl*>(layer->transform(transform).get());
+}
+
+at::Tensor QuantizerSlot::weight() const {
+  return layer->as_module().named_parameters(/*recurse=*/false)["weight"];
+}
+
+int64_t QuantizerSlot::feature_size() const {
+  if (auto* linear = dynamic_cast<nn::LinearImpl*>(layer)) {
+    return slot == nn::Slot::kInput ? linear->options.in_features() : linear->options.out_features();
+  }
+  auto* conv = dynamic_cast<nn::Conv2dImpl*>(layer);
+  return slot == nn::Slot::kInput ? conv->options.in_channels() : conv->options.out_channels();
+}
+
+bool QuantizerSlot::is_feature_axis(int64_t axis) const {
+  if (slot == nn::Slot::kWeight) return false;
+  if (layer_class == "nn.Linear") return axis == -1;
+  return axis == 1 || axis == -3;
+}
+
+std::vector<QuantizerSlot> quantizer_slots(torch::nn::Module& model) {
+  std::vector<QuantizerSlot> out;
+  for (const auto& [layer_name, layer] : nn::named_dynamic_layers(model)) {
+    const std::string layer_class = layer_class_of(layer);
+    if (layer_class.empty()) continue;
+    for (const auto& [slot, transform] : kSlots) {
+      out.push_back({join_name(layer_name, transform), layer_name, layer_class, transform, slot, layer});
+    }
+  }
+  return out;
+}
+
+std::vector<QuantizerSlot> quantized_slots(torch::nn::Module& model) {
+  std::vector<QuantizerSlot> out;
+  for (QuantizerSlot& slot : quantizer_slots(model)) {
+    if (slot.quantizer() != nullptr) out.push_back(std::move(slot));
+  }
+  return out;
+}
+
+void check_attributes_fit(const QuantizerSlot& slot, const QuantizerAttributes& attributes) {
+  auto fail = [&](const std::string& problem) {
+    throw ApplyModeError(absl::StrCat(slot.name, ": ", problem));
+  };
+  if (attributes.has_axis() && attributes.block_size() > 0) {
+    fail("axis and block_sizes cannot both be set (set \"axis\": null)");
+  }
+  if (slot.slot == nn::Slot::kWeight) {
+    const int64_t dim = slot.weight().dim();
+    if (attributes.has_axis() && (attributes.axis() < -dim || attributes.axis() >= dim)) {
+      fail(absl::StrCat("axis ", attributes.axis(), " is out of range for a weight of ", dim, " dimensions"));
+    }
+    if (attributes.block_size() > 0 && (attributes.block_axis() < -dim || attributes.block_axis() >= dim)) {
+      fail(absl::StrCat("block axis ", attributes.block_axis(), " is out of range for a weight of ", dim,
+                        " dimensions"));
+    }
+    return;
+  }
+  if (!attributes.enable()) return;
+  if (attributes.block_size() > 0) fail("block_sizes are supported on weight quantizers only");
+  if (attributes.has_axis() && !slot.is_feature_axis(attributes.axis())) {
+    fail(absl::StrCat("axis ", attributes.axis(), " does not index the layer's features; per-channel ",
+                      "activation quantization takes axis ", slot.layer_class == "nn.Linear" ? "-1" : "1 (or -3)",
+                      " for ", slot.layer_class));
+  }
+}
+
+QuantizeMetadata quantizer_state(torch::nn::Module& model) {
+  QuantizeMetadata metadata;
+  for (const QuantizerSlot& slot : quantized_slots(model)) {
+    (*metadata.mutable_quantizer_state())[slot.name] = slot.quantizer()->state();
+  }
+  return metadata;
+}
+
+void restore_quantizer_state(torch::nn::Module& model, const QuantizeMetadata& metadata,
+                             bool insert) {
+  const std::vector<QuantizerSlot> slots = insert ? quantizer_slots(model) : quantized_slots(model);
+  std::set<std::string> found;
+  for (const QuantizerSlot& slot : slots) found.insert(slot.name);
+  std::vector<std::string> unmatched, extra;
+  for (const auto& [name, state] : metadata.quantizer_state()) {
+    if (!found.count(name)) unmatched.push_back(name);
+  }
+  for (const std::string& name : found) {
+    if (!metadata.quantizer_state().count(name)) extra.push_back(name);
+  }
+  std::sort(unmatched.begin(), unmatched.end());
+  if (!unmatched.empty()) {
+    throw ApplyModeError(absl::StrCat("Unmatched keys in the quantizer state: ", format_keys(unmatched),
+                                      " (the model has no such layer slots)"));
+  }
+  if (!extra.empty()) {
+    throw ApplyModeError(absl::StrCat("Extra keys in the model: ", format_keys(extra),
+                                      " (the quantizer state does not list them)"));
+  }
+  for (const QuantizerSlot& slot : slots) {
+    const QuantizerState& state = metadata.quantizer_state().at(slot.name);
+    check_attributes_fit(slot, state.attributes());
+    TensorQuantizerImpl* quantizer = slot.quantizer();
+    if (insert) {
+      if (quantizer != nullptr) {
+        throw ApplyModeError(absl::StrCat(slot.name, " already exists: the model is already quantized"));
+      }
+      auto created = std::make_shared<TensorQuantizerImpl>(slot.name, state.attributes(),
+                                                           /*keepdim_amax=*/slot.slot == nn::Slot::kWeight);
+      slot.layer->add_transform(slot.slot, slot.transform, created);
+      quantizer = created.get();
+    } else {
+      quantizer->set_attributes(state.attributes());
+    }
+    if (state.has_amax()) {
+      std::vector<int64_t> shape(state.amax_shape().begin(), state.amax_shape().end());
+      // The shape is untrusted: an amax never has more values than what it scales.
+      const int64_t limit = std::max<int64_t>(slot.weight().numel(), slot.feature_size());
+      int64_t numel = 1;
+      for (int64_t size : shape) {
+        if (size < 0 || size > limit || (numel *= size) > limit) {
+          throw ApplyModeError(absl::StrCat(slot.name, ": the recorded amax shape [",
+                                            absl::StrJoin(shape, ", "), "] does not fit the layer"));
+        }
+      }
+      quantizer->set_amax(at::zeros(shape, at::kFloat));
+    }
+  }
+}
+
+}  // namespace quantization
+}  // namespace mto

@@ -1,0 +1,76 @@
+#pragma once
+
+#include <ostream>
+#include <string>
+
+#include <ATen/core/Tensor.h>
+#include <torch/nn/pimpl.h>
+
+#include "modes/quantization/quantization.pb.h"
+#include "opt/nn/dynamic_layer.h"
+
+namespace mto {
+namespace quantization {
+
+// Fake-quantizes the tensor it transforms (a layer's input, weight or output), as the Python
+// original's TensorQuantizer does: integers of 2..8 bits or FP8 E4M3, with one scale per
+// tensor, per index of an axis, or per block. The scales come from the `_amax` buffer,
+// which calibration fills. Gradients pass straight through, so quantization-aware
+// fine-tuning works. Disabled, it returns its input unchanged.
+class TensorQuantizerImpl : public nn::TransformImpl {
+ public:
+  // `name` is the quantizer's name in the model ("fc1.weight_quantizer"), for messages.
+  // `keepdim_amax`: per-axis amax keeps the reduced dimensions (for weights, whose rank is
+  // fixed, as the Python original stores them); otherwise it is one-dimensional.
+  TensorQuantizerImpl(std::string name, QuantizerAttributes attributes, bool keepdim_amax);
+
+  at::Tensor forward(const at::Tensor& x) override;
+  void pretty_print(std::ostream& stream) const override;
+
+  const std::string& quantizer_name() const { return name_; }
+  const QuantizerAttributes& attributes() const { return attributes_; }
+  void set_attributes(const QuantizerAttributes& attributes) { attributes_ = attributes; }
+
+  // Whether the `_amax` buffer exists (after calibration, or after restoring a calibrated
+  // quantizer).
+  bool has_amax() const { return amax_.defined(); }
+  const at::Tensor& amax() const { return amax_; }
+  // Creates or replaces the `_amax` buffer with a float32 copy of `amax`.
+  void set_amax(const at::Tensor& amax);
+
+  // The amax of `x` for this quantizer's granularity, in the shape `_amax` has.
+  at::Tensor compute_amax(const at::Tensor& x) const;
+
+  // While calibrating, forward records the running amax of what it sees and returns its
+  // input unchanged. end_calibration returns the running amax (undefined when the
+  // quantizer saw nothing) and stops.
+  void begin_calibration();
+  at::Tensor end_calibration();
+  bool calibrating() const { return calibrating_; }
+
+  // This quantizer as the metadata records it.
+  QuantizerState state() const;
+
+ private:
+  at::Tensor quantize(const at::Tensor& x) const;
+  at::Tensor quantize_blocks(const at::Tensor& x) const;
+  // `x` padded with zeros along the block axis to whole blocks and viewed with that axis
+  // split in two: [..., blocks, block_size, ...].
+  at::Tensor blocked(const at::Tensor& x) const;
+  at::Tensor quantize_values(const at::Tensor& x, const at::Tensor& amax) const;
+  // `amax_` shaped to broadcast against a tensor of `dim` dimensions.
+  at::Tensor broadcast_amax(int64_t dim) const;
+  int64_t normalize_axis(int64_t axis, int64_t dim, const char* what) const;
+
+  std::string name_;
+  QuantizerAttributes attributes_;
+  bool keepdim_amax_;
+  at::Tensor amax_;
+  bool calibrating_ = false;
+  at::Tensor calibration_amax_;
+};
+
+TORCH_MODULE(TensorQuantizer);
+
+}  // namespace quantization
+}  // namespace mto
