@@ -1,5 +1,6 @@
 #include "opt/checkpoint.h"
 
+#include <ATen/ATen.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
 #include <algorithm>
@@ -330,6 +331,38 @@ ModulePtr restore(const ModelOrModelLike& model, const std::string& dir,
 
 ModulePtr restore(const std::string& dir, const RestoreOptions& options) {
   return restore_checkpoint(nullptr, dir, options);
+}
+
+CheckpointContents read_checkpoint_contents(const std::string& dir) {
+  CheckpointContents contents;
+  contents.manifest = read_checkpoint_manifest(dir);
+  const std::string state_bytes = read_checked_file(dir, contents.manifest.modelopt_state());
+  if (!contents.state.ParseFromString(state_bytes)) {
+    throw CheckpointError(absl::StrCat("file ", path_in(dir, contents.manifest.modelopt_state().file()),
+                                       " is not a valid mto.ModeloptState"));
+  }
+  read_checked_file(dir, contents.manifest.index());
+  return contents;
+}
+
+void verify_checkpoint(const std::string& dir,
+                       const std::function<void(uint64_t done, uint64_t total)>& progress) {
+  const Manifest manifest = read_checkpoint_contents(dir).manifest;
+  uint64_t total = 0, done = 0;
+  for (const auto& record : manifest.tensors()) total += record.length();
+  std::map<uint32_t, File> shards;
+  for (const auto& record : manifest.tensors()) {
+    auto it = shards.find(record.shard());
+    if (it == shards.end()) {
+      it = shards.emplace(record.shard(), open_shard(dir, manifest.shards(record.shard()))).first;
+    }
+    std::vector<int64_t> shape(record.shape().begin(), record.shape().end());
+    const at::Tensor scratch =
+        at::empty(shape, at::TensorOptions().dtype(scalar_type_from_safetensors(record.dtype(), record.name())));
+    read_tensor_into(it->second, record, scratch);
+    done += record.length();
+    if (progress) progress(done, total);
+  }
 }
 
 }  // namespace mto

@@ -1,5 +1,7 @@
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -7,6 +9,7 @@
 
 #include "distributed/communicator.h"
 #include "opt/conversion.h"
+#include "serialization/manifest.pb.h"
 
 namespace mto {
 
@@ -69,5 +72,23 @@ ModulePtr restore(const ModelOrModelLike& model, const std::string& dir,
 
 // As above, building the model from the model-like recorded in the checkpoint.
 ModulePtr restore(const std::string& dir, const RestoreOptions& options = {});
+
+// What a checkpoint directory says about itself: its manifest and its modelopt state.
+struct CheckpointContents {
+  Manifest manifest;
+  ModeloptState state;
+};
+
+// Reads the manifest and the modelopt state of `dir` on this process alone, checking their
+// framing, sizes and checksums (tensor data is not read). Throws CheckpointError naming the
+// file.
+CheckpointContents read_checkpoint_contents(const std::string& dir);
+
+// Reads every byte of every shard of `dir` on this process alone and checks it against the
+// manifest: sizes, safetensors headers, every tensor's XXH3-64. Calls `progress` with the
+// bytes checked so far and the total after each tensor. Throws CheckpointError naming the
+// file, the tensor and the offset of the first mismatch.
+void verify_checkpoint(const std::string& dir,
+                       const std::function<void(uint64_t done, uint64_t total)>& progress = nullptr);
 
 }  // namespace mto
