@@ -1,36 +1,58 @@
 // Checkpoint benchmark: mto::save and mto::restore of a model of about 1 GiB (a stack of
-// mto::nn::Linear layers) on the ranks this is launched with, against baselines measured in
-// the same run on rank 0: a raw sequential write + fsync of the same bytes, torch::save +
-// fsync, a raw read() into memory that is already touched, and torch::load.
+// mto::nn::Linear layers) on the ranks this is launched with, both restore strategies,
+// against baselines measured in the same run on rank 0:
 //
-//   mpirun -np 4 --oversubscribe checkpoint_bench [--mib 1024] [--dir /tmp/mto-bench]
+//   raw write + fsync   the same bytes, one sequential file, written straight from the
+//                       tensors' memory and through a reusable 512 KiB bounce buffer (as
+//                       the library does); the faster of the two is the write baseline
+//   raw read            the same file read() into memory the kernel has already written to
+//                       (the read baseline), and into freshly mapped tensors
+//   torch::save/load    the same state dict, torch::save followed by fsync
+//
+// Every operation runs --repeat times; the table shows the median and every run. Each file
+// is read right after it was written, so reads come from the page cache, for the baselines
+// and for mto alike.
+//
+//   mpirun -np 4 --oversubscribe checkpoint_bench [--mib 1024] [--repeat 3] [--dir DIR]
 //   (tools/bench/checkpoint_bench.sh runs 1, 2 and 4 ranks)
-#include <fcntl.h>
-#include <unistd.h>
+#include <malloc.h>
+#include <sys/mman.h>
 
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
 #include <torch/serialize/input-archive.h>
 #include <torch/serialize/output-archive.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
+#include <memory>
+#include <new>
+#include <stdexcept>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "CLI/CLI.hpp"
+#include "distributed/communicator.h"
 #include "distributed/world.h"
 #include "opt/checkpoint.h"
 #include "opt/nn/linear.h"
 #include "opt/state_dict.h"
+#include "serialization/bounce_buffer.h"
 #include "serialization/checksum.h"
 #include "serialization/file.h"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
+namespace fs = std::filesystem;
 
 // `layers` Linear(width, width) layers: width * width * 4 bytes each, plus a bias.
 class LinearStackImpl : public torch::nn::Module {
@@ -40,22 +62,51 @@ class LinearStackImpl : public torch::nn::Module {
   }
 };
 
-double since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
-
-// Resident set size now and its peak, in bytes (Linux /proc/self/status).
-uint64_t status_bytes(const std::string& key) {
+// A value of /proc/self/status in bytes ("VmRSS", "VmHWM"); 0 if absent.
+int64_t status_bytes(const std::string& key) {
   std::ifstream status("/proc/self/status");
   std::string line;
   while (std::getline(status, line)) {
-    if (line.rfind(key + ":", 0) == 0) return std::stoull(line.substr(key.size() + 1)) * 1024;
+    if (line.rfind(key + ":", 0) == 0) return std::stoll(line.substr(key.size() + 1)) * 1024;
   }
   return 0;
 }
 
-// Starts a new peak-RSS measurement (writing 5 to clear_refs resets VmHWM).
+// The load averages over 1, 5 and 15 minutes, as /proc/loadavg gives them: the machine may
+// be shared, and a busy machine makes every number below slower and noisier.
+std::string load_average() {
+  std::ifstream file("/proc/loadavg");
+  std::string one, five, fifteen;
+  file >> one >> five >> fifteen;
+  return one + " " + five + " " + fifteen;
+}
+
+// Starts a new peak-RSS measurement (writing 5 to clear_refs resets VmHWM to VmRSS).
 void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
 
-uint64_t digest(torch::nn::Module& model) {
+// One run of an operation: its time, and how far the peak RSS rose above the RSS before it.
+struct Sample {
+  double seconds;
+  int64_t rss_added;
+};
+
+// Runs `op` once, timing it; the RSS is read outside the timed region.
+Sample sample(const std::function<void()>& op) {
+  const int64_t before = status_bytes("VmRSS");
+  reset_peak_rss();
+  const auto start = Clock::now();
+  op();
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  return {seconds, status_bytes("VmHWM") - before};
+}
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+}
+
+uint64_t digest(const torch::nn::Module& model) {
   uint64_t h = 0;
   for (const auto& t : mto::model_state_dict(model)) {
     h = h * 1000003 ^ mto::xxh3_64(t.tensor.data_ptr(), t.tensor.nbytes());
@@ -63,10 +114,127 @@ uint64_t digest(torch::nn::Module& model) {
   return h;
 }
 
+// Writes every tensor's bytes, in order, to a new file at `path` and fsyncs it: write()
+// straight from the tensors' memory.
+void write_direct(const std::vector<mto::NamedTensor>& tensors, const std::string& path) {
+  mto::File file = mto::File::create(path);
+  for (const auto& t : tensors) file.write(t.tensor.data_ptr(), t.tensor.nbytes());
+  file.sync();
+  file.close();
+}
+
+// The same, copying each tensor through the thread's reusable bounce buffer first, as the
+// library's shard writer does (without its checksum).
+void write_bounced(const std::vector<mto::NamedTensor>& tensors, const std::string& path) {
+  mto::File file = mto::File::create(path);
+  char* bounce = mto::bounce_buffer();
+  for (const auto& t : tensors) {
+    const char* data = static_cast<const char*>(t.tensor.data_ptr());
+    const size_t size = t.tensor.nbytes();
+    for (size_t done = 0; done < size;) {
+      const size_t n = std::min(mto::kBounceBufferBytes, size - done);
+      std::memcpy(bounce, data + done, n);
+      file.write(bounce, n);
+      done += n;
+    }
+  }
+  file.sync();
+  file.close();
+}
+
+// read()s the file at `path`, from its start, into `destinations` in order.
+void read_into(const std::string& path, const std::vector<at::Tensor>& destinations) {
+  mto::File file = mto::File::open(path);
+  uint64_t offset = 0;
+  for (const auto& d : destinations) {
+    file.read_at(d.data_ptr(), d.nbytes(), offset);
+    offset += d.nbytes();
+  }
+}
+
+// An uninitialized tensor like `t` on pages of its own that no one has touched yet: an
+// anonymous mapping, unmapped when the tensor dies. (at::empty could hand back memory that
+// the allocator recycled, which would make "fresh" depend on what ran before.)
+void* map_fresh(size_t size) {
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw std::bad_alloc();
+  return p;
+}
+
+at::Tensor fresh_tensor_like(const at::Tensor& t) {
+  const size_t size = t.nbytes();
+  return at::from_blob(map_fresh(size), t.sizes(), [size](void* q) { ::munmap(q, size); },
+                       t.options().requires_grad(false));
+}
+
+enum class Kind { kWrite, kRead };
+
+// One line of the table.
 struct Row {
   std::string name;
-  double seconds;
+  Kind kind;
+  std::vector<double> runs;
+  int64_t rss_added = -1;  // worst run (and, for mto, worst rank); -1: not measured
+  double seconds() const { return median(runs); }
 };
+
+// Runs `op` `repeat` times on rank 0 alone, `prepare` (untimed) before each run.
+Row measure_alone(const std::string& name, Kind kind, int repeat, const std::function<void()>& prepare,
+                  const std::function<void()>& op) {
+  Row row{name, kind, {}};
+  for (int i = 0; i < repeat; ++i) {
+    prepare();
+    const Sample s = sample(op);
+    row.runs.push_back(s.seconds);
+    if (kind == Kind::kRead) row.rss_added = std::max(row.rss_added, s.rss_added);
+  }
+  return row;
+}
+
+std::string strategy_name(mto::RestoreStrategy strategy) {
+  return strategy == mto::RestoreStrategy::kReadAll ? "read all" : "read share + broadcast";
+}
+
+void print_table(const std::vector<Row>& rows, uint64_t bytes) {
+  auto find = [&](const std::string& prefix) {
+    for (const auto& r : rows) {
+      if (r.name.rfind(prefix, 0) == 0) return r.seconds();
+    }
+    throw std::logic_error("no row " + prefix);
+  };
+  const double raw_write =
+      std::min(find("raw write + fsync, from tensor memory"), find("raw write + fsync, via bounce"));
+  const double raw_read = find("raw read, into kernel-warm memory");
+  const double torch_save = find("torch::save"), torch_load = find("torch::load");
+
+  std::printf("\n%-48s %9s %7s %10s %11s %12s  %s\n", "operation", "median s", "GB/s", "time/raw",
+              "time/torch", "RSS added", "runs (s)");
+  for (const auto& r : rows) {
+    const double s = r.seconds();
+    const bool write = r.kind == Kind::kWrite;
+    std::string rss = "-";
+    if (r.rss_added >= 0) rss = std::to_string(static_cast<long long>(r.rss_added >> 20)) + " MiB";
+    std::string runs;
+    for (double x : r.runs) {
+      char run[32];
+      std::snprintf(run, sizeof run, "%s%.3f", runs.empty() ? "" : " ", x);
+      runs += run;
+    }
+    std::printf("%-48s %9.3f %7.2f %9.2fx %10.2fx %12s  %s\n", r.name.c_str(), s, bytes / s / 1e9,
+                s / (write ? raw_write : raw_read), s / (write ? torch_save : torch_load), rss.c_str(),
+                runs.c_str());
+  }
+  std::printf(
+      "\ntime/raw: median time over the raw baseline's (writes: the faster raw write + fsync, %.3f s; reads:\n"
+      "raw read into kernel-warm memory, %.3f s). time/torch: over torch::save + fsync (%.3f s) or torch::load\n"
+      "(%.3f s). Below 1.00x is faster than the baseline. GB/s: model bytes over the median time. RSS added:\n"
+      "peak RSS during the operation minus RSS before it, worst run (mto: worst rank); the restore target\n"
+      "model is built before the timer, torch::load and the fresh-tensor read allocate their own.\n"
+      "The first raw write from tensor memory is the kernel's first access to the model's pages; later runs\n"
+      "find them warm. torch::load gets fresh pages on every run, as in a process that loads once (its\n"
+      "previous tensors are freed and malloc_trim returns their pages before the next run).\n",
+      raw_write, raw_read, torch_save, torch_load);
+}
 
 }  // namespace
 
@@ -74,9 +242,11 @@ int main(int argc, char** argv) {
   CLI::App app{"mto checkpoint benchmark: save and restore against raw I/O and torch::save/load"};
   int mib = 1024;
   int64_t width = 2048;
-  std::string dir = (std::filesystem::temp_directory_path() / "mto-bench").string();
+  int repeat = 3;
+  std::string dir = (fs::temp_directory_path() / "mto-bench").string();
   app.add_option("--mib", mib, "model size in MiB (layers of width x width floats)")->check(CLI::PositiveNumber);
   app.add_option("--width", width, "width of each Linear layer")->check(CLI::PositiveNumber);
+  app.add_option("--repeat", repeat, "runs of each operation; the table shows the median")->check(CLI::PositiveNumber);
   app.add_option("--dir", dir, "scratch directory (on the disk to measure)");
   CLI11_PARSE(app, argc, argv);
 
@@ -84,120 +254,155 @@ int main(int argc, char** argv) {
     at::set_num_threads(1);
     auto comm = mto::world();
     const int rank = comm->rank();
+    const int ranks = comm->world_size();
     const int layers = std::max<int>(1, static_cast<int>((int64_t{mib} << 20) / (width * width * 4)));
-    std::filesystem::create_directories(dir);
     const std::string ckpt = dir + "/ckpt";
     const std::string raw = dir + "/raw.bin";
     const std::string pt = dir + "/torch.pt";
+    if (rank == 0) fs::create_directories(dir);
 
-    const uint64_t rss_base = status_bytes("VmRSS");
+    const int64_t rss_base = status_bytes("VmRSS");
     at::manual_seed(0);  // the same model on every rank
     auto model = std::make_shared<LinearStackImpl>(layers, width);
     const auto tensors = mto::model_state_dict(*model);
     uint64_t bytes = 0;
-    for (const auto& t : tensors) bytes += t.tensor.nbytes();
+    for (const auto& t : tensors) {
+      if (!t.tensor.is_contiguous()) throw std::logic_error("tensor " + t.name + " is not contiguous");
+      bytes += t.tensor.nbytes();
+    }
     std::vector<Row> rows;
+    std::vector<double> first_touch;  // memset of as many freshly mapped bytes, rank 0
+    std::vector<double> build;        // building a fresh model before each restore
+    const std::string load_at_start = load_average();
 
     if (rank == 0) {
-      // Raw sequential write + fsync of the same bytes.
-      auto start = Clock::now();
-      {
-        mto::File f = mto::File::create(raw);
-        for (const auto& t : tensors) f.write(t.tensor.data_ptr(), t.tensor.nbytes());
-        f.sync();
-        f.close();
-      }
-      rows.push_back({"raw write + fsync (1 writer)", since(start)});
-
-      // Raw read() into memory that is already touched: the model's own tensors.
-      start = Clock::now();
-      {
-        mto::File f = mto::File::open(raw);
-        uint64_t offset = 0;
-        for (const auto& t : tensors) {
-          f.read_at(t.tensor.data_ptr(), t.tensor.nbytes(), offset);
-          offset += t.tensor.nbytes();
-        }
-      }
-      rows.push_back({"raw read into touched memory", since(start)});
-
-      // torch::save of the same state dict, then fsync.
-      start = Clock::now();
-      {
+      auto remove = [](const std::string& path) { return [path] { fs::remove(path); }; };
+      auto nothing = [] {};
+      // Writes. The first run from the model's memory is the kernel's first access to its
+      // pages: see the runs column.
+      rows.push_back(measure_alone("raw write + fsync, from tensor memory", Kind::kWrite, repeat, remove(raw),
+                                   [&] { write_direct(tensors, raw); }));
+      rows.push_back(measure_alone("raw write + fsync, via bounce buffer (512 KiB)", Kind::kWrite, repeat,
+                                   remove(raw), [&] { write_bounced(tensors, raw); }));
+      rows.push_back(measure_alone("torch::save + fsync", Kind::kWrite, repeat, remove(pt), [&] {
         torch::serialize::OutputArchive archive;
         for (const auto& t : tensors) archive.write(t.name, t.tensor);
         archive.save_to(pt);
-        mto::File f = mto::File::open(pt);
-        f.sync();
-      }
-      rows.push_back({"torch::save + fsync", since(start)});
+        mto::File::open(pt).sync();
+      }));
 
-      start = Clock::now();
+      // Reads. Kernel-warm: one buffer, read into once before the timed runs.
       {
-        torch::serialize::InputArchive archive;
-        archive.load_from(pt);
-        std::vector<at::Tensor> loaded(tensors.size());
-        for (size_t i = 0; i < tensors.size(); ++i) archive.read(tensors[i].name, loaded[i]);
+        std::vector<at::Tensor> warm;
+        for (const auto& t : tensors) warm.push_back(at::empty(t.tensor.sizes(), t.tensor.options()));
+        read_into(raw, warm);
+        rows.push_back(measure_alone("raw read, into kernel-warm memory", Kind::kRead, repeat, nothing,
+                                     [&] { read_into(raw, warm); }));
       }
-      rows.push_back({"torch::load", since(start)});
-      std::filesystem::remove(raw);
-      std::filesystem::remove(pt);
+      std::vector<at::Tensor> fresh;
+      rows.push_back(measure_alone(
+          "raw read, into freshly mapped tensors", Kind::kRead, repeat, [&] { fresh.clear(); },
+          [&] {
+            for (const auto& t : tensors) fresh.push_back(fresh_tensor_like(t.tensor));
+            read_into(raw, fresh);
+          }));
+      fresh.clear();
+      for (int i = 0; i < repeat; ++i) {
+        char* p = static_cast<char*>(map_fresh(bytes));
+        const Sample s = sample([&] { std::memset(p, 1, bytes); });
+        ::munmap(p, bytes);
+        first_touch.push_back(s.seconds);
+      }
+      std::vector<at::Tensor> loaded(tensors.size());
+      rows.push_back(measure_alone(
+          "torch::load", Kind::kRead, repeat,
+          [&] {
+            loaded.assign(tensors.size(), at::Tensor());
+            ::malloc_trim(0);
+          },
+          [&] {
+            torch::serialize::InputArchive archive;
+            archive.load_from(pt);
+            for (size_t i = 0; i < tensors.size(); ++i) archive.read(tensors[i].name, loaded[i]);
+          }));
+      loaded.clear();
+      fs::remove(raw);
+      fs::remove(pt);
     }
 
-    comm->barrier();
-    auto start = Clock::now();
-    mto::save(*model, ckpt);
-    comm->barrier();
-    rows.push_back({"mto::save on " + std::to_string(comm->world_size()) + " rank(s)", since(start)});
+    // mto::save on every rank: each writes its shard. Rank 0 removes the previous checkpoint
+    // before each run, outside the timer.
+    Row save_row{"mto::save, " + std::to_string(ranks) + " rank(s)", Kind::kWrite, {}};
+    for (int i = 0; i < repeat; ++i) {
+      if (rank == 0) fs::remove_all(ckpt);
+      comm->barrier();
+      const Sample s = sample([&] {
+        mto::save(*model, ckpt);
+        comm->barrier();
+      });
+      save_row.runs.push_back(s.seconds);
+    }
+    rows.push_back(save_row);
     const uint64_t expected = digest(*model);
-    model.reset();
+    model.reset();  // restore fills a fresh model; keep one model's worth of memory per rank
 
-    std::vector<std::pair<std::string, double>> rss;
-    for (auto strategy : {mto::RestoreStrategy::kReadAll, mto::RestoreStrategy::kReadShareBroadcast}) {
-      const std::string label = strategy == mto::RestoreStrategy::kReadAll ? "read all" : "read share + broadcast";
-      auto fresh = std::make_shared<LinearStackImpl>(layers, width);
-      const uint64_t before = status_bytes("VmRSS");
-      comm->barrier();
-      reset_peak_rss();
-      start = Clock::now();
-      auto restored = mto::restore(fresh, ckpt, {nullptr, strategy});
-      comm->barrier();
-      rows.push_back({"mto::restore, " + label + ", " + std::to_string(comm->world_size()) + " rank(s)", since(start)});
-      const uint64_t peak = status_bytes("VmHWM");
-      if (digest(*restored) != expected) throw std::runtime_error("restored weights differ from the saved ones");
-      // The peak over all ranks of what restore added on top of the process and its model.
-      at::Tensor worst = at::tensor({static_cast<double>(peak - before)}, at::kDouble);
-      comm->all_reduce(worst, mto::ReduceOp::kMax);
-      rss.emplace_back(label, worst.item<double>());
+    // mto::restore, both strategies, alternating which goes first, each into a freshly
+    // built model (allocated and initialized before the timer).
+    const mto::RestoreStrategy strategies[] = {mto::RestoreStrategy::kReadAll,
+                                               mto::RestoreStrategy::kReadShareBroadcast};
+    std::vector<Row> restore_rows;
+    for (auto strategy : strategies) {
+      restore_rows.push_back(
+          {"mto::restore, " + strategy_name(strategy) + ", " + std::to_string(ranks) + " rank(s)", Kind::kRead, {}});
     }
+    for (int i = 0; i < repeat; ++i) {
+      for (int j = 0; j < 2; ++j) {
+        const int which = i % 2 ? 1 - j : j;
+        mto::RestoreOptions options;
+        options.strategy = strategies[which];
+        const auto build_start = Clock::now();
+        auto fresh = std::make_shared<LinearStackImpl>(layers, width);
+        build.push_back(std::chrono::duration<double>(Clock::now() - build_start).count());
+        comm->barrier();
+        mto::ModulePtr restored;
+        const Sample s = sample([&] {
+          restored = mto::restore(fresh, ckpt, options);
+          comm->barrier();
+        });
+        // Every rank checks its weights; every rank learns whether any failed.
+        at::Tensor worst = at::tensor({static_cast<double>(s.rss_added), digest(*restored) != expected ? 1.0 : 0.0},
+                                      at::kDouble);
+        comm->all_reduce(worst, mto::ReduceOp::kMax);
+        if (worst[1].item<double>() != 0) {
+          throw std::runtime_error("restored weights differ from the saved ones (" + restore_rows[which].name + ")");
+        }
+        restore_rows[which].runs.push_back(s.seconds);
+        restore_rows[which].rss_added =
+            std::max(restore_rows[which].rss_added, static_cast<int64_t>(worst[0].item<double>()));
+      }
+    }
+    rows.insert(rows.end(), restore_rows.begin(), restore_rows.end());
 
     if (rank == 0) {
-      auto find = [&](const std::string& prefix) {
-        for (const auto& r : rows) {
-          if (r.name.rfind(prefix, 0) == 0) return r.seconds;
-        }
-        return 0.0;
-      };
-      const double write = find("raw write"), read = find("raw read"), tsave = find("torch::save"),
-                   tload = find("torch::load");
-      std::printf("model: %.2f GiB in %zu tensors (%d x Linear(%ld, %ld)); %d rank(s), backend %s; process RSS before the model %.0f MiB\n",
+      std::printf("model: %.2f GiB in %zu tensors (%d x Linear(%ld, %ld)); %d rank(s) on %u core(s), backend %s;\n"
+                  "%d run(s) each; scratch %s; process RSS before the model %.0f MiB\n"
+                  "baselines: rank 0 alone (other ranks wait in a sleeping barrier); mto: every rank\n"
+                  "load average at start %s, at end %s\n",
                   bytes / double(1 << 30), tensors.size(), layers, static_cast<long>(width), static_cast<long>(width),
-                  comm->world_size(), comm->backend_name().c_str(), rss_base / double(1 << 20));
-      std::printf("%-44s %8s %8s %12s %14s\n", "operation", "seconds", "GB/s", "vs raw I/O", "vs torch");
-      for (const auto& r : rows) {
-        const bool is_save = r.name.find("save") != std::string::npos || r.name.find("write") != std::string::npos;
-        const double raw_io = is_save ? write : read;
-        const double torch_io = is_save ? tsave : tload;
-        std::printf("%-44s %8.3f %8.2f %11.2fx %13.2fx\n", r.name.c_str(), r.seconds, bytes / r.seconds / 1e9,
-                    raw_io / r.seconds, torch_io / r.seconds);
-      }
-      for (const auto& [label, added] : rss) {
-        std::printf("peak RSS during restore (%s), worst rank: model %.2f GiB + %.1f MiB added = %.3fx the model size\n",
-                    label.c_str(), bytes / double(1 << 30), added / double(1 << 20), (bytes + added) / bytes);
-      }
+                  ranks, std::thread::hardware_concurrency(), comm->backend_name().c_str(), repeat, dir.c_str(),
+                  rss_base / double(1 << 20), load_at_start.c_str(), load_average().c_str());
+      print_table(rows, bytes);
+      std::printf("context, not in any time above: memset of %.2f GiB of freshly mapped memory %.3f s; building a\n"
+                  "fresh model (allocate + init, before each restore) %.3f s (medians, rank 0)\n",
+                  bytes / double(1 << 30), median(first_touch), median(build));
+      const double all = restore_rows[0].seconds(), share = restore_rows[1].seconds();
+      if (ranks == 1) std::printf("(on one rank both strategies read everything: the same code path)\n");
+      std::printf("faster restore on %d rank(s): %s (%.3f s vs %.3f s, %.2fx)\n", ranks,
+                  strategy_name(all <= share ? strategies[0] : strategies[1]).c_str(), std::min(all, share),
+                  std::max(all, share), std::max(all, share) / std::min(all, share));
     }
     comm->barrier();
-    if (rank == 0) std::filesystem::remove_all(ckpt);
+    if (rank == 0) fs::remove_all(ckpt);
     return 0;
   } catch (const std::exception& e) {
     std::cerr << "checkpoint_bench: " << e.what() << "\n";
