@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   bazel-bootstrap                        # Bazel 4.2.3, used fully offline
   libtorch-dev                           # LibTorch 1.13 (CPU)
+  libopenblas0-serial                    # BLAS for LibTorch: 2x the reference BLAS, no threads
   libprotobuf-dev protobuf-compiler      # modelopt state, configs, manifest
   libabsl-dev                            # strings, synchronization
   libgtest-dev libgmock-dev              # tests

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# End-to-end tests of the `mto` command line on real mpirun ranks and real Fashion-MNIST:
+# train on 2 ranks, optimize (quantize, calibration sharded) on 2, evaluate on 1 and 3,
+# inspect and verify on one process, and the errors a user meets, each one clear line.
+#   cli_test.sh MTO_BINARY
+# Writes one JUnit test case per check to $XML_OUTPUT_FILE.
+set -uo pipefail
+mto=$(realpath "$1")
+work="${TEST_TMPDIR:-$(mktemp -d)}/cli"
+mkdir -p "$work"
+export TMPDIR="${TEST_TMPDIR:-/tmp}" OMP_NUM_THREADS=1 MTO_COLLECTIVE_TIMEOUT=120
+ranks() { mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$1" -x OMP_NUM_THREADS -x TMPDIR \
+            -x MTO_COLLECTIVE_TIMEOUT "${@:2}"; }
+
+passed=0
+failed=0
+cases=""
+# check NAME COMMAND...: runs COMMAND (a shell function), records pass or fail.
+check() {
+  local name=$1
+  shift
+  local out
+  if out=$("$@" 2>&1); then
+    passed=$((passed + 1))
+    cases+="<testcase name=\"$name\"/>"
+    echo "PASS $name"
+  else
+    failed=$((failed + 1))
+    cases+="<testcase name=\"$name\"><failure message=\"failed\"/></testcase>"
+    echo "FAIL $name"
+    echo "$out" | sed 's/^/    /'
+  fi
+}
+# expect_error OUTPUT_FILE PATTERN: the command failed with one "mto: error:" line matching.
+expect_error_line() {
+  local out=$1 pattern=$2
+  [ "$(grep -c '^mto: error: ' <<<"$out")" = 1 ] || { echo "expected one error line, got:"; echo "$out"; return 1; }
+  grep -q "^mto: error: .*$pattern" <<<"$out" || { echo "error does not match '$pattern':"; echo "$out"; return 1; }
+}
+
+help_works() {
+  for command in "" train optimize eval inspect; do
+    out=$("$mto" $command --help) || return 1
+    grep -q "Usage" <<<"$out" || { echo "no usage for '$command'"; return 1; }
+  done
+  "$mto" optimize --help | grep -q "int8, fp8, int4_blockwise"
+}
+
+train_two_ranks() {
+  out=$(ranks 2 "$mto" train --model fashion_cnn --model-args '{"channels": [4, 8], "hidden": 32}' \
+        --epochs 1 --train-samples 4096 --batch-size 32 --lr 3e-3 --out "$work/float" 2>&1) || { echo "$out"; return 1; }
+  grep -q "training fashion_cnn on 4096 images, 2 rank(s)" <<<"$out" || { echo "$out"; return 1; }
+  grep -q "^saved $work/float in" <<<"$out" || { echo "$out"; return 1; }
+  # Progress and results come from rank 0 only.
+  [ "$(grep -c '^saved ' <<<"$out")" = 1 ] || { echo "$out"; return 1; }
+  [ -f "$work/float/MANIFEST" ] && [ -f "$work/float/model-00002-of-00002.safetensors" ]
+}
+
+optimize_int8() {
+  out=$(ranks 2 "$mto" optimize "$work/float" --mode quantize:int8 --calib-samples 256 --out "$work/int8" 2>&1) ||
+    { echo "$out"; return 1; }
+  grep -q "applied quantize + max_calibrate on 2 rank(s) .* over 256 images; 1 collective(s)" <<<"$out" ||
+    { echo "$out"; return 1; }
+}
+
+optimize_with_config_file() {
+  cat >"$work/w4.json" <<'JSON'
+{"quant_cfg": {"*weight_quantizer": {"num_bits": 4, "block_sizes": {"-1": 16}},
+               "*input_quantizer": {"enable": false}, "default": {"enable": false}},
+ "algorithm": "max"}
+JSON
+  ranks 2 "$mto" optimize "$work/float" --mode quantize --config "$work/w4.json" --out "$work/w4" >/dev/null 2>&1 &&
+    "$mto" inspect "$work/w4" | grep -q "4 of 12 quantizers enabled, 4 calibrated: 4 x int4 blocks of 16"
+}
+
+# Accuracy from `mto eval --json`.
+accuracy() { sed -E 's/.*"accuracy":([-0-9.eE+]+).*/\1/' <<<"$1"; }
+
+eval_any_world_size() {
+  one=$(ranks 1 "$mto" eval "$work/int8" --samples 600 --json 2>/dev/null) || return 1
+  three=$(ranks 3 "$mto" eval "$work/int8" --samples 600 --json --strategy read-share 2>/dev/null) || return 1
+  echo "1 rank: $one"
+  echo "3 ranks: $three"
+  grep -q '"samples":600' <<<"$three" && grep -q '"ranks":3' <<<"$three" || return 1
+  # The same checkpoint gives the same predictions on any number of ranks.
+  [ "$(accuracy "$one")" = "$(accuracy "$three")" ] || return 1
+  # A trained model beats chance (10%) by far.
+  awk -v a="$(accuracy "$one")" 'BEGIN { exit !(a > 0.4) }'
+}
+
+inspect_text_and_json() {
+  out=$("$mto" inspect "$work/int8" --verify) || { echo "$out"; return 1; }
+  for pattern in "model-like   fashion_cnn" "1. quantize" "2. max_calibrate" "conv1.weight_quantizer._amax" \
+                 "verified     every checksum matches" "written by   mto .* on 2 rank"; do
+    grep -q "$pattern" <<<"$out" || { echo "missing '$pattern' in:"; echo "$out"; return 1; }
+  done
+  json=$("$mto" inspect "$work/int8" --json --verify) || return 1
+  grep -q '"verified": true' <<<"$json" && grep -q '"factory": "fashion_cnn"' <<<"$json" &&
+    grep -q '"mode": "max_calibrate"' <<<"$json"
+}
+
+corrupt_checkpoint_is_named() {
+  cp -r "$work/int8" "$work/corrupt"
+  shard="$work/corrupt/model-00001-of-00002.safetensors"
+  size=$(stat -c %s "$shard")
+  printf '\xff' | dd of="$shard" bs=1 seek=$((size - 3)) conv=notrunc status=none
+  out=$("$mto" inspect "$work/corrupt" --verify 2>&1) && { echo "verify passed a corrupt shard"; return 1; }
+  expect_error_line "$out" "checksum mismatch.*model-00001-of-00002.safetensors" || return 1
+  out=$(ranks 2 "$mto" eval "$work/corrupt" --samples 10 2>&1) && { echo "eval restored a corrupt shard"; return 1; }
+  expect_error_line "$out" "model-00001-of-00002.safetensors"
+}
+
+missing_directory() {
+  out=$("$mto" inspect "$work/nowhere" 2>&1) && return 1
+  expect_error_line "$out" "$work/nowhere"
+}
+
+unknown_mode_and_preset() {
+  out=$(ranks 2 "$mto" optimize "$work/float" --mode quantise --out "$work/x" 2>&1) && return 1
+  expect_error_line "$out" "quantise" || return 1
+  out=$(ranks 2 "$mto" optimize "$work/float" --mode quantize:int3 --out "$work/x" 2>&1) && return 1
+  expect_error_line "$out" "unknown quantization preset 'int3' (known: int8, fp8, int4_blockwise)"
+}
+
+chain_that_cannot_apply() {
+  out=$(ranks 2 "$mto" optimize "$work/int8" --mode quantize:fp8 --out "$work/x" 2>&1) && return 1
+  expect_error_line "$out" "already quantized"
+}
+
+check help_works help_works
+check train_two_ranks train_two_ranks
+check optimize_int8 optimize_int8
+check optimize_with_config_file optimize_with_config_file
+check eval_any_world_size eval_any_world_size
+check inspect_text_and_json inspect_text_and_json
+check corrupt_checkpoint_is_named corrupt_checkpoint_is_named
+check missing_directory missing_directory
+check unknown_mode_and_preset unknown_mode_and_preset
+check chain_that_cannot_apply chain_that_cannot_apply
+
+if [ -n "${XML_OUTPUT_FILE:-}" ]; then
+  printf '<?xml version="1.0" encoding="UTF-8"?>\n<testsuites><testsuite name="cli_test" tests="%d" failures="%d">%s</testsuite></testsuites>\n' \
+    $((passed + failed)) "$failed" "$cases" >"$XML_OUTPUT_FILE"
+fi
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]

@@ -1,0 +1,202 @@
+// mto inspect: what a checkpoint holds (model-like, mode chain, tensors), on one process;
+// --verify checks every byte against the manifest.
+#include <iostream>
+#include <map>
+#include <memory>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "modes/quantization/quantization.pb.h"
+#include "modes/quantization/quantize_config.h"
+#include "opt/checkpoint.h"
+#include "opt/config.h"
+#include "opt/model_like.h"
+#include "opt/registry.h"
+#include "tools/cli/commands.h"
+#include "tools/cli/progress.h"
+
+namespace mto {
+namespace cli {
+namespace {
+
+using nlohmann::ordered_json;
+
+struct InspectOptions {
+  std::string checkpoint;
+  bool json = false;
+  bool verify = false;
+  bool all_tensors = false;
+};
+
+// One mode entry of the state, readable.
+struct ModeView {
+  std::string mode;
+  ordered_json config;
+  ordered_json metadata;
+  std::string summary;
+};
+
+// "8 of 12 quantizers enabled: 4 x int8 per-channel, 4 x int8 per-tensor".
+std::string summarize_quantizers(const quantization::QuantizeMetadata& metadata) {
+  std::map<std::string, int> formats;
+  int enabled = 0, calibrated = 0;
+  for (const auto& [name, state] : metadata.quantizer_state()) {
+    const auto& a = state.attributes();
+    if (!a.enable()) continue;
+    ++enabled;
+    calibrated += state.has_amax();
+    std::string format = a.exponent_bits() > 0 ? absl::StrFormat("fp8 e%dm%d", a.exponent_bits(), a.mantissa_bits())
+                                               : absl::StrFormat("int%d", a.num_bits());
+    if (a.block_size() > 0) {
+      format += absl::StrFormat(" blocks of %d", a.block_size());
+    } else {
+      format += a.has_axis() ? " per-channel" : " per-tensor";
+    }
+    ++formats[format];
+  }
+  std::vector<std::string> parts;
+  for (const auto& [format, count] : formats) parts.push_back(absl::StrFormat("%d x %s", count, format));
+  return absl::StrFormat("%d of %d quantizers enabled, %d calibrated%s%s", enabled, metadata.quantizer_state_size(),
+                         calibrated, parts.empty() ? "" : ": ", absl::StrJoin(parts, ", "));
+}
+
+ModeView view_mode(const ModeEntry& entry) {
+  ModeView view;
+  view.mode = entry.mode();
+  if (!ModeRegistry::contains_in_any(entry.mode())) {
+    view.summary = "(mode not known to this binary: " + entry.config().type_url() + ")";
+    return view;
+  }
+  const auto descriptor = ModeRegistry::get_from_any(entry.mode());
+  const MessagePtr config = unpack_message(entry.config(), *descriptor->config_class(), "config of " + view.mode);
+  const MessagePtr metadata =
+      unpack_message(entry.metadata(), *descriptor->metadata_class(), "metadata of " + view.mode);
+  view.config = ordered_json::parse(descriptor->config_to_json(*config));
+  view.metadata = ordered_json::parse(message_to_json(*metadata));
+  if (const auto* quantizers = dynamic_cast<const quantization::QuantizeMetadata*>(metadata.get())) {
+    view.summary = summarize_quantizers(*quantizers);
+  } else {
+    const std::string text = view.metadata.dump();
+    view.summary = text.size() <= 100 ? "metadata " + text : absl::StrFormat("%d bytes of metadata (see --json)", text.size());
+  }
+  return view;
+}
+
+std::string shape_text(const TensorRecord& record) {
+  return "[" + absl::StrJoin(record.shape(), ", ") + "]";
+}
+
+void print_text(const InspectOptions& options, const CheckpointContents& contents,
+                const std::vector<ModeView>& modes) {
+  const Manifest& manifest = contents.manifest;
+  std::cout << absl::StrFormat("checkpoint   %s\n", options.checkpoint)
+            << absl::StrFormat("written by   mto %s on %d rank(s), layout version %d, modelopt %s\n",
+                               manifest.mto_version(), manifest.world_size(), manifest.format_version(),
+                               contents.state.modelopt_version());
+  if (contents.state.has_model_like()) {
+    const ModelLike like = ModelLike::from_proto(contents.state.model_like());
+    std::cout << absl::StrFormat("model-like   %s %s\n", like.factory, like.args.dump());
+  } else {
+    std::cout << "model-like   (none: restore into your own model)\n";
+  }
+  std::cout << absl::StrFormat("modes        %d\n", modes.size());
+  for (size_t i = 0; i < modes.size(); ++i) {
+    std::cout << absl::StrFormat("  %d. %s\n", i + 1, modes[i].mode);
+    if (!modes[i].config.is_null()) std::cout << "     config   " << modes[i].config.dump() << "\n";
+    std::cout << "     " << modes[i].summary << "\n";
+  }
+  uint64_t total = 0;
+  size_t name_width = 4;
+  for (const auto& record : manifest.tensors()) {
+    total += record.length();
+    name_width = std::max(name_width, record.name().size());
+  }
+  std::cout << absl::StrFormat("tensors      %d in %d shard(s), %d bytes (%.1f MiB)\n", manifest.tensors_size(),
+                               manifest.shards_size(), total, total / 1048576.0);
+  std::cout << absl::StrFormat("  %-*s  %-5s  %-18s  %5s  %12s\n", name_width, "name", "dtype", "shape", "shard",
+                               "bytes");
+  const int limit = options.all_tensors ? manifest.tensors_size() : std::min(manifest.tensors_size(), 40);
+  for (int i = 0; i < limit; ++i) {
+    const TensorRecord& record = manifest.tensors(i);
+    std::cout << absl::StrFormat("  %-*s  %-5s  %-18s  %5d  %12d\n", name_width, record.name(), record.dtype(),
+                                 shape_text(record), record.shard() + 1, record.length());
+  }
+  if (limit < manifest.tensors_size()) {
+    std::cout << absl::StrFormat("  ... %d more (--all)\n", manifest.tensors_size() - limit);
+  }
+}
+
+ordered_json to_json(const InspectOptions& options, const CheckpointContents& contents,
+                     const std::vector<ModeView>& modes) {
+  const Manifest& manifest = contents.manifest;
+  ordered_json out = {{"checkpoint", options.checkpoint},
+                      {"mto_version", manifest.mto_version()},
+                      {"modelopt_version", contents.state.modelopt_version()},
+                      {"world_size", manifest.world_size()}};
+  if (contents.state.has_model_like()) {
+    const ModelLike like = ModelLike::from_proto(contents.state.model_like());
+    out["model_like"] = {{"factory", like.factory}, {"args", like.args}};
+  } else {
+    out["model_like"] = nullptr;
+  }
+  out["modes"] = ordered_json::array();
+  for (const ModeView& mode : modes) {
+    out["modes"].push_back({{"mode", mode.mode}, {"config", mode.config}, {"metadata", mode.metadata}});
+  }
+  out["tensors"] = ordered_json::array();
+  uint64_t total = 0;
+  for (const auto& record : manifest.tensors()) {
+    total += record.length();
+    out["tensors"].push_back({{"name", record.name()},
+                              {"dtype", record.dtype()},
+                              {"shape", std::vector<int64_t>(record.shape().begin(), record.shape().end())},
+                              {"file", manifest.shards(record.shard()).file()},
+                              {"bytes", record.length()}});
+  }
+  out["total_bytes"] = total;
+  return out;
+}
+
+void run_inspect(const InspectOptions& options) {
+  const CheckpointContents contents = read_checkpoint_contents(options.checkpoint);
+  std::vector<ModeView> modes;
+  for (const ModeEntry& entry : contents.state.modelopt_state_dict()) modes.push_back(view_mode(entry));
+  ordered_json json;
+  if (options.json) {
+    json = to_json(options, contents, modes);
+  } else {
+    print_text(options, contents, modes);
+  }
+  if (options.verify) {
+    uint64_t total = 0;
+    for (const auto& record : contents.manifest.tensors()) total += record.length();
+    Progress progress("verify", static_cast<int64_t>(total), "bytes", !options.json);
+    verify_checkpoint(options.checkpoint,
+                      [&](uint64_t done, uint64_t) { progress.update(static_cast<int64_t>(done)); });
+    if (options.json) {
+      json["verified"] = true;
+    } else {
+      progress.finish();
+      std::cout << absl::StrFormat("verified     every checksum matches (%d bytes of tensors)\n", total);
+    }
+  }
+  if (options.json) std::cout << json.dump(2) << "\n";
+}
+
+}  // namespace
+
+void add_inspect_command(CLI::App& app) {
+  auto options = std::make_shared<InspectOptions>();
+  CLI::App* command = app.add_subcommand(
+      "inspect", "Show what a checkpoint holds: model-like, mode chain, tensors (one process, no mpirun)");
+  command->add_option("checkpoint", options->checkpoint, "Checkpoint directory")->required();
+  command->add_flag("--json", options->json, "Print JSON instead of text");
+  command->add_flag("--verify", options->verify, "Read every byte and check it against the manifest's checksums");
+  command->add_flag("--all", options->all_tensors, "List every tensor (the text form lists the first 40)");
+  command->callback([options] { run_inspect(*options); });
+}
+
+}  // namespace cli
+}  // namespace mto

@@ -1,0 +1,66 @@
+// mto: train, optimize, evaluate and inspect models on Fashion-MNIST, on one process or on
+// the ranks mpirun launches.
+//
+//   mpirun -np 4 mto train --model fashion_cnn --epochs 2 --out ckpt/float
+//   mpirun -np 4 mto optimize ckpt/float --mode quantize:int8 --out ckpt/int8
+//   mpirun -np 2 mto eval ckpt/int8
+//   mto inspect ckpt/int8 --verify
+#include <ATen/Parallel.h>
+#include <malloc.h>
+
+#include <cstdlib>
+#include <iostream>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "tools/cli/commands.h"
+
+namespace mto {
+namespace cli {
+
+bool is_first_rank() {
+  const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
+  return rank == nullptr || std::string(rank) == "0";
+}
+
+}  // namespace cli
+}  // namespace mto
+
+int main(int argc, char** argv) {
+  using namespace mto::cli;
+  // Keep batch-sized buffers in the heap: by default glibc maps and unmaps them for every
+  // batch, and the page faults of fresh pages cost these VMs more than the training.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  CLI::App app{
+      "mto: optimize LibTorch models as chains of modes and save and restore them as sharded, checksummed "
+      "checkpoints on any number of mpirun ranks."};
+  app.require_subcommand(1);
+  bool verbose = false;
+  int threads = 1;
+  app.add_flag("-v,--verbose", verbose, "On an error, also print its type and every rank's message");
+  app.add_option("--threads", threads, "Intra-op threads per rank (ranks usually share the cores)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.parse_complete_callback([&threads] { at::set_num_threads(threads); });
+  add_train_command(app);
+  add_optimize_command(app);
+  add_eval_command(app);
+  add_inspect_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // Every rank parses the same arguments: let rank 0 alone print help and usage errors.
+    if (!is_first_rank()) return e.get_exit_code();
+    return app.exit(e);
+  } catch (const std::exception& e) {
+    if (is_first_rank() || verbose) {
+      std::cerr << "mto: error: " << e.what();
+      if (verbose) std::cerr << " [" << typeid(e).name() << "]";
+      std::cerr << std::endl;
+    }
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,65 @@
+#include "tools/cli/progress.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "absl/strings/str_format.h"
+
+namespace mto {
+namespace cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+}  // namespace
+
+Progress::Progress(std::string label, int64_t total, std::string unit, bool enabled)
+    : label_(std::move(label)),
+      total_(total),
+      unit_(std::move(unit)),
+      enabled_(enabled),
+      terminal_(isatty(STDERR_FILENO) == 1),
+      start_(Clock::now()),
+      last_print_(start_) {}
+
+void Progress::update(int64_t done, const std::string& note) {
+  done_ = done;
+  if (!enabled_) return;
+  const auto now = Clock::now();
+  const double since_print = seconds_between(last_print_, now);
+  if (since_print < (terminal_ ? 0.2 : 5.0)) return;
+  last_print_ = now;
+  print(done, note, /*final=*/false);
+}
+
+void Progress::finish(const std::string& note) {
+  if (!enabled_) return;
+  print(done_, note, /*final=*/true);
+}
+
+void Progress::print(int64_t done, const std::string& note, bool final) {
+  const double elapsed = seconds_between(start_, Clock::now());
+  const double rate = elapsed > 0 ? done / elapsed : 0;
+  std::string line;
+  if (final) {
+    line = absl::StrFormat("%s  %d %s in %.1f s (%.0f %s/s)", label_, done, unit_, elapsed, rate, unit_);
+  } else {
+    const double eta = rate > 0 ? (total_ - done) / rate : 0;
+    line = absl::StrFormat("%s  %d/%d %s  %.0f %s/s  ETA %.0f s", label_, done, total_, unit_, rate, unit_, eta);
+  }
+  if (!note.empty()) line += "  " + note;
+  if (terminal_) {
+    std::fprintf(stderr, "\r\033[K%s%s", line.c_str(), final ? "\n" : "");
+  } else {
+    std::fprintf(stderr, "%s\n", line.c_str());
+  }
+  std::fflush(stderr);
+}
+
+}  // namespace cli
+}  // namespace mto

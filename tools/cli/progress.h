@@ -1,0 +1,36 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace mto {
+namespace cli {
+
+// Shows the progress of long work: "label  step/total  rate unit/s  ETA  note". On a
+// terminal it redraws one line; otherwise (logs, CI) it prints a line every few seconds.
+// Only an enabled Progress prints: enable it on rank 0 alone.
+class Progress {
+ public:
+  Progress(std::string label, int64_t total, std::string unit, bool enabled);
+
+  // Records that `done` of `total` items are finished.
+  void update(int64_t done, const std::string& note = "");
+  // Prints the final line: items, time, rate and `note`.
+  void finish(const std::string& note = "");
+
+ private:
+  void print(int64_t done, const std::string& note, bool final);
+
+  std::string label_;
+  int64_t total_;
+  std::string unit_;
+  bool enabled_;
+  bool terminal_;
+  std::chrono::steady_clock::time_point start_;
+  std::chrono::steady_clock::time_point last_print_;
+  int64_t done_ = 0;
+};
+
+}  // namespace cli
+}  // namespace mto

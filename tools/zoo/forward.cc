@@ -1,0 +1,24 @@
+#include "tools/zoo/forward.h"
+
+#include <stdexcept>
+
+#include "distributed/data_parallel.h"
+#include "tools/zoo/cnn.h"
+#include "tools/zoo/gpt.h"
+#include "tools/zoo/mlp.h"
+
+namespace mto {
+namespace zoo {
+
+at::Tensor forward(torch::nn::Module& model, const at::Tensor& input) {
+  torch::nn::Module* inner = &model;
+  if (auto* wrapper = dynamic_cast<DataParallelImpl*>(inner)) inner = wrapper->module().get();
+  if (auto* cnn = dynamic_cast<FashionCnnImpl*>(inner)) return cnn->forward(input);
+  if (auto* mlp = dynamic_cast<FashionMlpImpl*>(inner)) return mlp->forward(input);
+  if (auto* gpt = dynamic_cast<GptImpl*>(inner)) return gpt->forward(input);
+  throw std::invalid_argument("mto::zoo::forward: " + inner->name() +
+                              " is not a zoo model (FashionCnn, FashionMlp or Gpt)");
+}
+
+}  // namespace zoo
+}  // namespace mto

@@ -1,0 +1,16 @@
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <torch/nn/module.h>
+
+namespace mto {
+namespace zoo {
+
+// Runs the forward pass of a zoo model (FashionCnn, FashionMlp or Gpt) held as a plain
+// torch::nn::Module, as mto's generic code and mto::restore return it, looking through a
+// DataParallel wrapper. Throws std::invalid_argument if `model` is no zoo model (a
+// ModelLikeModule is none: build it first).
+at::Tensor forward(torch::nn::Module& model, const at::Tensor& input);
+
+}  // namespace zoo
+}  // namespace mto

@@ -1,0 +1,119 @@
+#include "tools/zoo/gpt.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/StringUtil.h>
+
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+
+#include "opt/errors.h"
+#include "opt/model_like.h"
+#include "tools/zoo/model_args.h"
+
+namespace mto {
+namespace zoo {
+namespace {
+
+constexpr char kName[] = "gpt";
+
+torch::nn::LayerNorm layer_norm(int64_t width) {
+  return torch::nn::LayerNorm(torch::nn::LayerNormOptions({width}));
+}
+
+}  // namespace
+
+GptOptions GptOptions::from_json(const nlohmann::json& args) {
+  check_arg_names(kName, args, {"vocab", "width", "depth", "heads", "context"});
+  GptOptions options;
+  options.vocab(int_arg(kName, args, "vocab", options.vocab()));
+  options.width(int_arg(kName, args, "width", options.width()));
+  options.depth(int_arg(kName, args, "depth", options.depth()));
+  options.heads(int_arg(kName, args, "heads", options.heads()));
+  options.context(int_arg(kName, args, "context", options.context()));
+  return options;
+}
+
+CausalSelfAttentionImpl::CausalSelfAttentionImpl(int64_t width, int64_t heads_) : heads(heads_) {
+  qkv = register_module("qkv", mto::nn::Linear(width, 3 * width));
+  proj = register_module("proj", mto::nn::Linear(width, width));
+}
+
+at::Tensor CausalSelfAttentionImpl::forward(const at::Tensor& x) {
+  const int64_t batch = x.size(0), time = x.size(1), width = x.size(2);
+  const int64_t head_width = width / heads;
+  // [B, T, 3 * width] -> [3, B, heads, T, head_width]
+  const at::Tensor q_k_v =
+      qkv->forward(x).view({batch, time, 3, heads, head_width}).permute({2, 0, 3, 1, 4});
+  const at::Tensor scores =
+      at::matmul(q_k_v[0], q_k_v[1].transpose(-2, -1)) / std::sqrt(double(head_width));
+  const at::Tensor future = at::ones({time, time}, x.options().dtype(at::kBool)).triu(1);
+  const at::Tensor weights =
+      at::softmax(scores.masked_fill(future, -std::numeric_limits<double>::infinity()), -1);
+  const at::Tensor mixed =
+      at::matmul(weights, q_k_v[2]).transpose(1, 2).reshape({batch, time, width});
+  return proj->forward(mixed);
+}
+
+void CausalSelfAttentionImpl::pretty_print(std::ostream& stream) const {
+  stream << "mto::zoo::CausalSelfAttention(heads=" << heads << ")";
+}
+
+GptBlockImpl::GptBlockImpl(int64_t width, int64_t heads) {
+  ln1 = register_module("ln1", layer_norm(width));
+  attn = register_module("attn", CausalSelfAttention(width, heads));
+  ln2 = register_module("ln2", layer_norm(width));
+  fc1 = register_module("fc1", mto::nn::Linear(width, 4 * width));
+  fc2 = register_module("fc2", mto::nn::Linear(4 * width, width));
+}
+
+at::Tensor GptBlockImpl::forward(const at::Tensor& x) {
+  const at::Tensor y = x + attn->forward(ln1->forward(x));
+  return y + fc2->forward(at::gelu(fc1->forward(ln2->forward(y))));
+}
+
+void GptBlockImpl::pretty_print(std::ostream& stream) const { stream << "mto::zoo::GptBlock"; }
+
+GptImpl::GptImpl(GptOptions options_) : options(options_) {
+  check_positive(kName, "vocab", options.vocab());
+  check_positive(kName, "width", options.width());
+  check_positive(kName, "depth", options.depth());
+  check_positive(kName, "heads", options.heads());
+  check_positive(kName, "context", options.context());
+  if (options.width() % options.heads() != 0) {
+    throw ConfigError("argument 'width' of model 'gpt' (" + std::to_string(options.width()) +
+                      ") must be divisible by 'heads' (" + std::to_string(options.heads()) + ")");
+  }
+  tok_emb = register_module("tok_emb", torch::nn::Embedding(options.vocab(), options.width()));
+  pos_emb = register_module("pos_emb", torch::nn::Embedding(options.context(), options.width()));
+  blocks = register_module("blocks", torch::nn::ModuleList());
+  for (int64_t i = 0; i < options.depth(); ++i) {
+    blocks->push_back(GptBlock(options.width(), options.heads()));
+  }
+  ln_f = register_module("ln_f", layer_norm(options.width()));
+  head = register_module(
+      "head",
+      mto::nn::Linear(mto::nn::LinearOptions(options.width(), options.vocab()).bias(false)));
+}
+
+at::Tensor GptImpl::forward(const at::Tensor& tokens) {
+  if (tokens.dim() != 2 || tokens.scalar_type() != at::kLong ||
+      tokens.size(1) > options.context()) {
+    throw std::invalid_argument(
+        c10::str("Gpt expects int64 tokens [B, T] with T <= ", options.context(), ", got ",
+                 tokens.scalar_type(), " ", tokens.sizes()));
+  }
+  const at::Tensor positions = at::arange(tokens.size(1), tokens.options());
+  at::Tensor x = tok_emb->forward(tokens) + pos_emb->forward(positions);
+  for (const auto& block : *blocks) x = block->as<GptBlock>()->forward(x);
+  return head->forward(ln_f->forward(x));
+}
+
+void GptImpl::pretty_print(std::ostream& stream) const { stream << "mto::zoo::Gpt"; }
+
+MTO_REGISTER_MODEL(gpt, [](const nlohmann::json& args) -> std::shared_ptr<torch::nn::Module> {
+  return std::make_shared<GptImpl>(GptOptions::from_json(args));
+});
+
+}  // namespace zoo
+}  // namespace mto
