@@ -1,8 +1,12 @@
 #include "modes/quantization/fake_quant.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 
 namespace mto {
 namespace quantization {
@@ -14,18 +18,47 @@ at::Tensor fake_quant_int(const at::Tensor& x, const at::Tensor& amax, int bits,
   return at::round(x * scale).clamp_(is_unsigned ? 0.0 : -bound, bound).div_(scale);
 }
 
+namespace {
+
+// The E4M3 value nearest to `v`. The exponent bits of |v| alone are 2^floor(log2 |v|); with 3
+// mantissa bits the spacing of E4M3 values there is an eighth of that, and never below the
+// subnormal spacing 2^-9. Dividing and multiplying by a power of two is exact, and
+// nearbyint rounds half to even.
+float round_e4m3(float v) {
+  if (std::isnan(v)) return v;
+  const float magnitude = std::fabs(v);
+  if (magnitude >= static_cast<float>(kE4M3Max)) return std::copysign(static_cast<float>(kE4M3Max), v);
+  uint32_t bits;
+  std::memcpy(&bits, &magnitude, sizeof(bits));
+  bits &= 0x7F800000u;
+  float power;
+  std::memcpy(&power, &bits, sizeof(power));
+  const float spacing = std::max(power * 0.125f, 1.0f / 512);
+  const float rounded = std::min(std::nearbyint(magnitude / spacing) * spacing, static_cast<float>(kE4M3Max));
+  return std::copysign(rounded, v);
+}
+
+// Rounds the float32 tensor `x` to E4M3 in place, in one pass.
+void round_to_e4m3_(at::Tensor& x) {
+  float* data = x.data_ptr<float>();
+  at::parallel_for(0, x.numel(), 1 << 16, [data](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) data[i] = round_e4m3(data[i]);
+  });
+}
+
+}  // namespace
+
 at::Tensor round_to_e4m3(const at::Tensor& x) {
-  // |x| = m * 2^e with m in [0.5, 1), so floor(log2 |x|) = e - 1. Below the smallest
-  // normal exponent (-6) the spacing stays that of the subnormals, 2^-9; above, 3 mantissa
-  // bits give a spacing of 2^(exponent - 3). Dividing by a power of two is exact.
-  const at::Tensor exponent = std::get<1>(at::frexp(x)).sub_(1).clamp_min_(-6);
-  const at::Tensor spacing = at::exp2(exponent.to(x.scalar_type()).sub_(3));
-  return at::round(x / spacing).mul_(spacing).clamp_(-kE4M3Max, kE4M3Max);
+  at::Tensor out = x.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true).contiguous();
+  round_to_e4m3_(out);
+  return out.to(x.scalar_type());
 }
 
 at::Tensor fake_quant_e4m3(const at::Tensor& x, const at::Tensor& amax) {
   const at::Tensor scale = kE4M3Max / amax.clamp_min(kMinAmax);
-  return round_to_e4m3(x * scale).div_(scale);
+  at::Tensor scaled = (x * scale).to(at::kFloat).contiguous();
+  round_to_e4m3_(scaled);
+  return scaled.div_(scale).to(x.scalar_type());
 }
 
 }  // namespace quantization

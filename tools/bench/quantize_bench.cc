@@ -21,6 +21,7 @@
 #include "modes/quantization/quantize.h"
 #include "opt/checkpoint.h"
 #include "opt/model_like.h"
+#include "tools/common/heap.h"
 #include "tools/data/fashion_mnist.h"
 #include "tools/zoo/forward.h"
 
@@ -72,6 +73,7 @@ int main(int argc, char** argv) {
   app.add_option("--repeat", repeat, "Timed runs per measurement (median)")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   at::set_num_threads(1);
+  mto::tools::keep_freed_memory_in_heap();
 
   auto comm = mto::world();
   const bool rank0 = comm->rank() == 0;

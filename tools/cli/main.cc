@@ -6,7 +6,6 @@
 //   mpirun -np 2 mto eval ckpt/int8
 //   mto inspect ckpt/int8 --verify
 #include <ATen/Parallel.h>
-#include <malloc.h>
 
 #include <cstdlib>
 #include <iostream>
@@ -15,6 +14,7 @@
 #include <CLI/CLI.hpp>
 
 #include "tools/cli/commands.h"
+#include "tools/common/heap.h"
 
 namespace mto {
 namespace cli {
@@ -29,10 +29,7 @@ bool is_first_rank() {
 
 int main(int argc, char** argv) {
   using namespace mto::cli;
-  // Keep batch-sized buffers in the heap: by default glibc maps and unmaps them for every
-  // batch, and the page faults of fresh pages cost these VMs more than the training.
-  mallopt(M_MMAP_THRESHOLD, 32 << 20);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  mto::tools::keep_freed_memory_in_heap();
   CLI::App app{
       "mto: optimize LibTorch models as chains of modes and save and restore them as sharded, checksummed "
       "checkpoints on any number of mpirun ranks."};
