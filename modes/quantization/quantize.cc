@@ -2,6 +2,8 @@
 
 #include <vector>
 
+#include "absl/strings/match.h"
+#include "absl/strings/ascii.h"
 #include "distributed/world.h"
 #include "modes/quantization/presets.h"
 #include "modes/quantization/quantization.pb.h"
@@ -13,7 +15,8 @@ namespace quantization {
 
 ModulePtr quantize(ModulePtr model, const std::string& config, ForwardLoop forward_loop,
                    std::shared_ptr<Communicator> communicator) {
-  const std::string json = config.empty() || config.front() != '{' ? quantize_preset(config) : config;
+  const bool is_json = absl::StartsWith(absl::StripLeadingAsciiWhitespace(config), "{");
+  const std::string json = is_json ? config : quantize_preset(config);
   QuantizeConfig parsed;
   parsed.set_algorithm("max");  // the default of the mode's config
   parse_quantize_config(json, &parsed);

@@ -211,7 +211,9 @@ TEST_F(CheckpointMpiTest, DamagedCheckpointsFailTheSameWayOnEveryRank) {
   const std::string error = restore_error(dir, RestoreStrategy::kReadAll);
   EXPECT_NE(error.find("names the file \"../outside.safetensors\", which is not a plain file name inside the "
                        "checkpoint directory"), std::string::npos) << error;
-  if (rank != 0) EXPECT_NE(error.find("(on rank 0)"), std::string::npos) << error;
+  if (rank != 0) {
+    EXPECT_NE(error.find("(on rank 0)"), std::string::npos) << error;
+  }
 }
 
 TEST_F(CheckpointMpiTest, FailedSaveFailsOnEveryRankAndKeepsTheDirectory) {

@@ -11,6 +11,7 @@
 #include "opt/checkpoint.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/evaluate.h"
+#include "tools/cli/progress.h"
 #include "tools/data/fashion_mnist.h"
 
 namespace mto {
@@ -24,10 +25,6 @@ struct EvalOptions {
   std::string strategy = "read-all";
   bool json = false;
 };
-
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
 
 void run_eval(const EvalOptions& options) {
   auto comm = world();

@@ -20,6 +20,7 @@
 #include "opt/conversion.h"
 #include "opt/errors.h"
 #include "tools/cli/commands.h"
+#include "tools/cli/progress.h"
 #include "tools/data/fashion_mnist.h"
 #include "tools/zoo/forward.h"
 
@@ -91,8 +92,7 @@ void run_optimize(const OptimizeOptions& options) {
   const std::vector<ModeWithConfig> modes = parse_modes(options);
   auto start = std::chrono::steady_clock::now();
   ModulePtr model = restore(options.checkpoint);
-  const double restore_seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double restore_seconds = seconds_since(start);
 
   // Each rank calibrates on its own contiguous slice of the first calib_samples images.
   const data::Dataset calibration_set =
@@ -111,12 +111,12 @@ void run_optimize(const OptimizeOptions& options) {
   comm->reset_stats();
   start = std::chrono::steady_clock::now();
   model = apply_mode(model, ModeList(modes), nullptr, std::nullopt, kwargs);
-  const double apply_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double apply_seconds = seconds_since(start);
   const CommunicatorStats stats = comm->stats();
 
   start = std::chrono::steady_clock::now();
   save(*model, options.out);
-  const double save_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double save_seconds = seconds_since(start);
   if (rank0) {
     std::vector<std::string> names;
     for (const ModeWithConfig& mode : modes) names.push_back(mode.mode);

@@ -18,6 +18,8 @@ double seconds_between(Clock::time_point a, Clock::time_point b) {
 
 }  // namespace
 
+double seconds_since(Clock::time_point start) { return seconds_between(start, Clock::now()); }
+
 Progress::Progress(std::string label, int64_t total, std::string unit, bool enabled)
     : label_(std::move(label)),
       total_(total),

@@ -7,6 +7,9 @@
 namespace mto {
 namespace cli {
 
+// Seconds from `start` to now, for the timings the commands print.
+double seconds_since(std::chrono::steady_clock::time_point start);
+
 // Shows the progress of long work: "label  step/total  rate unit/s  ETA  note". On a
 // terminal it redraws one line; otherwise (logs, CI) it prints a line every few seconds.
 // Only an enabled Progress prints: enable it on rank 0 alone.

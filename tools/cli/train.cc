@@ -32,10 +32,6 @@ struct TrainOptions {
   std::string out;
 };
 
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-
 void run_train(const TrainOptions& options) {
   auto comm = world();
   const bool rank0 = comm->rank() == 0;

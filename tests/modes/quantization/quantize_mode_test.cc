@@ -253,7 +253,9 @@ TEST(MaxCalibrate, AmaxIsTheMaximumOverTheData) {
     expected = std::max(expected, (at::randn({2, 8}) * (i + 1)).abs().max().item<float>());
   }
   for (const QuantizerSlot& slot : quantized_slots(*model)) {
-    if (slot.name == "fc1.input_quantizer") EXPECT_EQ(slot.quantizer()->amax().item<float>(), expected);
+    if (slot.name == "fc1.input_quantizer") {
+      EXPECT_EQ(slot.quantizer()->amax().item<float>(), expected);
+    }
     if (slot.name == "fc1.weight_quantizer") {
       EXPECT_TRUE(slot.quantizer()->amax().equal(slot.weight().abs().amax({1}, true)));
     }
