@@ -71,8 +71,8 @@ std::string apply_error(F step) {
 }
 
 TEST(QuantizeConfig, PresetsParseInThePythonForm) {
-  for (const std::string& name : {"int8", "fp8", "int4_blockwise", "INT8_DEFAULT_CFG", "FP8_DEFAULT_CFG",
-                                  "INT4_BLOCKWISE_WEIGHT_ONLY_CFG"}) {
+  for (const char* name : {"int8", "fp8", "int4_blockwise", "INT8_DEFAULT_CFG", "FP8_DEFAULT_CFG",
+                          "INT4_BLOCKWISE_WEIGHT_ONLY_CFG"}) {
     EXPECT_NO_THROW(apply_mode(mlp_like().build(), {{"quantize", quantize_preset(name)}})) << name;
   }
 }
