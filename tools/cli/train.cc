@@ -11,6 +11,7 @@
 #include "distributed/data_parallel.h"
 #include "distributed/world.h"
 #include "opt/checkpoint.h"
+#include "opt/errors.h"
 #include "opt/model_like.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/progress.h"
@@ -36,7 +37,13 @@ void run_train(const TrainOptions& options) {
   auto comm = world();
   const bool rank0 = comm->rank() == 0;
   at::manual_seed(options.seed);
-  const ModelLike model_like(options.model, nlohmann::json::parse(options.model_args));
+  nlohmann::json model_args;
+  try {
+    model_args = nlohmann::json::parse(options.model_args);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw ConfigError("--model-args is not valid JSON: " + std::string(e.what()));
+  }
+  const ModelLike model_like(options.model, model_args);
   // Every rank builds the model; the wrapper then copies rank 0's weights everywhere.
   DataParallel model(model_like.build(), comm);
   const data::Dataset train = data::load_fashion_mnist(data::Split::kTrain, data::default_fashion_mnist_root(),
