@@ -67,18 +67,13 @@ class QuantizeModeDescriptor : public ModeDescriptor {
     }
     std::vector<std::pair<const QuantizerSlot*, QuantizerAttributes>> resolved;
     for (const QuantizerSlot& slot : slots) {
-      if (slot.layer->transform(slot.transform) != nullptr) {
-        throw ApplyModeError(absl::StrCat(slot.name, " already exists: the model is already quantized"));
-      }
+      slot.check_empty();
       resolved.emplace_back(&slot, resolve_attributes(config, slot.name, slot.layer_class,
                                                       default_attributes(slot.slot)));
       check_attributes_fit(slot, resolved.back().second);
     }
-    for (const auto& [slot, attributes] : resolved) {
-      slot->layer->add_transform(slot->slot, slot->transform,
-                                 std::make_shared<TensorQuantizerImpl>(
-                                     slot->name, attributes, /*keepdim_amax=*/slot->slot == nn::Slot::kWeight));
-    }
+    // Every slot was checked first, so a failure leaves the model unchanged.
+    for (const auto& [slot, attributes] : resolved) slot->insert(attributes);
     return {model, std::make_unique<QuantizeMetadata>(quantizer_state(*model))};
   }
 

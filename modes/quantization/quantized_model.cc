@@ -45,6 +45,20 @@ TensorQuantizerImpl* QuantizerSlot::quantizer() const {
   return dynamic_cast<TensorQuantizerImpl*>(layer->transform(transform).get());
 }
 
+void QuantizerSlot::check_empty() const {
+  if (quantizer() != nullptr) {
+    throw ApplyModeError(absl::StrCat(name, " already exists: the model is already quantized"));
+  }
+}
+
+TensorQuantizerImpl* QuantizerSlot::insert(const QuantizerAttributes& attributes) const {
+  check_empty();
+  // Weights have a fixed rank, so their per-axis amax keeps the reduced dimensions.
+  auto created = std::make_shared<TensorQuantizerImpl>(name, attributes, /*keepdim_amax=*/slot == nn::Slot::kWeight);
+  layer->add_transform(slot, transform, created);
+  return created.get();
+}
+
 at::Tensor QuantizerSlot::weight() const {
   return layer->as_module().named_parameters(/*recurse=*/false)["weight"];
 }
@@ -142,18 +156,8 @@ void restore_quantizer_state(torch::nn::Module& model, const QuantizeMetadata& m
   for (const QuantizerSlot& slot : slots) {
     const QuantizerState& state = metadata.quantizer_state().at(slot.name);
     check_attributes_fit(slot, state.attributes());
-    TensorQuantizerImpl* quantizer = slot.quantizer();
-    if (insert) {
-      if (quantizer != nullptr) {
-        throw ApplyModeError(absl::StrCat(slot.name, " already exists: the model is already quantized"));
-      }
-      auto created = std::make_shared<TensorQuantizerImpl>(slot.name, state.attributes(),
-                                                           /*keepdim_amax=*/slot.slot == nn::Slot::kWeight);
-      slot.layer->add_transform(slot.slot, slot.transform, created);
-      quantizer = created.get();
-    } else {
-      quantizer->set_attributes(state.attributes());
-    }
+    TensorQuantizerImpl* quantizer = insert ? slot.insert(state.attributes()) : slot.quantizer();
+    quantizer->set_attributes(state.attributes());
     if (state.has_amax()) {
       std::vector<int64_t> shape(state.amax_shape().begin(), state.amax_shape().end());
       // The shape is untrusted: an amax never has more values than what it scales.

@@ -24,6 +24,11 @@ struct QuantizerSlot {
   nn::DynamicLayer* layer;
   // The quantizer in this slot, or nullptr.
   TensorQuantizerImpl* quantizer() const;
+  // Throws ApplyModeError if the slot holds a quantizer already (the model is quantized).
+  void check_empty() const;
+  // Puts a new quantizer with `attributes` into the empty slot and returns it; throws as
+  // check_empty does.
+  TensorQuantizerImpl* insert(const QuantizerAttributes& attributes) const;
   // The layer's weight.
   at::Tensor weight() const;
   // The size of the layer's features in this slot (input: in_features or in_channels,

@@ -14,8 +14,7 @@
 #include "distributed/world.h"
 #include "modes/quantization/calibrate.h"
 #include "modes/quantization/presets.h"
-#include "modes/quantization/quantization.pb.h"
-#include "modes/quantization/quantize_config.h"
+#include "modes/quantization/quantize.h"
 #include "opt/checkpoint.h"
 #include "opt/conversion.h"
 #include "opt/errors.h"
@@ -63,25 +62,22 @@ std::vector<ModeWithConfig> parse_modes(const OptimizeOptions& options) {
     const std::string& spec = options.modes[i];
     const size_t colon = spec.find(':');
     const std::string name = spec.substr(0, colon);
-    std::string config;
-    if (colon != std::string::npos) {
-      if (name != "quantize") {
-        throw ConfigError(absl::StrFormat("--mode %s: only quantize has presets (%s)", spec,
-                                          absl::StrJoin(quantization::quantize_preset_names(), ", ")));
-      }
-      config = quantization::quantize_preset(spec.substr(colon + 1));
-    } else if (!options.config_file.empty()) {
-      config = read_text(options.config_file);
+    if (colon != std::string::npos && name != "quantize") {
+      throw ConfigError(absl::StrFormat("--mode %s: only quantize has presets (%s)", spec,
+                                        absl::StrJoin(quantization::quantize_preset_names(), ", ")));
     }
-    out.push_back(config.empty() ? ModeWithConfig(name) : ModeWithConfig(name, config));
+    const std::string config = colon != std::string::npos ? spec.substr(colon + 1)
+                               : options.config_file.empty() ? std::string()
+                                                             : read_text(options.config_file);
+    if (name != "quantize") {
+      out.push_back(config.empty() ? ModeWithConfig(name) : ModeWithConfig(name, config));
+      continue;
+    }
+    std::vector<ModeWithConfig> quantize = quantization::quantize_modes(config);
     const bool calibration_follows =
         i + 1 < options.modes.size() && options.modes[i + 1].rfind("max_calibrate", 0) == 0;
-    if (name == "quantize" && !calibration_follows) {
-      quantization::QuantizeConfig parsed;
-      parsed.set_algorithm("max");
-      if (!config.empty()) quantization::parse_quantize_config(config, &parsed);
-      if (parsed.algorithm() == "max") out.emplace_back("max_calibrate");
-    }
+    if (calibration_follows && quantize.size() > 1) quantize.pop_back();
+    out.insert(out.end(), quantize.begin(), quantize.end());
   }
   return out;
 }
