@@ -1,0 +1,93 @@
+// The "fastnas" mode: makes the widths of mto::nn layers searchable (traced from one
+// forward pass), so that a search can pick the best subnet and "export_nas" can cut it out.
+#include <memory>
+
+#include "modes/nas/nas.pb.h"
+#include "modes/nas/search.h"
+#include "modes/nas/search_space.h"
+#include "opt/registry.h"
+
+namespace mto {
+namespace nas {
+namespace {
+
+constexpr char kConfig[] = "config of mode 'fastnas'";
+constexpr char kMetadata[] = "metadata of mode 'fastnas'";
+
+// The modes that may follow, as in the Python original; only registered ones take part.
+const char* const kNextModes[] = {"export_nas", "kd_loss", "quantize", "sparse_magnitude", "sparsegpt"};
+
+class FastNasModeDescriptor : public ModeDescriptor {
+ public:
+  std::string name() const override { return "fastnas"; }
+
+  MessagePtr config_class() const override {
+    auto config = std::make_unique<FastNasConfig>();
+    for (int eighth = 1; eighth <= 8; ++eighth) config->add_width_ratios(eighth / 8.0);
+    config->set_channel_divisor(4);
+    return config;
+  }
+  MessagePtr metadata_class() const override { return std::make_unique<FastNasMetadata>(); }
+
+  void validate_config(const Message& message) const override {
+    const auto& config = message_as<FastNasConfig>(message, kConfig);
+    if (config.width_ratios().empty()) throw ConfigError("fastnas: width_ratios must not be empty");
+    for (double ratio : config.width_ratios()) {
+      if (!(ratio > 0 && ratio <= 1)) {
+        throw ConfigError("fastnas: every entry of width_ratios must be in (0, 1], got " + std::to_string(ratio));
+      }
+    }
+    if (config.channel_divisor() < 1) {
+      throw ConfigError("fastnas: channel_divisor must be at least 1, got " +
+                        std::to_string(config.channel_divisor()));
+    }
+  }
+
+  std::optional<std::string> export_mode() const override { return "export_nas"; }
+
+  std::optional<ModeSet> next_modes() const override {
+    ModeSet next;
+    for (const char* mode : kNextModes) {
+      if (ModeRegistry::contains_in_any(mode)) next.insert(mode);
+    }
+    return next;
+  }
+
+  SearcherFactory search_algorithm() const override {
+    return [] { return std::make_unique<FastNasSearcher>(); };
+  }
+
+  // Mode argument: "dummy_forward" (DummyForward), one forward pass on a small input.
+  ConvertResult convert(ModulePtr model, const Message& config, const ModeKwargs& mode_kwargs) const override {
+    FastNasMetadata metadata = trace_search_space(*model, mode_kwargs.get<DummyForward>("dummy_forward"),
+                                                  message_as<FastNasConfig>(config, kConfig));
+    SearchSpace::install(*model, metadata);
+    return {model, std::make_unique<FastNasMetadata>(std::move(metadata))};
+  }
+
+  ModulePtr restore(ModulePtr model, const Message&, const Message& metadata) const override {
+    SearchSpace::install(*model, message_as<FastNasMetadata>(metadata, kMetadata));
+    return model;
+  }
+
+  void update_for_new_mode(torch::nn::Module& model, Message&, Message& metadata) const override {
+    record_subnet(model, metadata);
+  }
+  void update_for_save(torch::nn::Module& model, Message&, Message& metadata) const override {
+    record_subnet(model, metadata);
+  }
+
+ private:
+  // The active widths go into the metadata, so that restore selects the same subnet.
+  static void record_subnet(torch::nn::Module& model, Message& metadata) {
+    auto& fastnas = message_as<FastNasMetadata>(metadata, kMetadata);
+    fastnas.clear_subnet_config();
+    for (LayerWidth& entry : SearchSpace(model).subnet_config()) *fastnas.add_subnet_config() = std::move(entry);
+  }
+};
+
+MTO_REGISTER_MODE(nas, FastNasModeDescriptor);
+
+}  // namespace
+}  // namespace nas
+}  // namespace mto
