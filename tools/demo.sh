@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: trains the Fashion-MNIST CNN on 4 ranks, quantizes it three ways with
-# calibration sharded over the ranks, restores each checkpoint on 2 ranks, evaluates it
-# there, and prints one table.
+# calibration sharded over the ranks, makes it 2:4 sparse and prunes it to half its
+# parameters (search sharded over the ranks), fine-tunes those two for one epoch, restores
+# each checkpoint on 2 ranks, evaluates it there, and prints one table.
 #
 #   tools/demo.sh [--epochs N] [--dir DIR]
 set -euo pipefail
@@ -40,10 +41,19 @@ for format in "${formats[@]}"; do
     tee "$dir/$format.log"
 done
 
+echo "== 2:4 sparsity on 4 ranks, then one epoch of fine-tuning"
+ranks 4 "$mto" optimize "$dir/float" --mode sparse_magnitude --out "$dir/sparse" | tee "$dir/sparse.log"
+ranks 4 "$mto" train --init "$dir/sparse" --epochs 1 --out "$dir/sparse_2:4" | tee "$dir/sparse_2:4.log"
+
+echo "== pruning to 50% of the parameters (32 candidates split over 4 ranks), then one epoch of fine-tuning"
+ranks 4 "$mto" optimize "$dir/float" --mode fastnas:params=0.5 --mode export_nas --out "$dir/pruned" |
+  tee "$dir/pruned.log"
+ranks 4 "$mto" train --init "$dir/pruned" --epochs 1 --out "$dir/pruned_50%" | tee "$dir/pruned_50%.log"
+
 echo "== restoring and evaluating each checkpoint on 2 ranks"
 table="$dir/results.tsv"
 : >"$table"
-for format in float "${formats[@]}"; do
+for format in float "${formats[@]}" "sparse_2:4" "pruned_50%"; do
   result=$(ranks 2 "$mto" eval "$dir/$format" --json)
   echo "$result"
   accuracy=$(sed -E 's/.*"accuracy":([-0-9.eE+]+).*/\1/' <<<"$result")
@@ -60,4 +70,6 @@ awk -F'\t' '
 ' "$table" | { printf "%-16s %9s %9s %14s %11s %12s\n" format accuracy "vs float" "checkpoint" save restore; cat; }
 echo
 echo "Fake quantization keeps the weights in float32, so the checkpoints are the same size; the"
-echo "quantizers and their amax travel in them. Checkpoints are in $dir (mto inspect DIR shows one)."
+echo "quantizers and their amax travel in them. The sparse checkpoint adds its masks (bool); the"
+echo "pruned one has physically smaller layers. sparse_2:4 and pruned_50% were fine-tuned for one"
+echo "epoch more than float. Checkpoints are in $dir (mto inspect DIR shows one)."

@@ -16,6 +16,8 @@ constexpr char kMetadata[] = "metadata of mode 'fastnas'";
 
 // The modes that may follow, as in the Python original; only registered ones take part.
 const char* const kNextModes[] = {"export_nas", "kd_loss", "quantize", "sparse_magnitude", "sparsegpt"};
+// Calibration follows quantize while fastnas is still on the export stack.
+const char* const kAlsoNext[] = {"max_calibrate"};
 
 class FastNasModeDescriptor : public ModeDescriptor {
  public:
@@ -48,6 +50,9 @@ class FastNasModeDescriptor : public ModeDescriptor {
   std::optional<ModeSet> next_modes() const override {
     ModeSet next;
     for (const char* mode : kNextModes) {
+      if (ModeRegistry::contains_in_any(mode)) next.insert(mode);
+    }
+    for (const char* mode : kAlsoNext) {
       if (ModeRegistry::contains_in_any(mode)) next.insert(mode);
     }
     return next;

@@ -1,17 +1,21 @@
-// mto optimize: restores a checkpoint, applies modes (calibration sharded over the ranks)
-// and saves the result.
+// mto optimize: restores a checkpoint, applies modes (calibration and pruning search
+// sharded over the ranks) and saves the result.
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <vector>
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "distributed/world.h"
+#include "modes/nas/search.h"
 #include "modes/quantization/calibrate.h"
 #include "modes/quantization/presets.h"
 #include "modes/quantization/quantize.h"
@@ -19,6 +23,7 @@
 #include "opt/conversion.h"
 #include "opt/errors.h"
 #include "tools/cli/commands.h"
+#include "tools/cli/evaluate.h"
 #include "tools/cli/progress.h"
 #include "tools/data/fashion_mnist.h"
 #include "tools/zoo/forward.h"
@@ -33,7 +38,17 @@ struct OptimizeOptions {
   std::string config_file;
   int64_t calib_samples = 512;
   int64_t batch_size = 64;
+  int64_t search_candidates = 32;
+  uint64_t search_seed = 0;
+  int64_t val_samples = 2000;
+  std::string search_checkpoint;
   std::string out;
+};
+
+// One mode to apply and, for fastnas, the constraint of the search that follows it.
+struct Step {
+  ModeWithConfig mode;
+  std::optional<nas::Constraint> constraint;
 };
 
 std::string read_text(const std::string& path) {
@@ -44,16 +59,17 @@ std::string read_text(const std::string& path) {
   return text.str();
 }
 
-// The modes to apply, from "--mode NAME[:PRESET]" and "--config FILE": a preset names the
-// config of its mode; the one mode given without a preset takes the config file. After
-// "quantize" whose algorithm is "max" comes "max_calibrate", as the Python mtq.quantize
-// does, unless the next --mode is a calibration already.
-std::vector<ModeWithConfig> parse_modes(const OptimizeOptions& options) {
-  std::vector<ModeWithConfig> out;
-  int without_preset = 0;
-  for (const std::string& spec : options.modes) {
-    if (spec.find(':') == std::string::npos) ++without_preset;
-  }
+// The modes to apply, from "--mode NAME[:ARG]" and "--config FILE". For quantize, ARG is a
+// preset (or inline JSON) naming its config, and "max_calibrate" follows when the
+// algorithm is "max", as the Python mtq.quantize does, unless the next --mode is a
+// calibration already. For fastnas, ARG is the constraint of the search that follows
+// ("params=0.5"). The one mode given without a preset takes the config file.
+std::vector<Step> parse_modes(const OptimizeOptions& options) {
+  std::vector<Step> out;
+  auto takes_config_file = [](const std::string& spec) {
+    return spec.find(':') == std::string::npos || spec.rfind("fastnas:", 0) == 0;
+  };
+  const int64_t without_preset = std::count_if(options.modes.begin(), options.modes.end(), takes_config_file);
   if (!options.config_file.empty() && without_preset != 1) {
     throw ConfigError(absl::StrFormat(
         "--config needs exactly one --mode without a preset to apply to (got %d)", without_preset));
@@ -62,30 +78,86 @@ std::vector<ModeWithConfig> parse_modes(const OptimizeOptions& options) {
     const std::string& spec = options.modes[i];
     const size_t colon = spec.find(':');
     const std::string name = spec.substr(0, colon);
-    if (colon != std::string::npos && name != "quantize") {
-      throw ConfigError(absl::StrFormat("--mode %s: only quantize has presets (%s)", spec,
-                                        absl::StrJoin(quantization::quantize_preset_names(), ", ")));
+    const std::string argument = colon == std::string::npos ? "" : spec.substr(colon + 1);
+    const std::string config_file =
+        options.config_file.empty() || !takes_config_file(spec) ? "" : read_text(options.config_file);
+    if (name == "fastnas") {
+      if (argument.empty()) {
+        throw ConfigError("--mode fastnas needs the constraint of its search, e.g. fastnas:params=0.5 or "
+                          "fastnas:flops=0.6");
+      }
+      out.push_back({config_file.empty() ? ModeWithConfig(name) : ModeWithConfig(name, config_file),
+                     nas::Constraint::parse(argument)});
+      continue;
     }
-    const std::string config = colon != std::string::npos ? spec.substr(colon + 1)
-                               : options.config_file.empty() ? std::string()
-                                                             : read_text(options.config_file);
+    if (colon != std::string::npos && name != "quantize") {
+      throw ConfigError(absl::StrFormat(
+          "--mode %s: only quantize takes a preset (%s) and fastnas a constraint (fastnas:params=0.5)", spec,
+          absl::StrJoin(quantization::quantize_preset_names(), ", ")));
+    }
+    const std::string config = colon != std::string::npos ? argument : config_file;
     if (name != "quantize") {
-      out.push_back(config.empty() ? ModeWithConfig(name) : ModeWithConfig(name, config));
+      out.push_back({config.empty() ? ModeWithConfig(name) : ModeWithConfig(name, config), std::nullopt});
       continue;
     }
     std::vector<ModeWithConfig> quantize = quantization::quantize_modes(config);
     const bool calibration_follows =
         i + 1 < options.modes.size() && options.modes[i + 1].rfind("max_calibrate", 0) == 0;
     if (calibration_follows && quantize.size() > 1) quantize.pop_back();
-    out.insert(out.end(), quantize.begin(), quantize.end());
+    for (ModeWithConfig& mode : quantize) out.push_back({std::move(mode), std::nullopt});
   }
   return out;
+}
+
+// Searches the subnet of the fastnas model `model` with the best accuracy on `validation`
+// within `constraint`, the candidates split over the ranks; prints what it found.
+void run_search(const ModulePtr& model, const nas::Constraint& constraint, const data::Dataset& validation,
+                const data::Dataset& calibration, const OptimizeOptions& options,
+                const std::shared_ptr<Communicator>& comm) {
+  // Every rank scores its candidates on all of the validation data, alone.
+  std::shared_ptr<Communicator> alone = comm->split(comm->rank(), 0);
+  const int64_t batch_size = options.batch_size;
+  nas::SearchOptions search;
+  search.constraint = constraint;
+  search.num_candidates = options.search_candidates;
+  search.seed = options.search_seed;
+  search.communicator = comm;
+  search.score = [&validation, alone, batch_size](torch::nn::Module& m) {
+    return evaluate(m, validation, *alone, batch_size, /*show_progress=*/false).accuracy;
+  };
+  // Batch norms (if any) are measured again for each candidate on the calibration images.
+  search.calibrate_loop = [&calibration, batch_size](torch::nn::Module& m) {
+    for (int64_t begin = 0; begin < calibration.size(); begin += batch_size) {
+      zoo::forward(m, calibration.images.narrow(0, begin, std::min(batch_size, calibration.size() - begin)));
+    }
+  };
+  if (!options.search_checkpoint.empty()) {
+    std::filesystem::create_directories(options.search_checkpoint);
+    search.checkpoint = absl::StrFormat("%s/search-rank-%d.json", options.search_checkpoint, comm->rank());
+  }
+  const double full_accuracy = search.score(*model);
+  const auto start = std::chrono::steady_clock::now();
+  const nas::SearchResult result = nas::search(model, search);
+  const double seconds = seconds_since(start);
+  if (comm->rank() != 0) return;
+  std::vector<std::string> widths;
+  for (const nas::LayerWidth& entry : result.subnet) widths.push_back(absl::StrFormat("%s=%d", entry.layer(), entry.width()));
+  std::cout << absl::StrFormat(
+                   "searched %d candidates within %s on %d rank(s) in %.2f s (rank 0 scored %d%s)\n"
+                   "best subnet: %s; %d of %d parameters (%.3f of the %s); validation accuracy %.2f%% "
+                   "(full model %.2f%%) on %d images\n",
+                   result.candidates, constraint.to_string(), comm->world_size(), seconds, result.scored_here,
+                   result.resumed ? absl::StrFormat(", %d from its checkpoint", result.resumed) : "",
+                   absl::StrJoin(widths, " "), result.params, result.full_params, result.fraction,
+                   constraint.kind == nas::Constraint::Kind::kParams ? "parameters" : "multiply-accumulates",
+                   100 * result.score, 100 * full_accuracy, validation.size())
+            << std::flush;
 }
 
 void run_optimize(const OptimizeOptions& options) {
   auto comm = world();
   const bool rank0 = comm->rank() == 0;
-  const std::vector<ModeWithConfig> modes = parse_modes(options);
+  const std::vector<Step> steps = parse_modes(options);
   auto start = std::chrono::steady_clock::now();
   ModulePtr model = restore(options.checkpoint);
   const double restore_seconds = seconds_since(start);
@@ -103,10 +175,27 @@ void run_optimize(const OptimizeOptions& options) {
   ModeKwargs kwargs;
   kwargs.set("forward_loop", forward_loop);
   kwargs.set("communicator", comm);
+  // fastnas traces its search space from one forward pass.
+  const at::Tensor trace_input = calibration_set.images.narrow(0, 0, std::min<int64_t>(2, calibration_set.size()));
+  kwargs.set("dummy_forward", nas::DummyForward([trace_input](torch::nn::Module& m) {
+               return zoo::forward(m, trace_input);
+             }));
+  // The search scores on the last val_samples training images, which calibration (the
+  // first ones) and the test set never touch.
+  data::Dataset validation;
+  if (std::any_of(steps.begin(), steps.end(), [](const Step& step) { return step.constraint.has_value(); })) {
+    const data::Dataset train = data::load_fashion_mnist(data::Split::kTrain, data::default_fashion_mnist_root(), -1);
+    const int64_t count = std::min(options.val_samples, train.size());
+    validation.images = train.images.narrow(0, train.size() - count, count);
+    validation.labels = train.labels.narrow(0, train.size() - count, count);
+  }
 
   comm->reset_stats();
   start = std::chrono::steady_clock::now();
-  model = apply_mode(model, ModeList(modes), nullptr, std::nullopt, kwargs);
+  for (const Step& step : steps) {
+    model = apply_mode(model, ModeList({step.mode}), nullptr, std::nullopt, kwargs);
+    if (step.constraint) run_search(model, *step.constraint, validation, calibration_set, options, comm);
+  }
   const double apply_seconds = seconds_since(start);
   const CommunicatorStats stats = comm->stats();
 
@@ -115,7 +204,7 @@ void run_optimize(const OptimizeOptions& options) {
   const double save_seconds = seconds_since(start);
   if (rank0) {
     std::vector<std::string> names;
-    for (const ModeWithConfig& mode : modes) names.push_back(mode.mode);
+    for (const Step& step : steps) names.push_back(step.mode.mode);
     std::cout << absl::StrFormat("restored %s in %.2f s\n", options.checkpoint, restore_seconds)
               << absl::StrFormat("applied %s on %d rank(s) in %.2f s (calibration over %d images; %d "
                                  "collective(s), %d bytes)\n",
@@ -134,8 +223,10 @@ void add_optimize_command(CLI::App& app) {
       "optimize", "Restore a checkpoint, apply modes (calibration sharded over the ranks) and save");
   command->add_option("checkpoint", options->checkpoint, "Checkpoint directory to restore")->required();
   command->add_option("--mode", options->modes,
-                      "A mode to apply, in order: NAME or NAME:PRESET, e.g. quantize:int8 (presets: " +
-                          absl::StrJoin(quantization::quantize_preset_names(), ", ") + ")")
+                      "A mode to apply, in order: NAME, quantize:PRESET (presets: " +
+                          absl::StrJoin(quantization::quantize_preset_names(), ", ") +
+                          "), fastnas:params=F or fastnas:flops=F (search the best subnet within that "
+                          "fraction), export_nas, sparse_magnitude, export_sparse")
       ->required();
   command->add_option("--config", options->config_file,
                       "JSON config (the Python original's form) of the one --mode given without a preset");
@@ -145,6 +236,18 @@ void add_optimize_command(CLI::App& app) {
   command->add_option("--batch-size", options->batch_size, "Calibration batch size")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  command->add_option("--search-candidates", options->search_candidates,
+                      "fastnas: subnets to score, split over the ranks")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  command->add_option("--search-seed", options->search_seed, "fastnas: seed of the random candidates")
+      ->capture_default_str();
+  command->add_option("--val-samples", options->val_samples,
+                      "fastnas: score candidates on the last N training images")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  command->add_option("--search-checkpoint", options->search_checkpoint,
+                      "fastnas: directory of per-rank search checkpoints; an interrupted search resumes");
   command->add_option("--out", options->out, "Checkpoint directory to write")->required();
   command->callback([options] { run_optimize(*options); });
 }

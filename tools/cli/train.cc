@@ -30,6 +30,7 @@ struct TrainOptions {
   double lr = 1e-3;
   int64_t train_samples = -1;
   uint64_t seed = 0;
+  std::string init;
   std::string out;
 };
 
@@ -43,9 +44,11 @@ void run_train(const TrainOptions& options) {
   } catch (const nlohmann::json::parse_error& e) {
     throw ConfigError("--model-args is not valid JSON: " + std::string(e.what()));
   }
-  const ModelLike model_like(options.model, model_args);
-  // Every rank builds the model; the wrapper then copies rank 0's weights everywhere.
-  DataParallel model(model_like.build(), comm);
+  // Every rank builds or restores the model; the wrapper then copies rank 0's weights
+  // everywhere. A restored model keeps its modes (masks, quantizers, pruned widths).
+  const std::string model_name = options.init.empty() ? options.model : options.init;
+  DataParallel model(options.init.empty() ? ModelLike(options.model, model_args).build() : restore(options.init),
+                     comm);
   const data::Dataset train = data::load_fashion_mnist(data::Split::kTrain, data::default_fashion_mnist_root(),
                                                        options.train_samples);
   // Each rank draws its own part of every epoch's shuffle; with duplicates allowed, every
@@ -56,7 +59,7 @@ void run_train(const TrainOptions& options) {
   torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(options.lr));
   if (rank0) {
     std::cout << absl::StrFormat("training %s on %d images, %d rank(s), batch %d per rank, %d epoch(s)\n",
-                                 options.model, train.size(), comm->world_size(), options.batch_size,
+                                 model_name, train.size(), comm->world_size(), options.batch_size,
                                  options.epochs)
               << std::flush;
   }
@@ -99,10 +102,15 @@ void add_train_command(CLI::App& app) {
   auto options = std::make_shared<TrainOptions>();
   CLI::App* command = app.add_subcommand(
       "train", "Train a zoo model on Fashion-MNIST, data-parallel over the mpirun ranks, and save it");
-  command->add_option("--model", options->model, "Zoo model: fashion_cnn, fashion_mlp")
-      ->capture_default_str();
-  command->add_option("--model-args", options->model_args, "The model's JSON arguments, e.g. '{\"hidden\": 64}'")
-      ->capture_default_str();
+  CLI::Option* model = command->add_option("--model", options->model, "Zoo model: fashion_cnn, fashion_mlp")
+                           ->capture_default_str();
+  CLI::Option* model_args =
+      command->add_option("--model-args", options->model_args, "The model's JSON arguments, e.g. '{\"hidden\": 64}'")
+          ->capture_default_str();
+  command->add_option("--init", options->init,
+                      "Fine-tune this checkpoint (with its modes: sparse, pruned, quantized) instead of a new model")
+      ->excludes(model)
+      ->excludes(model_args);
   command->add_option("--epochs", options->epochs, "Passes over the training data")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
