@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end tests of the `mto` command line on real mpirun ranks and real Fashion-MNIST:
-# train on 2 ranks, optimize (quantize, calibration sharded) on 2, evaluate on 1 and 3,
-# inspect and verify on one process, and the errors a user meets, each one clear line.
+# train on 2 ranks, optimize (quantize, calibration sharded; 2:4 sparsity; pruning search
+# sharded and resumed) on 2, fine-tune, evaluate on 1 and 3, inspect and verify on one
+# process, and the errors a user meets, each one clear line.
 #   cli_test.sh MTO_BINARY
 # Writes one JUnit test case per check to $XML_OUTPUT_FILE.
 set -uo pipefail
@@ -127,6 +128,36 @@ chain_that_cannot_apply() {
   expect_error_line "$out" "already quantized"
 }
 
+prune_search_resume_fine_tune() {
+  local args=(optimize "$work/float" --mode fastnas:params=0.5 --mode export_nas --search-candidates 4
+              --val-samples 256 --calib-samples 64 --search-checkpoint "$work/search" --out "$work/pruned")
+  out=$(ranks 2 "$mto" "${args[@]}" 2>&1) || { echo "$out"; return 1; }
+  grep -q "^searched 4 candidates within params=0.5 on 2 rank(s) in .* (rank 0 scored 2)$" <<<"$out" ||
+    { echo "$out"; return 1; }
+  fraction=$(sed -nE 's/.* \(([0-9.]+) of the parameters\).*/\1/p' <<<"$out")
+  awk -v f="$fraction" 'BEGIN { exit !(f > 0 && f <= 0.5) }' || { echo "fraction '$fraction' in:"; echo "$out"; return 1; }
+  # The same search again finds every score in the per-rank checkpoints.
+  out=$(ranks 2 "$mto" "${args[@]}" 2>&1) || { echo "$out"; return 1; }
+  grep -q "(rank 0 scored 0, 2 from its checkpoint)" <<<"$out" || { echo "$out"; return 1; }
+  json=$("$mto" inspect "$work/pruned" --json --verify) || return 1
+  grep -q '"mode": "export_nas"' <<<"$json" || { echo "$json"; return 1; }
+  out=$(ranks 2 "$mto" train --init "$work/pruned" --epochs 1 --train-samples 512 --out "$work/pruned-ft" 2>&1) ||
+    { echo "$out"; return 1; }
+  out=$(ranks 3 "$mto" eval "$work/pruned-ft" --samples 300 --json 2>&1) || { echo "$out"; return 1; }
+  grep -q '"samples":300' <<<"$out" || { echo "$out"; return 1; }
+}
+
+sparse_then_quantize() {
+  out=$(ranks 2 "$mto" optimize "$work/float" --mode sparse_magnitude --mode quantize:int8 --calib-samples 128 \
+        --out "$work/sparse-int8" 2>&1) || { echo "$out"; return 1; }
+  grep -q "applied sparse_magnitude + quantize + max_calibrate on 2 rank(s)" <<<"$out" || { echo "$out"; return 1; }
+  "$mto" inspect "$work/sparse-int8" | grep -q "fc1._weight_mask  *BOOL" || return 1
+  out=$(ranks 2 "$mto" optimize "$work/int8" --mode sparse_magnitude --out "$work/x" 2>&1) && return 1
+  expect_error_line "$out" "quantize does not allow sparse_magnitude to be its next mode." || return 1
+  out=$(ranks 2 "$mto" optimize "$work/float" --mode fastnas --out "$work/x" 2>&1) && return 1
+  expect_error_line "$out" "needs the constraint of its search, e.g. fastnas:params=0.5"
+}
+
 check help_works help_works
 check train_two_ranks train_two_ranks
 check optimize_int8 optimize_int8
@@ -137,6 +168,8 @@ check corrupt_checkpoint_is_named corrupt_checkpoint_is_named
 check missing_directory missing_directory
 check unknown_mode_and_preset unknown_mode_and_preset
 check chain_that_cannot_apply chain_that_cannot_apply
+check prune_search_resume_fine_tune prune_search_resume_fine_tune
+check sparse_then_quantize sparse_then_quantize
 
 if [ -n "${XML_OUTPUT_FILE:-}" ]; then
   printf '<?xml version="1.0" encoding="UTF-8"?>\n<testsuites><testsuite name="cli_test" tests="%d" failures="%d">%s</testsuite></testsuites>\n' \
