@@ -2,9 +2,11 @@
 
 #include <mpi.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <iostream>
 #include <mutex>
+#include <thread>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -35,11 +37,19 @@ void finalize_world() {
   std::lock_guard<std::mutex> lock(world_mutex);
   const bool broken = world_communicator != nullptr && *world_communicator &&
                       (*world_communicator)->broken();
-  if (world_communicator != nullptr) world_communicator->reset();
-  if (nccl_bootstrap != nullptr) nccl_bootstrap->reset();
-  // After a failure, peers may never reach finalize: leave without it and let mpirun end
-  // the job.
-  if (!broken) MPI_Finalize();
+  if (!broken) {
+    if (world_communicator != nullptr) world_communicator->reset();
+    if (nccl_bootstrap != nullptr) nccl_bootstrap->reset();
+    MPI_Finalize();
+    return;
+  }
+  // After a failure, peers may be dead or stalled and never reach finalize, and mpirun may
+  // never end a job whose rank was killed by a signal. End the job, non-zero, after a
+  // moment in which the other survivors report their own errors.
+  std::cout.flush();
+  std::cerr.flush();
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  MPI_Abort(MPI_COMM_WORLD, 1);
 }
 
 std::unique_ptr<Backend> make_nccl_backend(int rank, int size, int device, MpiBackend* bootstrap,

@@ -8,6 +8,8 @@
 #include <map>
 #include <unordered_map>
 
+#include <nlohmann/json.hpp>
+
 #include "absl/strings/str_cat.h"
 #include "distributed/bucketing.h"
 #include "distributed/data_parallel.h"
@@ -45,7 +47,7 @@ FileRecord write_metadata_file(const std::string& dir, const std::string& name,
 // Reads a whole file of the checkpoint and checks it against its manifest record.
 std::string read_checked_file(const std::string& dir, const FileRecord& record) {
   const std::string path = path_in(dir, record.file());
-  std::string contents = read_file(path, kMaxMetadataBytes);
+  std::string contents = read_checkpoint_file(path, kMaxMetadataBytes);
   if (contents.size() != record.size()) {
     throw CheckpointError(absl::StrCat("file ", path, " is ", contents.size(),
                                        " bytes but the manifest says ", record.size(),
@@ -55,6 +57,31 @@ std::string read_checked_file(const std::string& dir, const FileRecord& record) 
     throw CheckpointError(absl::StrCat("checksum mismatch in ", path, " (corrupt file)"));
   }
   return contents;
+}
+
+// Checks the index, which other tools follow to the shards: it must name only shard files
+// of the manifest, each tensor in the shard the manifest puts it in.
+void check_index(const std::string& dir, const Manifest& manifest, const std::string& contents) {
+  const std::string path = path_in(dir, manifest.index().file());
+  const nlohmann::json index = nlohmann::json::parse(contents, nullptr, /*allow_exceptions=*/false);
+  if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
+    throw CheckpointError(absl::StrCat("invalid index ", path, ": no weight_map object"));
+  }
+  std::unordered_map<std::string, std::string> shard_of;
+  for (const auto& t : manifest.tensors()) shard_of[t.name()] = manifest.shards(t.shard()).file();
+  for (const auto& [tensor, file] : index["weight_map"].items()) {
+    if (!file.is_string()) {
+      throw CheckpointError(absl::StrCat("invalid index ", path, ": the file of tensor ", tensor,
+                                         " is not a string"));
+    }
+    check_plain_file_name(file.get<std::string>(), absl::StrCat("index ", path));
+    auto it = shard_of.find(tensor);
+    if (it == shard_of.end() || it->second != file.get<std::string>()) {
+      throw CheckpointError(absl::StrCat("invalid index ", path, ": it puts tensor ", tensor, " in ",
+                                         file.get<std::string>(), ", the manifest in ",
+                                         it == shard_of.end() ? "no file" : it->second));
+    }
+  }
 }
 
 Manifest read_checkpoint_manifest(const std::string& dir) {
@@ -71,7 +98,7 @@ Manifest read_checkpoint_manifest(const std::string& dir) {
 
 // Opens a shard and checks its size and header bytes against the manifest.
 File open_shard(const std::string& dir, const ShardRecord& shard) {
-  File file = File::open(path_in(dir, shard.file()));
+  File file = File::open_checkpoint_file(path_in(dir, shard.file()));
   const uint64_t size = file.size();
   if (size != shard.size()) {
     throw CheckpointError(absl::StrCat("file ", file.path(), " is ", size,
@@ -201,7 +228,7 @@ ModulePtr restore_checkpoint(const ModelOrModelLike* model, const std::string& d
     if (comm->rank() != 0) return;
     const Manifest manifest = read_checkpoint_manifest(dir);
     state_bytes = read_checked_file(dir, manifest.modelopt_state());
-    read_checked_file(dir, manifest.index());
+    check_index(dir, manifest, read_checked_file(dir, manifest.index()));
     manifest_bytes = manifest.SerializeAsString();
   });
   comm->broadcast(manifest_bytes, 0);
@@ -341,7 +368,7 @@ CheckpointContents read_checkpoint_contents(const std::string& dir) {
     throw CheckpointError(absl::StrCat("file ", path_in(dir, contents.manifest.modelopt_state().file()),
                                        " is not a valid mto.ModeloptState"));
   }
-  read_checked_file(dir, contents.manifest.index());
+  check_index(dir, contents.manifest, read_checked_file(dir, contents.manifest.index()));
   return contents;
 }
 

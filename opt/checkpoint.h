@@ -65,8 +65,10 @@ void save(torch::nn::Module& model, const std::string& dir, const SaveOptions& o
 // straight into the model's own tensors, every byte checked against its checksum, as
 // `options.strategy` says. Every rank ends with identical weights. Refuses a DataParallel
 // model with a StateError: restore, then wrap. If any rank fails, every rank throws:
-// CheckpointError naming the file and the tensor for a missing, truncated or corrupt file
-// or a state dict that does not match, plus the errors of restore_from_modelopt_state.
+// CheckpointError naming the file and the tensor for a missing, truncated or corrupt file,
+// a file that is a symbolic link or not a regular file, a manifest or index that names a file
+// outside `dir`, or a state dict that does not match, plus the errors of
+// restore_from_modelopt_state.
 ModulePtr restore(const ModelOrModelLike& model, const std::string& dir,
                   const RestoreOptions& options = {});
 

@@ -41,6 +41,25 @@ File File::open(const std::string& path) {
   return File(open_or_throw(path, O_RDONLY, "cannot open"), path);
 }
 
+File File::open_checkpoint_file(const std::string& path) {
+  int fd;
+  do {
+    fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0 && errno == ELOOP) {
+    throw CheckpointError(absl::StrCat("refusing to open ", path, ": it is a symbolic link, and the "
+                                       "files of a checkpoint must be regular files in its directory"));
+  }
+  if (fd < 0) throw CheckpointError(io_error_message("cannot open", path, errno));
+  File file(fd, path);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) throw CheckpointError(io_error_message("cannot stat", path, errno));
+  if (!S_ISREG(st.st_mode)) {
+    throw CheckpointError(absl::StrCat("refusing to open ", path, ": it is not a regular file"));
+  }
+  return file;
+}
+
 File::File(File&& other) noexcept
     : fd_(std::exchange(other.fd_, -1)),
       path_(std::move(other.path_)),
@@ -114,16 +133,27 @@ void File::close() {
   }
 }
 
-std::string read_file(const std::string& path, uint64_t max_size) {
-  File file = File::open(path);
+namespace {
+
+std::string read_whole(const File& file, uint64_t max_size) {
   uint64_t size = file.size();
   if (size > max_size) {
-    throw CheckpointError(absl::StrCat("file ", path, " is ", size, " bytes, more than the ",
+    throw CheckpointError(absl::StrCat("file ", file.path(), " is ", size, " bytes, more than the ",
                                        max_size, " bytes it may have"));
   }
   std::string contents(size, '\0');
   file.read_at(contents.data(), contents.size(), 0);
   return contents;
+}
+
+}  // namespace
+
+std::string read_file(const std::string& path, uint64_t max_size) {
+  return read_whole(File::open(path), max_size);
+}
+
+std::string read_checkpoint_file(const std::string& path, uint64_t max_size) {
+  return read_whole(File::open_checkpoint_file(path), max_size);
 }
 
 void write_file_synced(const std::string& path, const std::string& contents) {

@@ -15,6 +15,10 @@ class File {
   static File create(const std::string& path);
   // Opens an existing `path` for reading.
   static File open(const std::string& path);
+  // Opens `path`, a file named by a checkpoint, for reading. Refuses (CheckpointError) a
+  // symbolic link, so that a checkpoint cannot lead its reader to a file outside its
+  // directory, and anything but a regular file (a FIFO would block the reader).
+  static File open_checkpoint_file(const std::string& path);
 
   File(File&& other) noexcept;
   File& operator=(File&& other) noexcept;
@@ -46,6 +50,9 @@ class File {
 
 // Reads the whole of `path`, which must be at most `max_size` bytes.
 std::string read_file(const std::string& path, uint64_t max_size);
+
+// As read_file, for a file named by a checkpoint: opened with File::open_checkpoint_file.
+std::string read_checkpoint_file(const std::string& path, uint64_t max_size);
 
 // Writes `contents` to `path` (created or truncated) and fsyncs it.
 void write_file_synced(const std::string& path, const std::string& contents);

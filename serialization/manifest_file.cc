@@ -59,7 +59,7 @@ Manifest read_manifest(const std::string& dir) {
     throw CheckpointError(absl::StrCat(dir, " is not a complete mto checkpoint: ", path,
                                        " is missing"));
   }
-  const std::string framed = read_file(path, kMaxMetadataBytes);
+  const std::string framed = read_checkpoint_file(path, kMaxMetadataBytes);
   if (framed.size() < kFrameSize || framed.compare(0, kMagicSize, kManifestMagic) != 0) {
     bad_manifest(path, "the file does not start with an mto manifest header");
   }

@@ -3,10 +3,13 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <filesystem>
 #include <system_error>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -42,6 +45,26 @@ void remove_tree_quietly(const std::string& path) {
   fs::remove_all(path, ignored);
 }
 
+// Removes the staging directories "<parent>/.<name>.mto-staging-*" other than `own` that no
+// live StagingDirectory locks: a process killed in the middle of a save leaves its own
+// behind. One that cannot be locked (in use, or a file system without flock) stays.
+void remove_abandoned_staging(const std::string& parent, const std::string& name,
+                              const std::string& own) {
+  const std::string prefix = absl::StrCat(".", name, kStagingInfix);
+  std::vector<std::string> abandoned;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(parent, ec)) {
+    const std::string path = entry.path().string();
+    if (path != own && absl::StartsWith(entry.path().filename().string(), prefix)) abandoned.push_back(path);
+  }
+  for (const std::string& path : abandoned) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) continue;
+    if (::flock(fd, LOCK_EX | LOCK_NB) == 0) remove_tree_quietly(path);
+    ::close(fd);
+  }
+}
+
 }  // namespace
 
 StagingDirectory::StagingDirectory(std::string target) : target_(std::move(target)) {
@@ -70,10 +93,14 @@ StagingDirectory::StagingDirectory(std::string target) : target_(std::move(targe
     }
   }
   path_ = make_hidden_sibling(parent_, t.filename().string(), kStagingInfix);
+  lock_fd_ = ::open(path_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (lock_fd_ >= 0) ::flock(lock_fd_, LOCK_EX | LOCK_NB);
+  remove_abandoned_staging(parent_, t.filename().string(), path_);
 }
 
 StagingDirectory::~StagingDirectory() {
   if (!committed_) remove_tree_quietly(path_);
+  if (lock_fd_ >= 0) ::close(lock_fd_);
 }
 
 void StagingDirectory::commit() {

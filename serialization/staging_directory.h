@@ -14,10 +14,14 @@ namespace mto {
 class StagingDirectory {
  public:
   // Creates an empty directory "<parent>/.<name>.mto-staging-XXXXXX" next to `target`,
-  // creating the parent directories if needed. Throws CheckpointError if `target` exists
-  // and is neither an empty directory nor an mto checkpoint (it would be lost).
+  // creating the parent directories if needed, and holds an exclusive flock on it while this
+  // object lives. Removes the staging directories of earlier saves into `target` whose
+  // process is gone (their lock is free): what a crash leaves behind. Throws
+  // CheckpointError if `target` exists and is neither an empty directory nor an mto
+  // checkpoint (it would be lost).
   explicit StagingDirectory(std::string target);
-  // Removes the staging directory and what it holds unless commit() succeeded.
+  // Removes the staging directory and what it holds unless commit() succeeded, and releases
+  // the lock.
   ~StagingDirectory();
   StagingDirectory(const StagingDirectory&) = delete;
   StagingDirectory& operator=(const StagingDirectory&) = delete;
@@ -37,6 +41,7 @@ class StagingDirectory {
   std::string target_;
   std::string parent_;
   std::string path_;
+  int lock_fd_ = -1;
   bool committed_ = false;
 };
 

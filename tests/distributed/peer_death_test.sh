@@ -13,9 +13,15 @@ for mode in exit hang; do
   out=$(timeout 100 mpirun --allow-run-as-root --oversubscribe --bind-to none -np 3 \
         --mca orte_abort_on_non_zero_status 0 -x MTO_COLLECTIVE_TIMEOUT -x TMPDIR \
         "$binary" "$mode" 2>&1)
+  rc=$?
   elapsed=$(( $(date +%s) - start ))
-  echo "== mode $mode (${elapsed} s)"
+  echo "== mode $mode (${elapsed} s, job exit $rc)"
   echo "$out"
+  # The survivors end the job (MPI_Abort at exit once their world broke): non-zero, no hang.
+  if [ "$rc" = 0 ] || [ "$rc" = 124 ]; then
+    echo "FAIL ($mode): the job exited $rc; a job whose rank died must end non-zero"
+    failures=$((failures + 1))
+  fi
   for rank in 0 2; do
     line=$(grep "^rank $rank caught DistributedError" <<<"$out")
     if ! grep -q "all_reduce (sum of 4 elements) timed out after 3 s on rank $rank of 3" <<<"$line"; then

@@ -1,0 +1,31 @@
+// The model that the reliability tests save, kill, corrupt and restore: a registered
+// model-like ("reliability_model") of several dtypes whose weights are a pure function of a
+// generation number, so a checker can tell which save a directory holds, bit for bit.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <torch/nn/module.h>
+
+namespace mto {
+namespace reliability {
+
+// Megabytes of F32 weights in the model the crash tests use: enough that one save spans
+// several shard writes of a few milliseconds each, and the commit.
+inline constexpr int64_t kDefaultMegabytes = 24;
+
+// The model-like "reliability_model" with `megabytes` of F32 weights (in 4 MB matrices),
+// plus a BF16, an I64 and a BOOL tensor. Every byte is a hash of `generation`, the tensor and
+// the position (floats of any bit pattern, NaNs included; bools 0 or 1). Restoring a
+// checkpoint of it with mto::restore(dir) builds it with zeros first.
+std::shared_ptr<torch::nn::Module> make_model(int64_t generation,
+                                              int64_t megabytes = kDefaultMegabytes);
+
+// "" if every tensor of `a` equals (bit for bit) the tensor of the same name in `b`; else
+// names the first that differs or is missing.
+std::string weight_difference(const torch::nn::Module& a, const torch::nn::Module& b);
+
+}  // namespace reliability
+}  // namespace mto
