@@ -157,6 +157,14 @@ bool ModeRegistry::contains_in_any(const std::string& mode) {
   return false;
 }
 
+ModeSet ModeRegistry::registered(std::initializer_list<const char*> modes) {
+  ModeSet out;
+  for (const char* mode : modes) {
+    if (contains_in_any(mode)) out.insert(mode);
+  }
+  return out;
+}
+
 void ModeRegistry::check_relations() {
   std::set<std::string> names;
   std::vector<std::shared_ptr<const ModeDescriptor>> modes;

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -47,6 +48,10 @@ class ModeRegistry {
 
   // Whether any registry holds a mode called `mode`.
   static bool contains_in_any(const std::string& mode);
+
+  // The modes of `modes` that some registry holds, for relation sets that name modes which
+  // may not be linked into the program (e.g. quantize prohibits the sparsity modes).
+  static ModeSet registered(std::initializer_list<const char*> modes);
 
   // Throws ModeError naming the mode and the relation if a registered mode's next_modes,
   // next_prohibited_modes or export_mode names a mode that no registry holds. Lookups run

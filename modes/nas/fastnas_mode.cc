@@ -14,10 +14,6 @@ namespace {
 constexpr char kConfig[] = "config of mode 'fastnas'";
 constexpr char kMetadata[] = "metadata of mode 'fastnas'";
 
-// The modes that may follow, as in the Python original; only registered ones take part.
-const char* const kNextModes[] = {"export_nas", "kd_loss", "quantize", "sparse_magnitude", "sparsegpt"};
-// Calibration follows quantize while fastnas is still on the export stack.
-const char* const kAlsoNext[] = {"max_calibrate"};
 
 class FastNasModeDescriptor : public ModeDescriptor {
  public:
@@ -48,14 +44,10 @@ class FastNasModeDescriptor : public ModeDescriptor {
   std::optional<std::string> export_mode() const override { return "export_nas"; }
 
   std::optional<ModeSet> next_modes() const override {
-    ModeSet next;
-    for (const char* mode : kNextModes) {
-      if (ModeRegistry::contains_in_any(mode)) next.insert(mode);
-    }
-    for (const char* mode : kAlsoNext) {
-      if (ModeRegistry::contains_in_any(mode)) next.insert(mode);
-    }
-    return next;
+    // As in the Python original, plus max_calibrate, which follows quantize while fastnas
+    // is still on the export stack; only the modes linked in take part.
+    return ModeRegistry::registered(
+        {"export_nas", "kd_loss", "quantize", "sparse_magnitude", "sparsegpt", "max_calibrate"});
   }
 
   SearcherFactory search_algorithm() const override {

@@ -13,9 +13,6 @@ namespace mto {
 namespace quantization {
 namespace {
 
-// The sparsity and NAS modes of the Python original, which must not follow quantization.
-// Only those that are registered take part, so that the relation names no missing mode.
-const char* const kProhibitedAfterQuantize[] = {"sparse_magnitude", "sparsegpt", "fastnas", "autonas"};
 
 QuantizerAttributes default_attributes(nn::Slot slot) {
   QuantizerAttributes attributes;
@@ -50,11 +47,8 @@ class QuantizeModeDescriptor : public ModeDescriptor {
   }
 
   std::optional<ModeSet> next_prohibited_modes() const override {
-    ModeSet prohibited;
-    for (const char* mode : kProhibitedAfterQuantize) {
-      if (ModeRegistry::contains_in_any(mode)) prohibited.insert(mode);
-    }
-    return prohibited;
+    // The sparsity and NAS modes of the Python original; only those linked in take part.
+    return ModeRegistry::registered({"sparse_magnitude", "sparsegpt", "fastnas", "autonas"});
   }
 
   ConvertResult convert(ModulePtr model, const Message& message, const ModeKwargs&) const override {

@@ -22,11 +22,6 @@ namespace {
 constexpr char kConfig[] = "config of mode 'sparse_magnitude'";
 constexpr char kMetadata[] = "metadata of mode 'sparse_magnitude'";
 
-// The next modes of the Python original, plus max_calibrate: calibration is recorded as
-// its own entry after quantize and must pass the export stack, whose top is this mode.
-// Only registered modes take part, so that the relation names no missing mode.
-const char* const kNextModes[] = {"export_sparse", "kd_loss", "quantize", "max_calibrate"};
-
 bool matches_any(const google::protobuf::RepeatedPtrField<std::string>& patterns, const std::string& name) {
   for (const std::string& pattern : patterns) {
     if (fnmatch(pattern.c_str(), name.c_str(), /*flags=*/0) == 0) return true;
@@ -48,11 +43,10 @@ class SparseMagnitudeModeDescriptor : public ModeDescriptor {
   std::optional<std::string> export_mode() const override { return "export_sparse"; }
 
   std::optional<ModeSet> next_modes() const override {
-    ModeSet next;
-    for (const char* mode : kNextModes) {
-      if (ModeRegistry::contains_in_any(mode)) next.insert(mode);
-    }
-    return next;
+    // The next modes of the Python original, plus max_calibrate: calibration is recorded as
+    // its own entry after quantize and must pass the export stack, whose top is this mode.
+    // Only the modes linked in take part, so that the relation names no missing mode.
+    return ModeRegistry::registered({"export_sparse", "kd_loss", "quantize", "max_calibrate"});
   }
 
   ConvertResult convert(ModulePtr model, const Message& message, const ModeKwargs&) const override {
