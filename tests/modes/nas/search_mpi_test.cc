@@ -1,6 +1,8 @@
 // The pruning search on real mpirun ranks (run with 4): the ranks split the candidates and
 // pick the same subnet as one rank scoring them all; a score that throws on one rank fails
-// every rank; the exported subnet saved on 4 ranks restores on 3, bit for bit.
+// every rank; chains across families (fastnas -> export_nas -> quantize -> max_calibrate,
+// sparse_magnitude -> quantize -> max_calibrate) saved on 4 ranks restore on 3 and 2, bit
+// for bit.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
@@ -10,6 +12,7 @@
 
 #include "distributed/world.h"
 #include "modes/nas/search.h"
+#include "modes/quantization/quantize.h"
 #include "opt/checkpoint.h"
 #include "opt/conversion.h"
 #include "opt/errors.h"
@@ -113,28 +116,59 @@ TEST_F(SearchMpiTest, AScoreThatFailsOnOneRankFailsEveryRank) {
   comm->barrier();
 }
 
-TEST_F(SearchMpiTest, ExportedOnFourRanksRestoresOnThree) {
-  std::string dir = rank == 0 ? mto::test::make_temp_dir() : "";
+// Saves `model` on the 4 ranks and restores it on the first `ranks`, which must compute
+// bit for bit what it does; returns the chain of modes the restored model holds.
+std::vector<std::string> save_and_restore_on(ModulePtr model, int ranks, const std::shared_ptr<Communicator>& comm) {
+  std::string dir = comm->rank() == 0 ? mto::test::make_temp_dir() : "";
   comm->broadcast(dir, 0);
-  dir += "/pruned";
-  ModulePtr model = searchable(true);
-  const SearchResult result = search(model, options_for(true, comm));
-  model = apply_mode(model, "export_nas");
+  dir += "/ckpt";
   save(*model, dir);
   model->eval();
   const at::Tensor x = images(5, 9);
   const at::Tensor expected = test::run(*model, x);
-  if (auto three = comm->split(rank < 3 ? 0 : -1, rank)) {
+  std::vector<std::string> chain;
+  if (auto some = comm->split(comm->rank() < ranks ? 0 : -1, comm->rank())) {
     RestoreOptions options;
-    options.communicator = three;
+    options.communicator = some;
     ModulePtr restored = restore(dir, options);
     restored->eval();
-    EXPECT_TRUE(at::equal(test::run(*restored, x), expected)) << "rank " << rank;
-    int64_t params = 0;
-    for (const auto& p : restored->parameters()) params += p.numel();
-    EXPECT_EQ(params, result.params);
+    EXPECT_TRUE(at::equal(test::run(*restored, x), expected)) << "rank " << comm->rank();
+    const ModeloptState state = modelopt_state(*restored);
+    for (const auto& entry : state.modelopt_state_dict()) chain.push_back(entry.mode());
   }
   comm->barrier();
+  return chain;
+}
+
+// This rank's share of 8 calibration batches.
+quantization::ForwardLoop calibration_slice(const Communicator& comm) {
+  return [&comm](torch::nn::Module& m) {
+    for (int i = comm.rank(); i < 8; i += comm.world_size()) test::run(m, images(4, 30 + i));
+  };
+}
+
+TEST_F(SearchMpiTest, PrunedAndQuantizedOnFourRanksRestoresOnThree) {
+  ModulePtr model = searchable(true);
+  const SearchResult result = search(model, options_for(true, comm));
+  model = apply_mode(model, "export_nas");
+  int64_t params = 0;
+  for (const auto& p : model->parameters()) params += p.numel();
+  EXPECT_EQ(params, result.params);
+  model = quantization::quantize(model, "int8", calibration_slice(*comm));
+  const std::vector<std::string> chain = save_and_restore_on(model, 3, comm);
+  if (rank < 3) {
+    EXPECT_EQ(chain, (std::vector<std::string>{"fastnas", "export_nas", "quantize", "max_calibrate"}));
+  }
+}
+
+TEST_F(SearchMpiTest, SparseAndQuantizedOnFourRanksRestoresOnTwo) {
+  ModulePtr model = apply_mode(test::cnn_like(true).build(), "sparse_magnitude");
+  // Calibrate in eval mode: in train mode each rank's batch norms would learn their own
+  // statistics, and save refuses ranks that hold different models.
+  model->eval();
+  model = quantization::quantize(model, "int8", calibration_slice(*comm));
+  const std::vector<std::string> chain = save_and_restore_on(model, 2, comm);
+  if (rank < 2) EXPECT_EQ(chain, (std::vector<std::string>{"sparse_magnitude", "quantize", "max_calibrate"}));
 }
 
 }  // namespace
