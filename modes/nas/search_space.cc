@@ -394,6 +394,7 @@ FastNasMetadata trace_search_space(torch::nn::Module& model, const DummyForward&
 
 void SearchSpace::install(torch::nn::Module& model, const FastNasMetadata& metadata) {
   const std::map<std::string, torch::nn::Module*> modules = modules_by_name(model);
+  if (metadata.groups().empty()) throw ApplyModeError("fastnas: the metadata holds no width group");
   std::set<std::string> producers;
   std::set<std::string> consumers;
   for (const WidthGroup& group : metadata.groups()) {
@@ -413,7 +414,9 @@ void SearchSpace::install(torch::nn::Module& model, const FastNasMetadata& metad
       if (!consumers.insert(entry.layer()).second) {
         throw ApplyModeError(absl::StrCat("fastnas: layer '", entry.layer(), "' reads two width groups"));
       }
-      if (entry.factor() <= 0 || consumer.in_width() != group.max_width() * entry.factor()) {
+      // Divide rather than multiply: the factor comes from the checkpoint, untrusted.
+      if (entry.factor() <= 0 || consumer.in_width() % group.max_width() != 0 ||
+          consumer.in_width() / group.max_width() != entry.factor()) {
         throw ApplyModeError(absl::StrCat("fastnas: layer '", entry.layer(), "' has ", consumer.in_width(),
                                           " inputs, the search space expects ", group.max_width(), " x ",
                                           entry.factor()));
