@@ -49,7 +49,7 @@ void merge_json_into_message(std::string_view json, Message* message, const std:
   nlohmann::json user;
   try {
     user = nlohmann::json::parse(json.begin(), json.end());
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for 1e999
     throw ConfigError(absl::StrCat(what, ": not valid JSON (", e.what(), ")"));
   }
   if (!user.is_object()) throw ConfigError(absl::StrCat(what, ": expected a JSON object, got ", user.dump()));

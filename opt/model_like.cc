@@ -72,7 +72,7 @@ ModelLike ModelLike::from_proto(const ModelLikeProto& proto) {
   if (!proto.args_json().empty()) {
     try {
       args = nlohmann::json::parse(proto.args_json());
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for 1e999
       throw ConfigError(absl::StrCat("arguments of model '", proto.factory(),
                                      "' are not valid JSON: ", e.what()));
     }

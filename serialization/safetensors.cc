@@ -77,6 +77,9 @@ SafetensorsHeader parse_safetensors_header(const std::string& file, std::string_
     header = nlohmann::json::parse(json.begin(), json.end());
   } catch (const nlohmann::json::parse_error& e) {
     bad_header(file, absl::StrCat("not JSON (byte ", e.byte, " of the header)"));
+  } catch (const nlohmann::json::out_of_range&) {
+    // A number beyond double's range ("1e999"): well-formed JSON that no header holds.
+    bad_header(file, "a number in the header is out of range");
   }
   if (!header.is_object()) bad_header(file, "the header is not a JSON object");
 

@@ -15,6 +15,7 @@ packages=(
   libxxhash-dev                          # checksums
   nlohmann-json3-dev libcli11-dev        # JSON, the command line
   dataset-fashion-mnist                  # the main job's data
+  libfuzzer-14-dev                       # clang-14 and libFuzzer for tests/fuzz
 )
 
 missing=()

@@ -184,7 +184,7 @@ void parse_quantize_config(std::string_view json, QuantizeConfig* config) {
   ordered_json root;
   try {
     root = ordered_json::parse(json.begin(), json.end());
-  } catch (const ordered_json::parse_error& e) {
+  } catch (const ordered_json::exception& e) {  // parse_error, or out_of_range for 1e999
     throw ConfigError(absl::StrCat(kWhat, ": not valid JSON: ", e.what()));
   }
   if (!root.is_object()) throw ConfigError(absl::StrCat(kWhat, ": must be a JSON object"));

@@ -38,7 +38,15 @@ TensorQuantizerImpl::TensorQuantizerImpl(std::string name, QuantizerAttributes a
     : name_(std::move(name)), attributes_(std::move(attributes)), keepdim_amax_(keepdim_amax) {}
 
 void TensorQuantizerImpl::set_amax(const at::Tensor& amax) {
-  amax_ = register_buffer("_amax", amax.detach().to(at::kFloat).clone());
+  at::Tensor value = amax.detach().to(at::kFloat).clone();
+  if (!amax_.defined()) {
+    amax_ = register_buffer("_amax", std::move(value));
+    return;
+  }
+  // A module registers a name once: replace the registered tensor's contents and shape (a
+  // second calibration, or a restored chain that sets amax twice; found by
+  // tests/fuzz/modelopt_state_fuzz).
+  amax_.set_(value);
 }
 
 int64_t TensorQuantizerImpl::normalize_axis(int64_t axis, int64_t dim, const char* what) const {

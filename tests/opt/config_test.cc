@@ -66,6 +66,9 @@ TEST(ConfigTest, OutOfRangeValuesAreRejectedByTheMode) {
 TEST(ConfigTest, InvalidJsonIsRejected) {
   std::string error = config_error("test_quantize", R"({"num_bits": )");
   EXPECT_EQ(error.rfind("config of mode 'test_quantize': not valid JSON", 0), 0u) << error;
+  // A number beyond double's range: found by tests/fuzz/config_fuzz.
+  error = config_error("test_quantize", R"({"num_bits": 1e999})");
+  EXPECT_EQ(error.rfind("config of mode 'test_quantize': not valid JSON", 0), 0u) << error;
   EXPECT_EQ(config_error("test_quantize", "[1, 2]"),
             "config of mode 'test_quantize': expected a JSON object, got [1,2]");
 }

@@ -47,6 +47,7 @@ TEST(SafetensorsTest, UntrustedHeadersAreCheckedFieldByField) {
   const std::string prefix = "invalid safetensors header in f.safetensors: ";
   EXPECT_EQ(parse_error("{\"a\": ", 0), prefix + "not JSON (byte 7 of the header)");
   EXPECT_EQ(parse_error("[]", 0), prefix + "the header is not a JSON object");
+  EXPECT_EQ(parse_error(R"({"a": 1e999})", 0), prefix + "a number in the header is out of range");
   EXPECT_EQ(parse_error(R"({"a": {"dtype": "F32", "shape": [2]}})", 8),
             prefix + "tensor \"a\" has no \"data_offsets\"");
   EXPECT_EQ(parse_error(R"({"a": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]}})", 8),

@@ -41,7 +41,7 @@ void run_train(const TrainOptions& options) {
   nlohmann::json model_args;
   try {
     model_args = nlohmann::json::parse(options.model_args);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
     throw ConfigError("--model-args is not valid JSON: " + std::string(e.what()));
   }
   // Every rank builds or restores the model; the wrapper then copies rank 0's weights

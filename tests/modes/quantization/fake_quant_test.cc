@@ -133,6 +133,14 @@ TEST(TensorQuantizer, PerChannelScalesAlongTheAxis) {
   expect_values(quantizer->forward(w), {7, 1, -2, 0.875f, 0.25f, -0.0f});
 }
 
+TEST(TensorQuantizer, SetAmaxTwiceReplacesTheBuffer) {
+  TensorQuantizer quantizer("fc.weight_quantizer", int_attributes(8), /*keepdim_amax=*/true);
+  quantizer->set_amax(at::ones({2, 1}));
+  quantizer->set_amax(at::full({3}, 2.0f));
+  EXPECT_EQ(quantizer->named_buffers().size(), 1u);
+  expect_values(quantizer->named_buffers()["_amax"], {2, 2, 2});
+}
+
 TEST(TensorQuantizer, ActivationAxisKeepsOneValuePerFeature) {
   QuantizerAttributes attributes = int_attributes(8);
   attributes.set_axis(-1);
