@@ -146,7 +146,9 @@ TEST(SearchSpaceTest, MaskedSubnetComputesWhatTheExportedOneDoes) {
     EXPECT_EQ(cnn.conv2->weight.sizes(), (std::vector<int64_t>{12, 4, 3, 3}));
     EXPECT_EQ(cnn.fc1->weight.sizes(), (std::vector<int64_t>{20, 48}));
     EXPECT_EQ(cnn.fc2->weight.sizes(), (std::vector<int64_t>{10, 20}));
-    if (batch_norm) EXPECT_EQ(cnn.bn2->running_var.size(0), 12);
+    if (batch_norm) {
+      EXPECT_EQ(cnn.bn2->running_var.size(0), 12);
+    }
     int64_t params = 0;
     for (const auto& p : model->parameters()) params += p.numel();
     EXPECT_EQ(predicted_params, params);

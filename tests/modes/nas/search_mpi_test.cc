@@ -168,7 +168,9 @@ TEST_F(SearchMpiTest, SparseAndQuantizedOnFourRanksRestoresOnTwo) {
   model->eval();
   model = quantization::quantize(model, "int8", calibration_slice(*comm));
   const std::vector<std::string> chain = save_and_restore_on(model, 2, comm);
-  if (rank < 2) EXPECT_EQ(chain, (std::vector<std::string>{"sparse_magnitude", "quantize", "max_calibrate"}));
+  if (rank < 2) {
+    EXPECT_EQ(chain, (std::vector<std::string>{"sparse_magnitude", "quantize", "max_calibrate"}));
+  }
 }
 
 }  // namespace
