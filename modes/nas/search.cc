@@ -49,6 +49,7 @@ std::string Constraint::to_string() const {
 
 void FastNasSearcher::reset() {
   space_.reset();
+  full_cost_ = 0;
   candidates_.clear();
   scores_.clear();
   loaded_.clear();
@@ -76,12 +77,13 @@ std::string FastNasSearcher::state_dict() const {
 
 void FastNasSearcher::load_state_dict(const std::string& state) { loaded_ = state; }
 
+int64_t FastNasSearcher::cost_of(const std::vector<int64_t>& widths) const {
+  return options_.constraint.kind == Constraint::Kind::kParams ? space_->count_params(widths)
+                                                                : space_->count_macs(widths);
+}
+
 double FastNasSearcher::fraction_of(const std::vector<int64_t>& widths) const {
-  const std::vector<int64_t> full = space_->max_widths();
-  if (options_.constraint.kind == Constraint::Kind::kParams) {
-    return static_cast<double>(space_->count_params(widths)) / space_->count_params(full);
-  }
-  return static_cast<double>(space_->count_macs(widths)) / space_->count_macs(full);
+  return static_cast<double>(cost_of(widths)) / full_cost_;
 }
 
 void FastNasSearcher::use(const std::vector<int64_t>& widths) {
@@ -92,11 +94,13 @@ void FastNasSearcher::use(const std::vector<int64_t>& widths) {
 void FastNasSearcher::before_search() {
   space_ = std::make_unique<SearchSpace>(*model());
   space_->sort_by_importance();
+  full_cost_ = cost_of(space_->max_widths());
   const FastNasMetadata& metadata = space_->metadata();
   std::set<std::vector<int64_t>> seen;
   auto offer = [&](const std::vector<int64_t>& widths) {
-    if (static_cast<int64_t>(candidates_.size()) < options_.num_candidates &&
-        fraction_of(widths) <= options_.constraint.fraction && seen.insert(widths).second) {
+    if (static_cast<int64_t>(candidates_.size()) < options_.num_candidates && !seen.count(widths) &&
+        fraction_of(widths) <= options_.constraint.fraction) {
+      seen.insert(widths);
       candidates_.push_back(widths);
     }
   };
@@ -111,7 +115,9 @@ void FastNasSearcher::before_search() {
     offer(widths);
   }
   std::mt19937_64 random(options_.seed);
-  for (int64_t attempt = 0; attempt < 200 * options_.num_candidates; ++attempt) {
+  for (int64_t attempt = 0;
+       attempt < 200 * options_.num_candidates && static_cast<int64_t>(candidates_.size()) < options_.num_candidates;
+       ++attempt) {
     std::vector<int64_t> widths;
     for (const WidthGroup& group : metadata.groups()) {
       widths.push_back(group.choices(static_cast<int>(random() % group.choices_size())));

@@ -92,11 +92,15 @@ class FastNasSearcher : public Searcher {
   void after_search() override;
 
  private:
+  // Parameters or multiply-accumulates of the subnet, as the constraint counts them, and
+  // that over the full model's (full_cost_, counted once before the search).
+  int64_t cost_of(const std::vector<int64_t>& widths) const;
   double fraction_of(const std::vector<int64_t>& widths) const;
   void use(const std::vector<int64_t>& widths);
 
   SearchOptions options_;
   std::unique_ptr<SearchSpace> space_;
+  int64_t full_cost_ = 0;
   std::vector<std::vector<int64_t>> candidates_;
   std::vector<double> scores_;  // NaN where not scored
   std::string loaded_;
