@@ -4,13 +4,12 @@
 #include <torch/csrc/autograd/grad_mode.h>
 
 #include <algorithm>
-#include <cstring>
 #include <map>
+#include <tuple>
 #include <unordered_map>
 
-#include <nlohmann/json.hpp>
-
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "distributed/bucketing.h"
 #include "distributed/data_parallel.h"
 #include "distributed/sharding.h"
@@ -18,15 +17,17 @@
 #include "opt/collective.h"
 #include "opt/state_dict.h"
 #include "opt/version.h"
+#include "serialization/block_io.h"
 #include "serialization/checkpoint_error.h"
 #include "serialization/checkpoint_layout.h"
+#include "serialization/checkpoint_plan.h"
 #include "serialization/checksum.h"
 #include "serialization/deterministic.h"
 #include "serialization/file.h"
 #include "serialization/manifest_file.h"
 #include "serialization/safetensors.h"
 #include "serialization/staging_directory.h"
-#include "serialization/tensor_reader.h"
+#include "serialization/tensor_blocks.h"
 
 namespace mto {
 namespace {
@@ -44,97 +45,56 @@ FileRecord write_metadata_file(const std::string& dir, const std::string& name,
   return record;
 }
 
-// Reads a whole file of the checkpoint and checks it against its manifest record.
-std::string read_checked_file(const std::string& dir, const FileRecord& record) {
-  const std::string path = path_in(dir, record.file());
-  std::string contents = read_checkpoint_file(path, kMaxMetadataBytes);
-  if (contents.size() != record.size()) {
-    throw CheckpointError(absl::StrCat("file ", path, " is ", contents.size(),
-                                       " bytes but the manifest says ", record.size(),
-                                       contents.size() < record.size() ? " (truncated)" : ""));
-  }
-  if (xxh3_64(contents.data(), contents.size()) != record.xxh3()) {
-    throw CheckpointError(absl::StrCat("checksum mismatch in ", path, " (corrupt file)"));
-  }
-  return contents;
+// The global shape of a state tensor.
+std::vector<int64_t> global_shape(const StateTensor& t) {
+  return t.slice ? t.slice->global_shape : t.tensor.sizes().vec();
 }
 
-// Checks the index, which other tools follow to the shards: it must name only shard files
-// of the manifest, each tensor in the shard the manifest puts it in.
-void check_index(const std::string& dir, const Manifest& manifest, const std::string& contents) {
-  const std::string path = path_in(dir, manifest.index().file());
-  const nlohmann::json index = nlohmann::json::parse(contents, nullptr, /*allow_exceptions=*/false);
-  if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
-    throw CheckpointError(absl::StrCat("invalid index ", path, ": no weight_map object"));
-  }
-  std::unordered_map<std::string, std::string> shard_of;
-  for (const auto& t : manifest.tensors()) shard_of[t.name()] = manifest.shards(t.shard()).file();
-  for (const auto& [tensor, file] : index["weight_map"].items()) {
-    if (!file.is_string()) {
-      throw CheckpointError(absl::StrCat("invalid index ", path, ": the file of tensor ", tensor,
-                                         " is not a string"));
-    }
-    check_plain_file_name(file.get<std::string>(), absl::StrCat("index ", path));
-    auto it = shard_of.find(tensor);
-    if (it == shard_of.end() || it->second != file.get<std::string>()) {
-      throw CheckpointError(absl::StrCat("invalid index ", path, ": it puts tensor ", tensor, " in ",
-                                         file.get<std::string>(), ", the manifest in ",
-                                         it == shard_of.end() ? "no file" : it->second));
-    }
-  }
+// The part of its global tensor's matrix that `t` is.
+Rect rect_of_state(const StateTensor& t) {
+  const std::vector<int64_t> shape = global_shape(t);
+  if (!t.slice) return whole_rect(matrix_shape(shape));
+  const int64_t dim = t.slice->dim;
+  const int64_t length = dim >= 0 && dim < t.tensor.dim() ? t.tensor.size(dim) : -1;
+  return slice_rect(shape, dim, t.slice->offset, length, t.name);
 }
 
-Manifest read_checkpoint_manifest(const std::string& dir) {
-  try {
-    return read_manifest(dir);
-  } catch (const CheckpointError& e) {
-    std::string previous = find_previous_checkpoint(dir);
-    if (previous.empty()) throw;
-    throw CheckpointError(absl::StrCat(e.what(), "; a save into ", dir,
-                                       " was interrupted, and the previous checkpoint is at ",
-                                       previous));
-  }
-}
-
-// Opens a shard and checks its size and header bytes against the manifest.
-File open_shard(const std::string& dir, const ShardRecord& shard) {
-  File file = File::open_checkpoint_file(path_in(dir, shard.file()));
-  const uint64_t size = file.size();
-  if (size != shard.size()) {
-    throw CheckpointError(absl::StrCat("file ", file.path(), " is ", size,
-                                       " bytes but the manifest says ", shard.size(),
-                                       size < shard.size() ? " (truncated)" : ""));
-  }
-  std::string header(shard.data_begin(), '\0');
-  file.read_at(header.data(), header.size(), 0);
-  if (xxh3_64(header.data(), header.size()) != shard.header_xxh3()) {
-    throw CheckpointError(absl::StrCat("checksum mismatch in ", file.path(),
-                                       ": the safetensors header does not match the manifest"));
-  }
-  return file;
-}
-
-// A tensor of the model and the record of the checkpoint that fills it.
+// A tensor of the model, the record of the checkpoint that fills it and the part it is.
 struct Destination {
   at::Tensor tensor;
   const TensorRecord* record;
+  Rect rect;
+  bool whole;
 };
 
 // Pairs every tensor of `model` with its record, in state-dict order. Throws
-// CheckpointError for a tensor missing on either side or of another dtype or shape.
+// CheckpointError for a tensor missing on either side or of another dtype or global shape.
 std::vector<Destination> match_tensors(torch::nn::Module& model, const Manifest& manifest,
                                        const std::string& dir) {
   std::unordered_map<std::string, const TensorRecord*> records;
   for (const auto& record : manifest.tensors()) records[record.name()] = &record;
   std::vector<Destination> out;
-  for (const auto& t : model_state_dict(model)) {
+  for (const auto& t : model_state_slices(model)) {
     auto it = records.find(t.name);
     if (it == records.end()) {
       throw CheckpointError(absl::StrCat("checkpoint ", dir, " has no tensor ", t.name,
                                          ", which the model has"));
     }
-    check_tensor_matches(*it->second, t.tensor.contiguous());
-    out.push_back({t.tensor, it->second});
+    const TensorRecord& record = *it->second;
+    const std::vector<int64_t> shape = global_shape(t);
+    const std::vector<int64_t> stored(record.shape().begin(), record.shape().end());
+    if (record.dtype() != safetensors_dtype(t.tensor.scalar_type(), t.name) || shape != stored) {
+      throw CheckpointError(absl::StrCat(
+          "tensor ", t.name, ": the checkpoint holds ", record.dtype(), " [", absl::StrJoin(stored, ", "),
+          "] but the model has ", safetensors_dtype(t.tensor.scalar_type(), t.name), " [",
+          absl::StrJoin(shape, ", "), "]", t.slice ? " (global shape of its slices)" : ""));
+    }
+    if (!t.tensor.device().is_cpu()) {
+      throw CheckpointError(absl::StrCat("tensor ", t.name, " is on ", t.tensor.device().str(),
+                                         "; restore into a model on the CPU"));
+    }
+    const Rect rect = rect_of_state(t);
+    out.push_back({t.tensor, &record, rect, !t.slice});
     records.erase(it);
   }
   for (const auto& record : manifest.tensors()) {
@@ -146,7 +106,7 @@ std::vector<Destination> match_tensors(torch::nn::Module& model, const Manifest&
   return out;
 }
 
-// Reads the destinations straight into their tensors, checking every checksum.
+// Reads the destinations straight into their tensors, checking every block they overlap.
 void read_destinations(const std::vector<const Destination*>& destinations,
                        const Manifest& manifest, const std::string& dir) {
   std::map<uint32_t, File> shards;
@@ -156,10 +116,10 @@ void read_destinations(const std::vector<const Destination*>& destinations,
     auto it = shards.find(shard);
     if (it == shards.end()) it = shards.emplace(shard, open_shard(dir, manifest.shards(shard))).first;
     if (d->tensor.is_contiguous()) {
-      read_tensor_into(it->second, *d->record, d->tensor);
+      read_tensor_part(it->second, *d->record, d->rect, d->tensor.data_ptr());
     } else {
       at::Tensor staging = d->tensor.contiguous();
-      read_tensor_into(it->second, *d->record, staging);
+      read_tensor_part(it->second, *d->record, d->rect, staging.data_ptr());
       d->tensor.copy_(staging);
     }
   }
@@ -176,44 +136,138 @@ ModulePtr unwrapped_or_refuse(const ModelOrModelLike* model) {
   return module;
 }
 
-// What each rank's copy of the model is: the XXH3-64 of its modelopt state, then of every
-// tensor, as bytes.
-std::string replica_digests(const ModeloptState& state, const std::vector<NamedTensor>& tensors) {
-  std::vector<uint64_t> digests;
+// What this rank holds, for the other ranks to plan with: a Manifest whose modelopt_state
+// carries the digest of the rank's modelopt state and whose tensors carry each tensor's
+// dtype, global shape, split dimension and the rectangle held (one block, with the XXH3-64
+// of the held bytes when `digests` is set).
+std::string describe_holdings(const ModeloptState& state, const std::vector<StateTensor>& tensors,
+                              bool digests) {
+  Manifest held;
   const std::string state_bytes = serialize_deterministic(state);
-  digests.push_back(xxh3_64(state_bytes.data(), state_bytes.size()));
+  held.mutable_modelopt_state()->set_xxh3(xxh3_64(state_bytes.data(), state_bytes.size()));
   for (const auto& t : tensors) {
-    const at::Tensor c = t.tensor.contiguous();
-    digests.push_back(xxh3_64(c.data_ptr(), c.nbytes()));
+    TensorRecord* record = held.add_tensors();
+    record->set_name(t.name);
+    record->set_dtype(safetensors_dtype(t.tensor.scalar_type(), t.name));
+    for (int64_t d : global_shape(t)) record->add_shape(d);
+    record->set_split_dim(t.slice ? static_cast<int32_t>(t.slice->dim) : 0);
+    const Rect rect = rect_of_state(t);
+    Block* block = record->add_blocks();
+    block->set_row_begin(rect.row_begin);
+    block->set_row_end(rect.row_end);
+    block->set_col_begin(rect.col_begin);
+    block->set_col_end(rect.col_end);
+    if (digests) {
+      const at::Tensor c = t.tensor.contiguous();
+      block->set_xxh3(xxh3_64(c.data_ptr(), c.nbytes()));
+    }
   }
-  return std::string(reinterpret_cast<const char*>(digests.data()), digests.size() * sizeof(uint64_t));
+  return held.SerializeAsString();
 }
 
-// Each rank writes only its shard of its own copy: a rank whose model differs would make a
-// checkpoint that is no rank's model. Throws CheckpointError on every rank, naming the
-// first difference. Collective.
-void check_replicas(Communicator& comm, const std::string& digests,
-                    const std::vector<NamedTensor>& tensors) {
-  const std::vector<std::string> all = comm.all_gather(digests);
-  auto decode = [](const std::string& bytes) {
-    std::vector<uint64_t> out(bytes.size() / sizeof(uint64_t));
-    std::memcpy(out.data(), bytes.data(), out.size() * sizeof(uint64_t));
-    return out;
-  };
-  const std::vector<uint64_t> reference = decode(all[0]);
-  for (size_t r = 1; r < all.size(); ++r) {
-    const std::vector<uint64_t> other = decode(all[r]);
-    if (other == reference) continue;
-    std::string what = "the list of tensors";
-    if (other.size() == reference.size()) {
-      const size_t i = std::mismatch(other.begin(), other.end(), reference.begin()).first - other.begin();
-      what = i == 0 ? "the modelopt state" : absl::StrCat("tensor ", tensors[i - 1].name);
+// Decodes every rank's describe_holdings. Throws CheckpointError if a rank's modelopt state
+// differs from rank 0's.
+std::vector<std::vector<HeldSlice>> decode_holdings(const std::vector<std::string>& all) {
+  std::vector<std::vector<HeldSlice>> out;
+  uint64_t state_digest = 0;
+  for (size_t r = 0; r < all.size(); ++r) {
+    Manifest held;
+    if (!held.ParseFromString(all[r])) {
+      throw CheckpointError(absl::StrCat("save: what rank ", r, " holds was damaged in transit"));
     }
-    throw CheckpointError(absl::StrCat(
-        "save: ", what, " differs between rank 0 and rank ", r,
-        "; every rank must hold the same model (wrap it in mto::DataParallel, or broadcast "
-        "rank 0's weights) before saving"));
+    if (r == 0) state_digest = held.modelopt_state().xxh3();
+    if (held.modelopt_state().xxh3() != state_digest) {
+      throw CheckpointError(absl::StrCat(
+          "save: the modelopt state differs between rank 0 and rank ", r,
+          "; every rank must hold the same model (wrap it in mto::DataParallel, or broadcast "
+          "rank 0's weights) before saving"));
+    }
+    auto& slices = out.emplace_back();
+    for (const auto& t : held.tensors()) {
+      HeldSlice& s = slices.emplace_back();
+      s.name = t.name();
+      s.dtype = t.dtype();
+      s.global_shape.assign(t.shape().begin(), t.shape().end());
+      s.split_dim = t.split_dim();
+      s.rect = rect_of(t.blocks(0));
+      s.digest = t.blocks(0).xxh3();
+    }
   }
+  return out;
+}
+
+// Writes this rank's share of the plan into the staging directory: the header of its own
+// shard, and every part whose writer it is. Returns the checksum blocks written, as a
+// Manifest of tensor records that hold only names and blocks.
+std::string write_planned_parts(const CheckpointPlan& plan, const std::vector<StateTensor>& tensors,
+                                const std::string& staging_path, int rank) {
+  std::map<uint32_t, File> files;
+  auto file = [&](uint32_t shard) -> File& {
+    auto it = files.find(shard);
+    if (it == files.end()) {
+      it = files.emplace(shard, File::open_shared(path_in(staging_path, plan.shards[shard].file()))).first;
+    }
+    return it->second;
+  };
+  if (rank < static_cast<int>(plan.shards.size())) {
+    file(static_cast<uint32_t>(rank)).write_at(plan.headers[rank].data(), plan.headers[rank].size(), 0);
+  }
+  Manifest written;
+  for (const SlicePlan& part : plan.slices) {
+    if (part.writer != rank) continue;
+    const TensorRecord& record = plan.tensors[part.tensor];
+    const StateTensor& t = tensors[part.tensor];
+    if (!t.tensor.device().is_cpu()) {
+      throw CheckpointError(absl::StrCat("tensor ", t.name, " is on ", t.tensor.device().str(),
+                                         "; move the model to the CPU before saving"));
+    }
+    const at::Tensor local = t.tensor.contiguous();
+    const uint64_t cols = matrix_shape({record.shape().begin(), record.shape().end()}).cols;
+    TensorRecord* out = written.add_tensors();
+    out->set_name(record.name());
+    for (Block& b : write_slice(file(record.shard()), record.offset(), cols, local.element_size(),
+                                part.rect, local.data_ptr())) {
+      *out->add_blocks() = std::move(b);
+    }
+  }
+  for (auto& [shard, f] : files) {
+    f.sync();
+    f.close();
+  }
+  return written.SerializeAsString();
+}
+
+// The manifest of a planned checkpoint, with the blocks every rank wrote.
+Manifest assemble_manifest(const CheckpointPlan& plan, const std::vector<std::string>& written,
+                           int world_size) {
+  Manifest manifest;
+  manifest.set_format_version(kCheckpointFormatVersion);
+  manifest.set_mto_version(kModeloptVersion);
+  manifest.set_world_size(world_size);
+  manifest.set_tensor_parallel_size(plan.tensor_parallel_size);
+  for (const auto& shard : plan.shards) *manifest.add_shards() = shard;
+  std::unordered_map<std::string, TensorRecord*> by_name;
+  for (const auto& t : plan.tensors) {
+    TensorRecord* record = manifest.add_tensors();
+    *record = t;
+    by_name[t.name()] = record;
+  }
+  for (size_t r = 0; r < written.size(); ++r) {
+    Manifest part;
+    if (!part.ParseFromString(written[r])) {
+      throw CheckpointError(absl::StrCat("save: the blocks rank ", r, " wrote were damaged in transit"));
+    }
+    for (const auto& t : part.tensors()) {
+      TensorRecord* record = by_name.at(t.name());
+      for (const auto& b : t.blocks()) *record->add_blocks() = b;
+    }
+  }
+  for (auto& record : *manifest.mutable_tensors()) {
+    std::sort(record.mutable_blocks()->begin(), record.mutable_blocks()->end(), [](const Block& a, const Block& b) {
+      return std::make_tuple(a.col_begin(), a.row_begin()) < std::make_tuple(b.col_begin(), b.row_begin());
+    });
+  }
+  return manifest;
 }
 
 // restore(), into `model` or, when it is null, the recorded model-like.
@@ -250,7 +304,10 @@ ModulePtr restore_checkpoint(const ModelOrModelLike* model, const std::string& d
     destinations = match_tensors(*restored, manifest, dir);
   });
 
-  if (options.strategy == RestoreStrategy::kReadAll || comm->world_size() == 1) {
+  // Ranks of a split model hold different parts: each reads its own.
+  const bool split = std::any_of(destinations.begin(), destinations.end(),
+                                 [](const Destination& d) { return !d.whole; });
+  if (options.strategy == RestoreStrategy::kReadAll || comm->world_size() == 1 || split) {
     std::vector<const Destination*> all;
     for (const auto& d : destinations) all.push_back(&d);
     run_on_every_rank(*comm, [&] { read_destinations(all, manifest, dir); });
@@ -286,66 +343,44 @@ void save(torch::nn::Module& model_in, const std::string& dir, const SaveOptions
   torch::nn::Module& model = wrapper ? *wrapper->module() : model_in;
 
   ModeloptState state;
-  std::vector<NamedTensor> tensors;
+  std::vector<StateTensor> tensors;
   std::unique_ptr<StagingDirectory> staging;
   std::string staging_path;
-  std::string digests;
+  std::string holdings;
   run_on_every_rank(*comm, [&] {
     state = modelopt_state(model);
-    tensors = model_state_dict(model);
-    if (world_size > 1) digests = replica_digests(state, tensors);
+    tensors = model_state_slices(model);
+    holdings = describe_holdings(state, tensors, /*digests=*/world_size > 1);
     if (rank == 0) {
       staging = std::make_unique<StagingDirectory>(dir);
       staging_path = staging->path();
     }
   });
-  if (world_size > 1) check_replicas(*comm, digests, tensors);
+  const std::vector<std::string> all_holdings = comm->all_gather(holdings);
   comm->broadcast(staging_path, 0);
 
-  // Each rank writes the tensors the plan gives it, in state-dict order.
-  std::vector<uint64_t> sizes;
-  for (const auto& t : tensors) sizes.push_back(static_cast<uint64_t>(t.tensor.nbytes()));
-  const std::vector<int> writer = split_by_weight(sizes, world_size);
-  std::vector<NamedTensor> mine;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    if (writer[i] == rank) mine.push_back(tensors[i]);
-  }
-  std::string written_bytes;
+  CheckpointPlan plan;
+  std::string written;
   run_on_every_rank(*comm, [&] {
-    WrittenShard written = write_shard(staging_path, shard_file_name(rank, world_size), mine,
-                                       rank, static_cast<uint32_t>(rank));
-    Manifest part;
-    *part.add_shards() = written.shard;
-    for (auto& record : written.tensors) *part.add_tensors() = std::move(record);
-    written_bytes = part.SerializeAsString();
+    plan = plan_checkpoint(decode_holdings(all_holdings));
+    written = write_planned_parts(plan, tensors, staging_path, rank);
   });
-  const std::vector<std::string> parts = comm->all_gather(written_bytes);
+  const std::vector<std::string> all_written = comm->all_gather(written);
 
   run_on_every_rank(*comm, [&] {
     if (rank != 0) return;
-    Manifest manifest;
-    manifest.set_format_version(kCheckpointFormatVersion);
-    manifest.set_mto_version(kModeloptVersion);
-    manifest.set_world_size(world_size);
+    Manifest manifest = assemble_manifest(plan, all_written, world_size);
     *manifest.mutable_modelopt_state() =
         write_metadata_file(staging_path, kStateFileName, serialize_deterministic(state));
-    std::unordered_map<std::string, TensorRecord> records;
-    for (const std::string& bytes : parts) {
-      Manifest part;
-      part.ParseFromString(bytes);
-      *manifest.add_shards() = part.shards(0);
-      for (const auto& record : part.tensors()) records[record.name()] = record;
-    }
     std::map<std::string, std::string> weight_map;
     uint64_t total_size = 0;
-    for (const auto& t : tensors) {
-      TensorRecord& record = records.at(t.name);
+    for (const auto& record : manifest.tensors()) {
       weight_map[record.name()] = manifest.shards(record.shard()).file();
       total_size += record.length();
-      *manifest.add_tensors() = std::move(record);
     }
     *manifest.mutable_index() = write_metadata_file(
         staging_path, kIndexFileName, encode_safetensors_index(weight_map, total_size));
+    validate_manifest(manifest, path_in(staging_path, kManifestFileName));
     write_manifest(staging_path, manifest);
     staging->commit();
   });
@@ -358,38 +393,6 @@ ModulePtr restore(const ModelOrModelLike& model, const std::string& dir,
 
 ModulePtr restore(const std::string& dir, const RestoreOptions& options) {
   return restore_checkpoint(nullptr, dir, options);
-}
-
-CheckpointContents read_checkpoint_contents(const std::string& dir) {
-  CheckpointContents contents;
-  contents.manifest = read_checkpoint_manifest(dir);
-  const std::string state_bytes = read_checked_file(dir, contents.manifest.modelopt_state());
-  if (!contents.state.ParseFromString(state_bytes)) {
-    throw CheckpointError(absl::StrCat("file ", path_in(dir, contents.manifest.modelopt_state().file()),
-                                       " is not a valid mto.ModeloptState"));
-  }
-  check_index(dir, contents.manifest, read_checked_file(dir, contents.manifest.index()));
-  return contents;
-}
-
-void verify_checkpoint(const std::string& dir,
-                       const std::function<void(uint64_t done, uint64_t total)>& progress) {
-  const Manifest manifest = read_checkpoint_contents(dir).manifest;
-  uint64_t total = 0, done = 0;
-  for (const auto& record : manifest.tensors()) total += record.length();
-  std::map<uint32_t, File> shards;
-  for (const auto& record : manifest.tensors()) {
-    auto it = shards.find(record.shard());
-    if (it == shards.end()) {
-      it = shards.emplace(record.shard(), open_shard(dir, manifest.shards(record.shard()))).first;
-    }
-    std::vector<int64_t> shape(record.shape().begin(), record.shape().end());
-    const at::Tensor scratch =
-        at::empty(shape, at::TensorOptions().dtype(scalar_type_from_safetensors(record.dtype(), record.name())));
-    read_tensor_into(it->second, record, scratch);
-    done += record.length();
-    if (progress) progress(done, total);
-  }
 }
 
 }  // namespace mto

@@ -19,7 +19,10 @@ inline constexpr char kStateFileName[] = "modelopt_state.pb";
 inline constexpr char kIndexFileName[] = "model.safetensors.index.json";
 inline constexpr char kManifestFileName[] = "MANIFEST";
 inline constexpr char kManifestMagic[] = "MTOMANI1";  // 8 bytes, no terminator on disk
-inline constexpr unsigned kCheckpointFormatVersion = 1;
+// Version 2 adds checksum blocks and split records to the manifest and writes a tensor's
+// slices from several ranks into one file; version 1 checkpoints are still read.
+inline constexpr unsigned kCheckpointFormatVersion = 2;
+inline constexpr unsigned kOldestCheckpointFormatVersion = 1;
 
 // Largest metadata file (state, manifest, index, safetensors header) a reader accepts.
 inline constexpr unsigned long long kMaxMetadataBytes = 256ull << 20;

@@ -37,6 +37,10 @@ File File::create(const std::string& path) {
   return File(open_or_throw(path, O_WRONLY | O_CREAT | O_TRUNC, "cannot create"), path);
 }
 
+File File::open_shared(const std::string& path) {
+  return File(open_or_throw(path, O_WRONLY | O_CREAT, "cannot open for writing"), path);
+}
+
 File File::open(const std::string& path) {
   return File(open_or_throw(path, O_RDONLY, "cannot open"), path);
 }
@@ -91,6 +95,22 @@ void File::write(const void* data, size_t size) {
     p += n;
     size -= static_cast<size_t>(n);
     written_ += static_cast<uint64_t>(n);
+  }
+}
+
+void File::write_at(const void* data, size_t size, uint64_t offset) {
+  const char* p = static_cast<const char*>(data);
+  uint64_t at = offset;
+  while (size > 0) {
+    ssize_t n = ::pwrite(fd_, p, std::min(size, kMaxIoChunk), static_cast<off_t>(at));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw CheckpointError(
+          io_error_message(absl::StrCat("cannot write at offset ", at, " of"), path_, errno));
+    }
+    p += n;
+    at += static_cast<uint64_t>(n);
+    size -= static_cast<size_t>(n);
   }
 }
 

@@ -13,6 +13,9 @@ class File {
  public:
   // Creates (or truncates) `path` for writing, mode 0644.
   static File create(const std::string& path);
+  // Opens `path` for writing at given offsets, creating it (mode 0644) if it is missing and
+  // keeping what it holds: several processes write their parts of one file this way.
+  static File open_shared(const std::string& path);
   // Opens an existing `path` for reading.
   static File open(const std::string& path);
   // Opens `path`, a file named by a checkpoint, for reading. Refuses (CheckpointError) a
@@ -28,6 +31,8 @@ class File {
 
   // Appends `size` bytes at the current position.
   void write(const void* data, size_t size);
+  // Writes `size` bytes at `offset` (pwrite), leaving the current position alone.
+  void write_at(const void* data, size_t size, uint64_t offset);
   // Reads exactly `size` bytes at `offset`; a short file is reported as truncated.
   void read_at(void* data, size_t size, uint64_t offset) const;
   // Size of the file now, from fstat.

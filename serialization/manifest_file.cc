@@ -16,6 +16,7 @@
 #include "serialization/deterministic.h"
 #include "serialization/file.h"
 #include "serialization/safetensors.h"
+#include "serialization/tensor_blocks.h"
 
 namespace mto {
 namespace {
@@ -80,11 +81,14 @@ Manifest read_manifest(const std::string& dir) {
 }
 
 void validate_manifest(const Manifest& manifest, const std::string& where) {
-  if (manifest.format_version() != kCheckpointFormatVersion) {
+  if (manifest.format_version() < kOldestCheckpointFormatVersion ||
+      manifest.format_version() > kCheckpointFormatVersion) {
     bad_manifest(where, absl::StrCat("format version ", manifest.format_version(),
-                                     " is not supported (this mto reads version ",
+                                     " is not supported (this mto reads versions ",
+                                     kOldestCheckpointFormatVersion, " to ",
                                      kCheckpointFormatVersion, ")"));
   }
+  const bool blocked = manifest.format_version() >= 2;
   const std::string in = absl::StrCat("manifest ", where);
   check_plain_file_name(manifest.modelopt_state().file(), in);
   check_plain_file_name(manifest.index().file(), in);
@@ -126,6 +130,18 @@ void validate_manifest(const Manifest& manifest, const std::string& where) {
     if (numel > std::numeric_limits<uint64_t>::max() / itemsize || numel * itemsize != t.length()) {
       bad_manifest(where, absl::StrCat(tensor, " is ", t.length(),
                                        " bytes but its dtype and shape need ", numel * itemsize));
+    }
+    if (blocked) {
+      if (t.split_parts() < 1 || t.split_dim() < 0 || t.split_dim() > 1) {
+        bad_manifest(where, absl::StrCat(tensor, " has an invalid split (", t.split_parts(),
+                                         " parts along dimension ", t.split_dim(), ")"));
+      }
+      std::vector<Rect> rects;
+      for (const auto& b : t.blocks()) rects.push_back(rect_of(b));
+      check_tiling(std::move(rects), matrix_shape({t.shape().begin(), t.shape().end()}),
+                   absl::StrCat("invalid manifest ", where, ": the checksum blocks of ", tensor));
+    } else if (t.blocks_size() > 0) {
+      bad_manifest(where, absl::StrCat(tensor, " has checksum blocks, which version 1 does not know"));
     }
     ranges[t.shard()].emplace_back(t.offset(), &t);
   }

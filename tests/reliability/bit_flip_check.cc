@@ -17,6 +17,7 @@
 #include "opt/checkpoint.h"
 #include "serialization/checkpoint_error.h"
 #include "serialization/checkpoint_layout.h"
+#include "serialization/tensor_blocks.h"
 #include "tests/reliability/reliability_model.h"
 
 namespace mto {
@@ -83,11 +84,19 @@ class FlipChecker {
     flip_bit(path, offset, bit);
   }
 
-  // The tensor whose data holds `offset` of shard `shard`, as the error names it.
+  // The tensor and checksum block whose data holds `offset` of shard `shard`, as the error
+  // names them.
   std::string tensor_at(uint32_t shard, uint64_t offset) const {
     for (const auto& t : manifest_.tensors()) {
-      if (t.shard() == shard && offset >= t.offset() && offset < t.offset() + t.length()) {
-        return absl::StrCat("tensor ", t.name(), " at bytes [", t.offset(), ", ", t.offset() + t.length(), ")");
+      if (t.shard() != shard || offset < t.offset() || offset >= t.offset() + t.length()) continue;
+      const mto::MatrixShape m = mto::matrix_shape({t.shape().begin(), t.shape().end()});
+      const uint64_t element = (offset - t.offset()) / (t.length() / (m.rows * m.cols));
+      const uint64_t row = element / m.cols, col = element % m.cols;
+      for (const auto& b : mto::blocks_of(t)) {
+        if (row >= b.row_begin() && row < b.row_end() && col >= b.col_begin() && col < b.col_end()) {
+          return absl::StrCat("tensor ", t.name(), " rows [", b.row_begin(), ", ", b.row_end(), ") x columns [",
+                              b.col_begin(), ", ", b.col_end(), ")");
+        }
       }
     }
     return "?";

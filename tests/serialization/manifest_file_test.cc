@@ -13,6 +13,14 @@
 namespace mto {
 namespace {
 
+// A version-2 record of a whole tensor of `rows` rows: one block, not split.
+void whole(TensorRecord* t, uint64_t rows) {
+  t->set_split_parts(1);
+  Block* b = t->add_blocks();
+  b->set_row_end(rows);
+  b->set_col_end(1);
+}
+
 // One shard whose data runs from byte 16 to 40: tensors a (F32 [2], 8 bytes) and b
 // (I64 [2], 16 bytes).
 Manifest valid_manifest() {
@@ -31,12 +39,14 @@ Manifest valid_manifest() {
   a->add_shape(2);
   a->set_offset(16);
   a->set_length(8);
+  whole(a, 2);
   TensorRecord* b = m.add_tensors();
   b->set_name("b");
   b->set_dtype("I64");
   b->add_shape(2);
   b->set_offset(24);
   b->set_length(16);
+  whole(b, 2);
   return m;
 }
 
@@ -47,6 +57,26 @@ std::string validation_error(const Manifest& m) {
     return e.what();
   }
   return "no error";
+}
+
+TEST(ManifestFileTest, VersionOneHasNoBlocksAndVersionTwoBlocksTileEachTensor) {
+  Manifest v1 = valid_manifest();
+  v1.set_format_version(1);
+  for (auto& t : *v1.mutable_tensors()) {
+    t.clear_blocks();
+    t.clear_split_parts();
+  }
+  EXPECT_EQ(validation_error(v1), "no error");
+  v1.mutable_tensors(0)->add_blocks();
+  EXPECT_EQ(validation_error(v1), "invalid manifest M: tensor a has checksum blocks, which version 1 does not know");
+
+  Manifest m = valid_manifest();
+  m.mutable_tensors(1)->mutable_blocks(0)->set_row_end(1);
+  EXPECT_EQ(validation_error(m), "invalid manifest M: the checksum blocks of tensor b: the columns [0, 1) end at row 1 "
+                                 "(the tensor is 2 x 1)");
+  m = valid_manifest();
+  m.mutable_tensors(0)->set_split_dim(2);
+  EXPECT_EQ(validation_error(m), "invalid manifest M: tensor a has an invalid split (1 parts along dimension 2)");
 }
 
 TEST(ManifestFileTest, RoundTripsThroughTheFramedFile) {
@@ -89,7 +119,7 @@ TEST(ManifestFileTest, ValidationRejectsInconsistentManifests) {
 
   Manifest m = valid_manifest();
   m.set_format_version(7);
-  EXPECT_EQ(validation_error(m), prefix + "format version 7 is not supported (this mto reads version 1)");
+  EXPECT_EQ(validation_error(m), prefix + "format version 7 is not supported (this mto reads versions 1 to 2)");
 
   m = valid_manifest();
   m.mutable_shards(0)->set_file("/etc/passwd");

@@ -1,0 +1,34 @@
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "serialization/file.h"
+#include "serialization/manifest.pb.h"
+#include "serialization/tensor_blocks.h"
+
+namespace mto {
+
+// Moving slices of tensors between memory and a safetensors file, block by block, with a
+// checksum for every block (see tensor_blocks.h for the geometry). Bytes pass through the
+// thread's bounce buffer, or go straight between the file and memory where a block's bytes
+// are contiguous on both sides.
+
+// Writes the slice `slice` of a tensor whose data starts at byte `tensor_offset` of `file`
+// and whose matrix has `cols` columns, from `local`: the slice's elements, contiguous and
+// row-major. The slice is cut into checksum_blocks; returns them with their XXH3-64. Other
+// processes may write other slices of the same file at the same time. Throws CheckpointError
+// on an I/O failure.
+std::vector<Block> write_slice(File& file, uint64_t tensor_offset, uint64_t cols,
+                               size_t element_size, const Rect& slice, const void* local);
+
+// Reads the block `block` of the tensor `record` from `file`, checks its XXH3-64, and copies
+// the elements it shares with `dest_rect` into `dest`: the elements of `dest_rect`,
+// contiguous and row-major. Elements of `dest` outside the block are left alone. Throws
+// CheckpointError naming the file, the tensor and the block's rows and columns on a checksum
+// mismatch or a short read; `dest` then holds undefined values.
+void read_block_into(const File& file, const TensorRecord& record, const Block& block,
+                     const Rect& dest_rect, void* dest);
+
+}  // namespace mto

@@ -1,0 +1,167 @@
+#include "serialization/checkpoint_plan.h"
+
+#include <algorithm>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "serialization/checkpoint_error.h"
+#include "serialization/checkpoint_layout.h"
+#include "serialization/checksum.h"
+#include "serialization/safetensors.h"
+
+namespace mto {
+namespace {
+
+// A distinct part of a tensor and the ranks that hold it.
+struct Part {
+  Rect rect;
+  uint64_t digest;
+  int first_holder;
+  std::vector<int> holders;
+};
+
+std::string shape_text(const std::vector<int64_t>& shape) { return absl::StrCat("[", absl::StrJoin(shape, ", "), "]"); }
+
+// Gives each item to the candidate that carries least so far, heaviest item first (ties go
+// to the earlier item and the lower rank): deterministic on every rank.
+std::vector<int> assign_by_weight(const std::vector<uint64_t>& weights,
+                                  const std::vector<std::vector<int>>& candidates, int ranks) {
+  std::vector<size_t> order(weights.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return weights[a] > weights[b]; });
+  std::vector<uint64_t> load(ranks, 0);
+  std::vector<int> out(weights.size(), 0);
+  for (size_t i : order) {
+    int best = candidates[i].front();
+    for (int r : candidates[i]) {
+      if (load[r] < load[best] || (load[r] == load[best] && r < best)) best = r;
+    }
+    out[i] = best;
+    load[best] += weights[i];
+  }
+  return out;
+}
+
+// Throws unless every rank lists the same tensors, dtypes and global shapes as rank 0.
+void check_same_tensors(const std::vector<std::vector<HeldSlice>>& held) {
+  const auto& reference = held[0];
+  for (size_t r = 1; r < held.size(); ++r) {
+    const auto& other = held[r];
+    for (size_t i = 0; i < std::max(reference.size(), other.size()); ++i) {
+      if (i >= reference.size() || i >= other.size() || other[i].name != reference[i].name) {
+        throw CheckpointError(absl::StrCat(
+            "save: the list of tensors differs between rank 0 and rank ", r, " (at position ", i,
+            ", rank 0 has ", i < reference.size() ? reference[i].name : "no tensor", ", rank ", r,
+            " has ", i < other.size() ? other[i].name : "no tensor",
+            "); every rank must hold the same model"));
+      }
+      if (other[i].dtype != reference[i].dtype || other[i].global_shape != reference[i].global_shape) {
+        throw CheckpointError(absl::StrCat(
+            "save: tensor ", reference[i].name, " is ", reference[i].dtype, " ",
+            shape_text(reference[i].global_shape), " on rank 0 but ", other[i].dtype, " ",
+            shape_text(other[i].global_shape), " on rank ", r));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+CheckpointPlan plan_checkpoint(const std::vector<std::vector<HeldSlice>>& held) {
+  if (held.empty()) throw CheckpointError("save: no ranks");
+  check_same_tensors(held);
+  const int ranks = static_cast<int>(held.size());
+  const auto& reference = held[0];
+  CheckpointPlan plan;
+
+  std::vector<uint64_t> part_bytes;
+  std::vector<std::vector<int>> part_holders;
+  std::vector<uint64_t> tensor_bytes;
+  for (size_t i = 0; i < reference.size(); ++i) {
+    const HeldSlice& t = reference[i];
+    const size_t element_size = c10::elementSize(scalar_type_from_safetensors(t.dtype, t.name));
+    const MatrixShape matrix = matrix_shape(t.global_shape);
+    std::vector<Part> parts;
+    for (int r = 0; r < ranks; ++r) {
+      const HeldSlice& mine = held[r][i];
+      auto it = std::find_if(parts.begin(), parts.end(), [&](const Part& p) { return p.rect == mine.rect; });
+      if (it == parts.end()) {
+        parts.push_back({mine.rect, mine.digest, r, {r}});
+        continue;
+      }
+      if (it->digest != mine.digest) {
+        throw CheckpointError(absl::StrCat(
+            "save: tensor ", t.name, " differs between rank ", it->first_holder, " and rank ", r,
+            "; every rank must hold the same model (wrap it in mto::DataParallel, or broadcast "
+            "rank 0's weights) before saving"));
+      }
+      it->holders.push_back(r);
+    }
+    std::vector<Rect> rects;
+    for (const Part& p : parts) rects.push_back(p.rect);
+    check_tiling(rects, matrix, absl::StrCat("save: the parts of tensor ", t.name, " that the ranks hold"));
+
+    TensorRecord& record = plan.tensors.emplace_back();
+    record.set_name(t.name);
+    record.set_dtype(t.dtype);
+    for (int64_t d : t.global_shape) record.add_shape(d);
+    record.set_length(matrix.rows * matrix.cols * element_size);
+    record.set_split_parts(static_cast<int32_t>(parts.size()));
+    record.set_split_dim(parts.size() > 1 && parts[0].rect.cols() != matrix.cols ? 1 : 0);
+    plan.tensor_parallel_size = std::max<int>(plan.tensor_parallel_size, static_cast<int>(parts.size()));
+    tensor_bytes.push_back(record.length());
+    for (Part& p : parts) {
+      plan.slices.push_back({i, p.rect, 0});
+      part_bytes.push_back(p.rect.area() * element_size);
+      part_holders.push_back(std::move(p.holders));
+    }
+  }
+
+  const std::vector<int> writers = assign_by_weight(part_bytes, part_holders, ranks);
+  for (size_t s = 0; s < plan.slices.size(); ++s) plan.slices[s].writer = writers[s];
+
+  // Each tensor lives in the shard of the rank that writes its largest part, so a rank
+  // writes mostly (for a replicated model, only) its own file.
+  std::vector<int> file_of(plan.tensors.size(), -1);
+  std::vector<uint64_t> largest(plan.tensors.size(), 0);
+  for (size_t s = 0; s < plan.slices.size(); ++s) {
+    const size_t i = plan.slices[s].tensor;
+    if (file_of[i] < 0 || part_bytes[s] > largest[i]) {
+      file_of[i] = plan.slices[s].writer;
+      largest[i] = part_bytes[s];
+    }
+  }
+  for (int f = 0; f < ranks; ++f) {
+    std::vector<SafetensorsEntry> entries;
+    std::vector<size_t> members;
+    uint64_t offset = 0;
+    for (size_t i = 0; i < plan.tensors.size(); ++i) {
+      if (file_of[i] != f) continue;
+      const TensorRecord& t = plan.tensors[i];
+      SafetensorsEntry& e = entries.emplace_back();
+      e.name = t.name();
+      e.dtype = t.dtype();
+      e.shape.assign(t.shape().begin(), t.shape().end());
+      e.begin = offset;
+      e.end = offset + t.length();
+      offset = e.end;
+      members.push_back(i);
+    }
+    std::string header = encode_safetensors_header(entries, {{"format", "pt"}, {"writer_rank", std::to_string(f)}});
+    for (size_t k = 0; k < members.size(); ++k) {
+      plan.tensors[members[k]].set_shard(static_cast<uint32_t>(f));
+      plan.tensors[members[k]].set_offset(header.size() + entries[k].begin);
+    }
+    ShardRecord& shard = plan.shards.emplace_back();
+    shard.set_file(shard_file_name(f, ranks));
+    shard.set_size(header.size() + offset);
+    shard.set_data_begin(header.size());
+    shard.set_header_xxh3(xxh3_64(header.data(), header.size()));
+    shard.set_writer_rank(f);
+    plan.headers.push_back(std::move(header));
+  }
+  return plan;
+}
+
+}  // namespace mto

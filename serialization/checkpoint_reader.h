@@ -1,0 +1,58 @@
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "serialization/file.h"
+#include "serialization/manifest.pb.h"
+#include "serialization/modelopt_state.pb.h"
+#include "serialization/tensor_blocks.h"
+
+namespace mto {
+
+// Reading a checkpoint directory on one process, every byte checked: the manifest, the
+// metadata files, the index, the shards' headers and tensor data block by block. The rules
+// of the format live here; opt/checkpoint.cc only decides which rank reads what.
+
+// Reads and validates `dir`/MANIFEST (read_manifest); if it is missing because a save was
+// interrupted mid-commit, the error names where the previous checkpoint is.
+Manifest read_checkpoint_manifest(const std::string& dir);
+
+// Reads the whole metadata file `record` of `dir` and checks its size and XXH3-64. Throws
+// CheckpointError naming the file (truncated, corrupt).
+std::string read_checked_file(const std::string& dir, const FileRecord& record);
+
+// Checks the index text `contents` of `dir`, which other tools follow to the shards: a
+// weight_map naming only the manifest's shard files, each tensor in the file the manifest
+// puts it in. Throws CheckpointError naming the index.
+void check_index(const std::string& dir, const Manifest& manifest, const std::string& contents);
+
+// Opens the shard `shard` of `dir` and checks its size and header bytes against the manifest.
+File open_shard(const std::string& dir, const ShardRecord& shard);
+
+// Reads the part `dest_rect` of the tensor `record` from its open shard `file` into `dest`
+// (the elements of dest_rect, contiguous, row-major), reading every checksum block that
+// overlaps it whole and verifying it. Throws CheckpointError naming the file, the tensor and
+// the block on a mismatch.
+void read_tensor_part(const File& file, const TensorRecord& record, const Rect& dest_rect,
+                      void* dest);
+
+// What a checkpoint directory says about itself: its manifest and its modelopt state.
+struct CheckpointContents {
+  Manifest manifest;
+  ModeloptState state;
+};
+
+// Reads the manifest, the modelopt state and the index of `dir`, checking their framing,
+// sizes and checksums (tensor data is not read). Throws CheckpointError naming the file.
+CheckpointContents read_checkpoint_contents(const std::string& dir);
+
+// Reads every byte of every shard of `dir` through one small buffer and checks it against
+// the manifest: sizes, safetensors headers, every block's XXH3-64. Calls `progress` with the
+// bytes checked so far and the total after each tensor. Throws CheckpointError naming the
+// file, the tensor and the block of the first mismatch.
+void verify_checkpoint(const std::string& dir,
+                       const std::function<void(uint64_t done, uint64_t total)>& progress = nullptr);
+
+}  // namespace mto

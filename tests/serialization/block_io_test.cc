@@ -1,0 +1,177 @@
+// Slices of tensors written to and read from a shared file block by block, the geometry of
+// blocks, and the save plan.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include <string>
+#include <vector>
+
+#include "serialization/block_io.h"
+#include "serialization/checkpoint_error.h"
+#include "serialization/checkpoint_plan.h"
+#include "serialization/checkpoint_reader.h"
+#include "serialization/checksum.h"
+#include "serialization/file.h"
+#include "serialization/tensor_blocks.h"
+#include "tests/testing/temp_dir.h"
+
+namespace mto {
+namespace {
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const CheckpointError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// A record of a float tensor of `shape` at byte `offset` with `blocks`.
+TensorRecord record_of(const std::vector<int64_t>& shape, uint64_t offset, const std::vector<Block>& blocks) {
+  TensorRecord r;
+  r.set_name("w");
+  r.set_dtype("F32");
+  for (int64_t d : shape) r.add_shape(d);
+  r.set_offset(offset);
+  uint64_t n = 4;
+  for (int64_t d : shape) n *= d;
+  r.set_length(n);
+  for (const auto& b : blocks) *r.add_blocks() = b;
+  return r;
+}
+
+TEST(TensorBlocksTest, SlicesAreRectanglesOfTheMatrix) {
+  EXPECT_EQ(slice_rect({6, 8}, 0, 2, 2, "w"), (Rect{2, 4, 0, 8}));
+  EXPECT_EQ(slice_rect({6, 8}, 1, 4, 4, "w"), (Rect{0, 6, 4, 8}));
+  // [4, 6, 2]: columns are 12 wide; a slice of dimension 1 takes whole inner rows.
+  EXPECT_EQ(slice_rect({4, 6, 2}, 1, 3, 3, "w"), (Rect{0, 4, 6, 12}));
+  EXPECT_NE(error_of([] { slice_rect({4, 6, 2}, 2, 0, 1, "w"); }).find("split along dimension 2"), std::string::npos);
+  EXPECT_NE(error_of([] { slice_rect({6, 8}, 0, 4, 4, "w"); }).find("leaves its shape [6, 8]"), std::string::npos);
+}
+
+TEST(TensorBlocksTest, BlocksAreRowBandsOfAtMostOneMebibyte) {
+  // 1024 columns of 4 bytes: 256 rows per block.
+  const std::vector<Rect> blocks = checksum_blocks({0, 600, 0, 1024}, 4);
+  ASSERT_EQ(blocks.size(), 3u);
+  EXPECT_EQ(blocks[0], (Rect{0, 256, 0, 1024}));
+  EXPECT_EQ(blocks[2], (Rect{512, 600, 0, 1024}));
+  // A row larger than a block is one block per row.
+  EXPECT_EQ(checksum_blocks({0, 3, 0, 1u << 19}, 4).size(), 3u);
+}
+
+TEST(TensorBlocksTest, TilingIsChecked) {
+  const MatrixShape m{6, 8};
+  check_tiling({{0, 6, 0, 4}, {0, 3, 4, 8}, {3, 6, 4, 8}}, m, "t");
+  EXPECT_NE(error_of([&] { check_tiling({{0, 6, 0, 4}, {0, 3, 4, 8}}, m, "t"); }).find("end at row 3"), std::string::npos);
+  EXPECT_NE(error_of([&] { check_tiling({{0, 6, 0, 4}, {0, 6, 3, 8}}, m, "t"); }).find("does not continue the columns at 4"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { check_tiling({{0, 6, 0, 4}, {0, 6, 0, 4}, {0, 6, 4, 8}}, m, "t"); }).find("does not continue the rows"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { check_tiling({{0, 6, 0, 4}}, m, "t"); }).find("end at column 4"), std::string::npos);
+}
+
+// Writes a [rows, cols] tensor as `parts` column or row slices, as ranks would, then reads
+// arbitrary rectangles back, each through the blocks it overlaps.
+class SliceRoundTrip : public ::testing::TestWithParam<int> {};
+
+TEST_P(SliceRoundTrip, AnySplitReadsBackAnyRectangle) {
+  const int dim = GetParam();
+  const std::string path = test::make_temp_dir() + "/t.safetensors";
+  const at::Tensor whole = at::arange(0, 12 * 20, at::kFloat).reshape({12, 20});
+  const uint64_t offset = 16;
+  std::vector<Block> blocks;
+  {
+    File f = File::open_shared(path);
+    for (int part = 0; part < 4; ++part) {  // 4 writers, in any order
+      const int p = (part * 3) % 4;
+      const int64_t size = whole.size(dim) / 4;
+      const Rect rect = slice_rect({12, 20}, dim, p * size, size, "w");
+      const at::Tensor local = whole.narrow(dim, p * size, size).contiguous();
+      for (auto& b : write_slice(f, offset, 20, 4, rect, local.data_ptr())) blocks.push_back(b);
+    }
+    f.sync();
+  }
+  const TensorRecord record = record_of({12, 20}, offset, blocks);
+  const File f = File::open(path);
+  // The whole tensor, the other split, an uneven slice.
+  for (const Rect& want : {Rect{0, 12, 0, 20}, Rect{0, 12, 10, 20}, Rect{4, 8, 0, 20}, Rect{3, 10, 7, 13}}) {
+    at::Tensor dest = at::full({int64_t(want.rows()), int64_t(want.cols())}, -1.0f);
+    read_tensor_part(f, record, want, dest.data_ptr());
+    const at::Tensor expected = whole.slice(0, want.row_begin, want.row_end).slice(1, want.col_begin, want.col_end);
+    EXPECT_TRUE(at::equal(dest, expected)) << want.row_begin << " " << want.col_begin;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Dims, SliceRoundTrip, ::testing::Values(0, 1));
+
+TEST(BlockIoTest, ACorruptBlockIsNamed) {
+  const std::string path = test::make_temp_dir() + "/t.safetensors";
+  const at::Tensor whole = at::arange(0, 8 * 4, at::kFloat).reshape({8, 4});
+  std::vector<Block> blocks;
+  {
+    File f = File::open_shared(path);
+    blocks = write_slice(f, 0, 4, 4, {0, 8, 0, 2}, whole.slice(1, 0, 2).contiguous().data_ptr());
+    for (auto& b : write_slice(f, 0, 4, 4, {0, 8, 2, 4}, whole.slice(1, 2, 4).contiguous().data_ptr())) blocks.push_back(b);
+  }
+  {
+    File f = File::open_shared(path);
+    const float bad = 1e9f;
+    f.write_at(&bad, 4, (5 * 4 + 3) * 4);  // row 5, column 3: in the second band
+  }
+  const TensorRecord record = record_of({8, 4}, 0, blocks);
+  const File f = File::open(path);
+  at::Tensor left = at::empty({8, 2});
+  read_tensor_part(f, record, {0, 8, 0, 2}, left.data_ptr());  // the intact band reads
+  EXPECT_TRUE(at::equal(left, whole.slice(1, 0, 2)));
+  at::Tensor right = at::empty({8, 2});
+  EXPECT_EQ(error_of([&] { read_tensor_part(f, record, {0, 8, 2, 4}, right.data_ptr()); }),
+            "checksum mismatch in " + path + ": tensor w rows [0, 8) x columns [2, 4) from byte 8 "
+            "does not match the manifest (corrupt file)");
+}
+
+HeldSlice held(const std::string& name, std::vector<int64_t> shape, Rect rect, uint64_t digest) {
+  return {name, "F32", std::move(shape), 0, rect, digest};
+}
+
+TEST(CheckpointPlanTest, EachPartIsWrittenOnceSpreadOverItsHolders) {
+  // (dp=2, tp=2): ranks 0 and 2 hold rows [0, 4) of w, ranks 1 and 3 rows [4, 8); b is whole.
+  std::vector<std::vector<HeldSlice>> ranks;
+  for (int r = 0; r < 4; ++r) {
+    const uint64_t half = r % 2;
+    ranks.push_back({held("w", {8, 1024}, {4 * half, 4 * half + 4, 0, 1024}, 10 + half),
+                     held("b", {8}, {0, 8, 0, 1}, 7)});
+  }
+  const CheckpointPlan plan = plan_checkpoint(ranks);
+  ASSERT_EQ(plan.slices.size(), 3u);
+  EXPECT_EQ(plan.tensor_parallel_size, 2);
+  EXPECT_EQ(plan.tensors[0].split_parts(), 2);
+  EXPECT_EQ(plan.tensors[0].split_dim(), 0);
+  EXPECT_EQ(plan.tensors[1].split_parts(), 1);
+  // The two halves of w go to different replicas' holders; b to a rank with no part of w.
+  EXPECT_EQ(plan.slices[0].writer % 2, 0);
+  EXPECT_EQ(plan.slices[1].writer % 2, 1);
+  EXPECT_NE(plan.slices[2].writer, plan.slices[0].writer);
+  EXPECT_NE(plan.slices[2].writer, plan.slices[1].writer);
+  EXPECT_EQ(plan.shards.size(), 4u);
+  EXPECT_EQ(plan.headers[plan.tensors[0].shard()].size(), plan.shards[plan.tensors[0].shard()].data_begin());
+}
+
+TEST(CheckpointPlanTest, DisagreementsAreNamed) {
+  auto two = [](HeldSlice a, HeldSlice b) { return std::vector<std::vector<HeldSlice>>{{a}, {b}}; };
+  EXPECT_EQ(error_of([&] { plan_checkpoint(two(held("w", {4}, {0, 4, 0, 1}, 1), held("w", {4}, {0, 4, 0, 1}, 2))); }),
+            "save: tensor w differs between rank 0 and rank 1; every rank must hold the same model "
+            "(wrap it in mto::DataParallel, or broadcast rank 0's weights) before saving");
+  EXPECT_EQ(error_of([&] { plan_checkpoint(two(held("w", {4}, {0, 4, 0, 1}, 1), held("w", {5}, {0, 5, 0, 1}, 1))); }),
+            "save: tensor w is F32 [4] on rank 0 but F32 [5] on rank 1");
+  EXPECT_NE(error_of([&] { plan_checkpoint(two(held("w", {4}, {0, 2, 0, 1}, 1), held("w", {4}, {1, 4, 0, 1}, 1))); })
+                .find("save: the parts of tensor w that the ranks hold"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { plan_checkpoint(two(held("w", {4}, {0, 4, 0, 1}, 1), held("v", {4}, {0, 4, 0, 1}, 1))); })
+                .find("the list of tensors differs between rank 0 and rank 1"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace mto
