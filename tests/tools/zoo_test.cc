@@ -177,7 +177,7 @@ TEST(GptTest, RejectsBadArgumentsAndInputs) {
   EXPECT_EQ(config_error("gpt", {{"depth", 0}}),
             "argument 'depth' of model 'gpt' must be positive, got 0");
   EXPECT_EQ(config_error("gpt", {{"layers", 2}}),
-            "unknown argument 'layers' of model 'gpt'; known: vocab, width, depth, heads, context");
+            "unknown argument 'layers' of model 'gpt'; known: vocab, width, depth, heads, context, seed");
   zoo::Gpt gpt(zoo::GptOptions().context(8));
   EXPECT_THROW(gpt->forward(at::zeros({1, 9}, at::kLong)), std::invalid_argument);
   EXPECT_THROW(gpt->forward(at::zeros({1, 4}, at::kInt)), std::invalid_argument);

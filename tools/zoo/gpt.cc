@@ -2,11 +2,13 @@
 
 #include <ATen/ATen.h>
 #include <c10/util/StringUtil.h>
+#include <torch/csrc/autograd/grad_mode.h>
 
 #include <cmath>
 #include <limits>
 #include <stdexcept>
 
+#include "distributed/global_init.h"
 #include "opt/errors.h"
 #include "opt/model_like.h"
 #include "tools/zoo/model_args.h"
@@ -21,50 +23,72 @@ torch::nn::LayerNorm layer_norm(int64_t width) {
   return torch::nn::LayerNorm(torch::nn::LayerNormOptions({width}));
 }
 
+// Throws ConfigError unless the tensor-parallel size `tp` divides `value`.
+void check_divides(int64_t tp, const char* what, int64_t value) {
+  if (value % tp != 0) {
+    throw ConfigError(c10::str("the tensor-parallel size ", tp, " does not divide the ", value, " ",
+                               what, " of model 'gpt'"));
+  }
+}
+
 }  // namespace
 
 GptOptions GptOptions::from_json(const nlohmann::json& args) {
-  check_arg_names(kName, args, {"vocab", "width", "depth", "heads", "context"});
+  check_arg_names(kName, args, {"vocab", "width", "depth", "heads", "context", "seed"});
   GptOptions options;
   options.vocab(int_arg(kName, args, "vocab", options.vocab()));
   options.width(int_arg(kName, args, "width", options.width()));
   options.depth(int_arg(kName, args, "depth", options.depth()));
   options.heads(int_arg(kName, args, "heads", options.heads()));
   options.context(int_arg(kName, args, "context", options.context()));
+  options.seed(int_arg(kName, args, "seed", options.seed()));
   return options;
 }
 
-CausalSelfAttentionImpl::CausalSelfAttentionImpl(int64_t width, int64_t heads_) : heads(heads_) {
-  qkv = register_module("qkv", mto::nn::Linear(width, 3 * width));
-  proj = register_module("proj", mto::nn::Linear(width, width));
+CausalSelfAttentionImpl::CausalSelfAttentionImpl(int64_t width, int64_t heads_, uint64_t seed,
+                                                 const std::string& name,
+                                                 std::shared_ptr<Communicator> tp)
+    : heads(heads_), local_heads(heads_ / tp->world_size()) {
+  qkv = register_module("qkv", mto::nn::ColumnParallelLinear(mto::nn::ColumnParallelLinearOptions(width, 3 * width)
+                                                                 .seed(seed_for(seed, name + ".qkv"))
+                                                                 .tp(tp)));
+  proj = register_module("proj", mto::nn::RowParallelLinear(mto::nn::RowParallelLinearOptions(width, width)
+                                                                .seed(seed_for(seed, name + ".proj"))
+                                                                .tp(tp)));
 }
 
 at::Tensor CausalSelfAttentionImpl::forward(const at::Tensor& x) {
   const int64_t batch = x.size(0), time = x.size(1), width = x.size(2);
   const int64_t head_width = width / heads;
-  // [B, T, 3 * width] -> [3, B, heads, T, head_width]
-  const at::Tensor q_k_v =
-      qkv->forward(x).view({batch, time, 3, heads, head_width}).permute({2, 0, 3, 1, 4});
+  // [B, T, local_heads * 3 * head_width] -> [3, B, local_heads, T, head_width]
+  const at::Tensor q_k_v = qkv->forward(x)
+                               .view({batch, time, local_heads, 3, head_width})
+                               .permute({3, 0, 2, 1, 4});
   const at::Tensor scores =
       at::matmul(q_k_v[0], q_k_v[1].transpose(-2, -1)) / std::sqrt(double(head_width));
   const at::Tensor future = at::ones({time, time}, x.options().dtype(at::kBool)).triu(1);
   const at::Tensor weights =
       at::softmax(scores.masked_fill(future, -std::numeric_limits<double>::infinity()), -1);
   const at::Tensor mixed =
-      at::matmul(weights, q_k_v[2]).transpose(1, 2).reshape({batch, time, width});
+      at::matmul(weights, q_k_v[2]).transpose(1, 2).reshape({batch, time, local_heads * head_width});
   return proj->forward(mixed);
 }
 
 void CausalSelfAttentionImpl::pretty_print(std::ostream& stream) const {
-  stream << "mto::zoo::CausalSelfAttention(heads=" << heads << ")";
+  stream << "mto::zoo::CausalSelfAttention(heads=" << heads << ", local_heads=" << local_heads << ")";
 }
 
-GptBlockImpl::GptBlockImpl(int64_t width, int64_t heads) {
+GptBlockImpl::GptBlockImpl(int64_t width, int64_t heads, uint64_t seed, const std::string& name,
+                           std::shared_ptr<Communicator> tp) {
   ln1 = register_module("ln1", layer_norm(width));
-  attn = register_module("attn", CausalSelfAttention(width, heads));
+  attn = register_module("attn", CausalSelfAttention(width, heads, seed, name + ".attn", tp));
   ln2 = register_module("ln2", layer_norm(width));
-  fc1 = register_module("fc1", mto::nn::Linear(width, 4 * width));
-  fc2 = register_module("fc2", mto::nn::Linear(4 * width, width));
+  fc1 = register_module("fc1", mto::nn::ColumnParallelLinear(mto::nn::ColumnParallelLinearOptions(width, 4 * width)
+                                                                 .seed(seed_for(seed, name + ".fc1"))
+                                                                 .tp(tp)));
+  fc2 = register_module("fc2", mto::nn::RowParallelLinear(mto::nn::RowParallelLinearOptions(4 * width, width)
+                                                              .seed(seed_for(seed, name + ".fc2"))
+                                                              .tp(tp)));
 }
 
 at::Tensor GptBlockImpl::forward(const at::Tensor& x) {
@@ -84,16 +108,31 @@ GptImpl::GptImpl(GptOptions options_) : options(options_) {
     throw ConfigError("argument 'width' of model 'gpt' (" + std::to_string(options.width()) +
                       ") must be divisible by 'heads' (" + std::to_string(options.heads()) + ")");
   }
-  tok_emb = register_module("tok_emb", torch::nn::Embedding(options.vocab(), options.width()));
+  if (!options.mesh()) options.mesh(default_mesh());
+  const std::shared_ptr<Communicator> tp = options.mesh()->tp();
+  check_divides(tp->world_size(), "heads", options.heads());
+  check_divides(tp->world_size(), "vocabulary entries", options.vocab());
+  const uint64_t seed = static_cast<uint64_t>(options.seed());
+
+  tok_emb = register_module(
+      "tok_emb", mto::nn::VocabParallelEmbedding(mto::nn::VocabParallelEmbeddingOptions(options.vocab(), options.width())
+                                                     .seed(seed_for(seed, "tok_emb"))
+                                                     .tp(tp)));
   pos_emb = register_module("pos_emb", torch::nn::Embedding(options.context(), options.width()));
+  {
+    torch::NoGradGuard no_grad;
+    global_normal_(pos_emb->weight, seed_for(seed, "pos_emb"), 0.0, 1.0);
+  }
   blocks = register_module("blocks", torch::nn::ModuleList());
   for (int64_t i = 0; i < options.depth(); ++i) {
-    blocks->push_back(GptBlock(options.width(), options.heads()));
+    blocks->push_back(GptBlock(options.width(), options.heads(), seed, "blocks." + std::to_string(i), tp));
   }
   ln_f = register_module("ln_f", layer_norm(options.width()));
-  head = register_module(
-      "head",
-      mto::nn::Linear(mto::nn::LinearOptions(options.width(), options.vocab()).bias(false)));
+  head = register_module("head", mto::nn::ColumnParallelLinear(mto::nn::ColumnParallelLinearOptions(options.width(), options.vocab())
+                                                                   .bias(false)
+                                                                   .gather_output(true)
+                                                                   .seed(seed_for(seed, "head"))
+                                                                   .tp(tp)));
 }
 
 at::Tensor GptImpl::forward(const at::Tensor& tokens) {
@@ -109,7 +148,9 @@ at::Tensor GptImpl::forward(const at::Tensor& tokens) {
   return head->forward(ln_f->forward(x));
 }
 
-void GptImpl::pretty_print(std::ostream& stream) const { stream << "mto::zoo::Gpt"; }
+void GptImpl::pretty_print(std::ostream& stream) const {
+  stream << "mto::zoo::Gpt(tp=" << options.mesh()->tp_size() << ")";
+}
 
 MTO_REGISTER_MODEL(gpt, [](const nlohmann::json& args) -> std::shared_ptr<torch::nn::Module> {
   return std::make_shared<GptImpl>(GptOptions::from_json(args));

@@ -1,0 +1,263 @@
+// The zoo GPT split over a data x tensor parallel mesh, on 4 real mpirun ranks: the same
+// global weights and outputs at every tp, one training step at (dp=2, tp=2) equal to the
+// single-process step, and checkpoints saved on one mesh restored on another.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/grad_mode.h>
+#include <torch/optim/sgd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "distributed/data_parallel.h"
+#include "distributed/distributed_error.h"
+#include "distributed/mesh.h"
+#include "distributed/world.h"
+#include "opt/checkpoint.h"
+#include "opt/errors.h"
+#include "opt/state_dict.h"
+#include "serialization/checksum.h"
+#include "serialization/file.h"
+#include "serialization/manifest_file.h"
+#include "tools/zoo/gpt.h"
+
+namespace mto {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Outputs of different tp sizes differ by the order of their sums only.
+constexpr double kTolerance = 1e-5;
+
+zoo::GptOptions small_gpt(std::shared_ptr<Mesh> mesh, int64_t seed = 3) {
+  return zoo::GptOptions().vocab(32).width(16).depth(2).heads(4).context(8).seed(seed).mesh(std::move(mesh));
+}
+
+// A mesh of this rank alone, for the single-process reference; made once, by every rank
+// together (splitting is collective).
+std::shared_ptr<Mesh> solo() {
+  static std::shared_ptr<Mesh>* mesh = new std::shared_ptr<Mesh>(Mesh::create(world()->split(world()->rank(), 0), 1));
+  return *mesh;
+}
+
+// Tokens every rank agrees on.
+at::Tensor tokens(int64_t batch) {
+  return at::arange(batch * 8, at::kLong).reshape({batch, 8}).mul(7).remainder(32);
+}
+
+// Expects every tensor of `model` to be exactly its slice of the same tensor in `reference`.
+void expect_slices_of(const torch::nn::Module& model, const torch::nn::Module& reference, const std::string& where,
+                      bool exact = true) {
+  std::map<std::string, at::Tensor> whole;
+  for (const auto& t : model_state_dict(reference)) whole[t.name] = t.tensor;
+  const auto local = model_state_slices(model);
+  ASSERT_EQ(local.size(), whole.size()) << where;
+  for (const auto& t : local) {
+    ASSERT_TRUE(whole.count(t.name)) << where << ": " << t.name;
+    at::Tensor expected = whole[t.name];
+    if (t.slice) expected = expected.narrow(t.slice->dim, t.slice->offset, t.tensor.size(t.slice->dim));
+    if (exact) {
+      EXPECT_TRUE(at::equal(t.tensor, expected)) << where << ": " << t.name;
+    } else {
+      EXPECT_TRUE(at::allclose(t.tensor, expected, kTolerance, kTolerance)) << where << ": " << t.name;
+    }
+  }
+}
+
+class GptParallelTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_EQ(world()->world_size(), 4) << "run with 4 ranks";
+    solo();
+    base = std::string(std::getenv("TEST_TMPDIR")) + "/" +
+           ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    if (rank == 0) fs::create_directories(base);
+    world()->barrier();
+  }
+
+  // The first `size` ranks as their own communicator; nullptr on the others.
+  std::shared_ptr<Communicator> first(int size) { return world()->split(rank < size ? 0 : -1, rank); }
+
+  const int rank = world()->rank();
+  std::string base;
+};
+
+TEST_F(GptParallelTest, EveryTpHoldsSlicesOfTheSameGlobalModelAndComputesTheSame) {
+  zoo::Gpt reference(small_gpt(solo()));
+  const at::Tensor expected = reference->forward(tokens(2));
+  for (int tp : {1, 2, 4}) {
+    zoo::Gpt gpt(small_gpt(Mesh::create(world(), tp)));
+    expect_slices_of(*gpt, *reference, "tp=" + std::to_string(tp));
+    EXPECT_TRUE(at::allclose(gpt->forward(tokens(2)), expected, kTolerance, kTolerance)) << "tp=" << tp;
+  }
+}
+
+TEST_F(GptParallelTest, OneTrainingStepAtTwoByTwoEqualsTheSingleProcessStep) {
+  auto step = [](zoo::GptImpl& gpt, torch::nn::Module& trained, const at::Tensor& input, DataParallelImpl* dp) {
+    torch::optim::SGD optimizer(trained.parameters(), torch::optim::SGDOptions(0.5));
+    optimizer.zero_grad();
+    const at::Tensor logits = gpt.forward(input);
+    const at::Tensor loss = at::cross_entropy_loss(logits.reshape({-1, 32}), input.roll(-1, 1).reshape({-1}));
+    loss.backward();
+    if (dp) dp->average_gradients();
+    optimizer.step();
+  };
+  zoo::Gpt reference(small_gpt(solo()));
+  step(*reference, *reference, tokens(4), nullptr);
+
+  const auto mesh = Mesh::create(world(), 2);
+  zoo::Gpt gpt(small_gpt(mesh));
+  DataParallel dp(gpt.ptr(), mesh->dp());
+  // Each replica takes half the batch; the averaged gradient is the full batch's.
+  step(*gpt, *dp, tokens(4).narrow(0, 2 * mesh->dp_index(), 2), dp.get());
+  expect_slices_of(*gpt, *reference, "after one step at (2, 2)", /*exact=*/false);
+}
+
+// Saves a GPT (seed 3) on `from` and restores it on `to` into a GPT of other weights (seed
+// 9); every rank of `to` must then hold exactly its slices of the seed-3 model.
+void round_trip(const std::string& dir, std::shared_ptr<Mesh> from, std::shared_ptr<Mesh> to) {
+  const std::string where = dir + ": " + (from ? from->describe() : "-") + " -> " + (to ? to->describe() : "-");
+  if (from) {
+    zoo::Gpt saved(small_gpt(from));
+    save(*saved, dir, {from->world()});
+  }
+  world()->barrier();
+  if (to) {
+    zoo::Gpt target(small_gpt(to, /*seed=*/9));
+    RestoreOptions options;
+    options.communicator = to->world();
+    ModulePtr restored = restore(target, dir, options);
+    zoo::Gpt reference(small_gpt(solo()));
+    expect_slices_of(*restored, *reference, where);
+    EXPECT_TRUE(at::allclose(std::dynamic_pointer_cast<zoo::GptImpl>(restored)->forward(tokens(2)),
+                             reference->forward(tokens(2)), kTolerance, kTolerance))
+        << where;
+  }
+  world()->barrier();
+}
+
+TEST_F(GptParallelTest, CheckpointsRestoreOnAnyMesh) {
+  auto sub = [&](int ranks, int tp) -> std::shared_ptr<Mesh> {
+    auto comm = first(ranks);
+    return comm ? Mesh::create(comm, tp) : nullptr;
+  };
+  round_trip(base + "/a", Mesh::create(world(), 4), sub(1, 1));  // (1,4) -> (1,1)
+  round_trip(base + "/b", sub(1, 1), Mesh::create(world(), 4));  // (1,1) -> (1,4)
+  round_trip(base + "/c", Mesh::create(world(), 2), sub(2, 2));  // (2,2) -> (1,2)
+  round_trip(base + "/d", Mesh::create(world(), 2), sub(3, 1));  // (2,2) -> (3,1)
+  round_trip(base + "/e", sub(2, 2), Mesh::create(world(), 2));  // (1,2) -> (2,2)
+  round_trip(base + "/f", Mesh::create(world(), 2), Mesh::create(world(), 4));  // (2,2) -> (1,4)
+}
+
+TEST_F(GptParallelTest, TheManifestRecordsTheMeshAndEachSplit) {
+  const auto mesh = Mesh::create(world(), 2);
+  zoo::Gpt gpt(small_gpt(mesh));
+  save(*gpt, base + "/ckpt");
+  const Manifest manifest = read_manifest(base + "/ckpt");
+  EXPECT_EQ(manifest.world_size(), 4);
+  EXPECT_EQ(manifest.tensor_parallel_size(), 2);
+  std::map<std::string, std::pair<int, int>> split;  // name -> (parts, dim)
+  for (const auto& t : manifest.tensors()) split[t.name()] = {t.split_parts(), t.split_dim()};
+  EXPECT_EQ(split["blocks.0.attn.qkv.weight"], std::make_pair(2, 0));
+  EXPECT_EQ(split["blocks.0.attn.qkv.bias"], std::make_pair(2, 0));
+  EXPECT_EQ(split["blocks.0.attn.proj.weight"], std::make_pair(2, 1));
+  EXPECT_EQ(split["blocks.0.attn.proj.bias"], std::make_pair(1, 0));
+  EXPECT_EQ(split["blocks.1.fc2.weight"], std::make_pair(2, 1));
+  EXPECT_EQ(split["tok_emb.weight"], std::make_pair(2, 0));
+  EXPECT_EQ(split["head.weight"], std::make_pair(2, 0));
+  EXPECT_EQ(split["ln_f.weight"], std::make_pair(1, 0));
+}
+
+// A reader of safetensors files that knows nothing of mto: the 8-byte length, the JSON
+// header, the raw little-endian bytes.
+std::map<std::string, at::Tensor> read_plain_safetensors_set(const std::string& dir) {
+  std::map<std::string, at::Tensor> out;
+  const nlohmann::json index = nlohmann::json::parse(read_file(dir + "/model.safetensors.index.json", 1 << 20));
+  std::set<std::string> files;
+  for (const auto& [name, file] : index["weight_map"].items()) files.insert(file.get<std::string>());
+  for (const std::string& file : files) {
+    const std::string bytes = read_file(dir + "/" + file, 1 << 30);
+    uint64_t n = 0;
+    std::memcpy(&n, bytes.data(), 8);
+    const nlohmann::json header = nlohmann::json::parse(bytes.substr(8, n));
+    for (const auto& [name, entry] : header.items()) {
+      if (name == "__metadata__") continue;
+      EXPECT_EQ(entry["dtype"], "F32") << name;
+      const std::vector<int64_t> shape = entry["shape"].get<std::vector<int64_t>>();
+      const uint64_t begin = entry["data_offsets"][0], end = entry["data_offsets"][1];
+      at::Tensor t = at::empty(shape, at::kFloat);
+      EXPECT_EQ(end - begin, t.nbytes()) << name;
+      std::memcpy(t.data_ptr(), bytes.data() + 8 + n + begin, t.nbytes());
+      out[name] = t;
+    }
+  }
+  return out;
+}
+
+TEST_F(GptParallelTest, AStockReaderGetsTheWholeModelFromATp4Checkpoint) {
+  zoo::Gpt gpt(small_gpt(Mesh::create(world(), 4)));
+  save(*gpt, base + "/ckpt");
+  if (rank == 0) {
+    zoo::Gpt reference(small_gpt(solo()));
+    const auto read = read_plain_safetensors_set(base + "/ckpt");
+    const auto expected = model_state_dict(*reference);
+    EXPECT_EQ(read.size(), expected.size());
+    for (const auto& t : expected) {
+      ASSERT_TRUE(read.count(t.name)) << t.name;
+      EXPECT_TRUE(at::equal(read.at(t.name), t.tensor)) << t.name;
+    }
+  }
+  world()->barrier();
+}
+
+// Rewrites a single-process version-2 checkpoint as version 1 wrote it (the same files; a
+// manifest with one checksum per tensor and no blocks).
+void downgrade_to_version_1(const std::string& dir) {
+  Manifest manifest = read_manifest(dir);
+  manifest.set_format_version(1);
+  manifest.clear_tensor_parallel_size();
+  for (auto& t : *manifest.mutable_tensors()) {
+    const File file = File::open(dir + "/" + manifest.shards(t.shard()).file());
+    std::string bytes(t.length(), '\0');
+    file.read_at(bytes.data(), bytes.size(), t.offset());
+    t.set_xxh3(xxh3_64(bytes.data(), bytes.size()));
+    t.clear_blocks();
+    t.clear_split_dim();
+    t.clear_split_parts();
+  }
+  write_manifest(dir, manifest);
+}
+
+TEST_F(GptParallelTest, AVersion1CheckpointRestoresIntoTp2) {
+  const std::string dir = base + "/v1";
+  if (rank == 0) {
+    zoo::Gpt saved(small_gpt(solo()));
+    save(*saved, dir, {solo()->world()});
+    downgrade_to_version_1(dir);
+  }
+  world()->barrier();
+  round_trip(dir, nullptr, Mesh::create(world(), 2));
+}
+
+TEST_F(GptParallelTest, ATpThatDividesNothingFailsBeforeAnyWork) {
+  try {
+    Mesh::create(world(), 3);
+    ADD_FAILURE() << "no error";
+  } catch (const DistributedError& e) {
+    EXPECT_STREQ(e.what(), "the tensor-parallel size 3 does not divide the world size 4 (ranks = dp x tp)");
+  }
+  try {
+    zoo::Gpt gpt(small_gpt(Mesh::create(world(), 4)).heads(2));
+    ADD_FAILURE() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_STREQ(e.what(), "the tensor-parallel size 4 does not divide the 2 heads of model 'gpt'");
+  }
+}
+
+}  // namespace
+}  // namespace mto
