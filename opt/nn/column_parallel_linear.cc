@@ -34,14 +34,6 @@ torch::nn::LinearOptions local_options(const ColumnParallelLinearOptions& option
       .bias(options.bias());
 }
 
-// Whether `key` is a tensor of a transform in the input slot ("input_quantizer._amax").
-bool of_input_transform(const DynamicLayer& layer, const std::string& key) {
-  const size_t dot = key.find('.');
-  if (dot == std::string::npos) return false;
-  const std::vector<std::string> names = layer.transform_names(Slot::kInput);
-  return std::find(names.begin(), names.end(), key.substr(0, dot)) != names.end();
-}
-
 }  // namespace
 
 // The base class is built first: resolve() fills in `options` before the member copies it.
@@ -89,7 +81,7 @@ std::optional<TensorSlice> ColumnParallelLinearImpl::slice_of(const std::string&
   // the input is whole on every rank, and so are its transforms.
   const int64_t rows = options.out_features();
   const bool split = key == "weight" || key == "bias" ||
-                     (!of_input_transform(*this, key) && local.dim() >= 1 && local.size(0) == rows &&
+                     (!is_transform_key(Slot::kInput, key) && local.dim() >= 1 && local.size(0) == rows &&
                       (rows > 1 || local.sizes().equals(weight.sizes())));
   if (!split) return std::nullopt;
   std::vector<int64_t> global_shape = local.sizes().vec();

@@ -44,6 +44,13 @@ std::vector<std::string> DynamicLayer::transform_names(Slot slot) const {
   return out;
 }
 
+bool DynamicLayer::is_transform_key(Slot slot, const std::string& key) const {
+  const size_t dot = key.find('.');
+  if (dot == std::string::npos) return false;
+  const std::vector<std::string> names = transform_names(slot);
+  return std::find(names.begin(), names.end(), key.substr(0, dot)) != names.end();
+}
+
 at::Tensor DynamicLayer::apply_transforms(Slot slot, const at::Tensor& x) const {
   at::Tensor out = x;
   for (const auto& e : transforms_) {

@@ -48,6 +48,10 @@ class DynamicLayer {
   // Names of the transforms in `slot`, in the order they apply.
   std::vector<std::string> transform_names(Slot slot) const;
 
+  // Whether `key`, a state-dict key relative to the layer ("input_quantizer._amax"), is a
+  // tensor of a transform in `slot`.
+  bool is_transform_key(Slot slot, const std::string& key) const;
+
   // The layer as a module, for registering transforms.
   virtual torch::nn::Module& as_module() = 0;
 

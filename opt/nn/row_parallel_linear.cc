@@ -34,14 +34,6 @@ torch::nn::LinearOptions local_options(const RowParallelLinearOptions& options) 
       .bias(options.bias());
 }
 
-// Whether `key` is a tensor of a transform in the input slot ("input_quantizer._amax").
-bool of_input_transform(const DynamicLayer& layer, const std::string& key) {
-  const size_t dot = key.find('.');
-  if (dot == std::string::npos) return false;
-  const std::vector<std::string> names = layer.transform_names(Slot::kInput);
-  return std::find(names.begin(), names.end(), key.substr(0, dot)) != names.end();
-}
-
 }  // namespace
 
 // The base class is built first: resolve() fills in `options` before the member copies it.
@@ -85,7 +77,7 @@ std::optional<TensorSlice> RowParallelLinearImpl::slice_of(const std::string& ke
                                                            const at::Tensor& local) const {
   const int tp = parallel_options.tp()->world_size();
   const int64_t index = parallel_options.tp()->rank();
-  const bool input = of_input_transform(*this, key);
+  const bool input = is_transform_key(Slot::kInput, key);
   if (key == "weight" || (!input && local.dim() == 2 && local.size(0) == options.out_features() &&
                           (local.size(1) > 1 || local.sizes().equals(weight.sizes())))) {
     return TensorSlice{{local.size(0), local.size(1) * tp}, 1, index * local.size(1)};

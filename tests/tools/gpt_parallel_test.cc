@@ -19,6 +19,7 @@
 #include "distributed/mesh.h"
 #include "distributed/world.h"
 #include "opt/checkpoint.h"
+#include "opt/conversion.h"
 #include "opt/errors.h"
 #include "opt/state_dict.h"
 #include "serialization/checksum.h"
@@ -152,6 +153,21 @@ TEST_F(GptParallelTest, CheckpointsRestoreOnAnyMesh) {
   round_trip(base + "/d", Mesh::create(world(), 2), sub(3, 1));  // (2,2) -> (3,1)
   round_trip(base + "/e", sub(2, 2), Mesh::create(world(), 2));  // (1,2) -> (2,2)
   round_trip(base + "/f", Mesh::create(world(), 2), Mesh::create(world(), 4));  // (2,2) -> (1,4)
+}
+
+TEST_F(GptParallelTest, ASparseGptSavedAtTwoByTwoRestoresOnOneRankAndOnTp4) {
+  // 2:4 masks of split layers are the slices of the unsplit model's masks.
+  zoo::Gpt reference_model(small_gpt(solo()));
+  ModulePtr reference = apply_mode(reference_model, "sparse_magnitude");
+  zoo::Gpt split(small_gpt(Mesh::create(world(), 2)));
+  ModulePtr sparse = apply_mode(split, "sparse_magnitude");
+  expect_slices_of(*sparse, *reference, "sparse at (2, 2)");
+  save(*sparse, base + "/sparse");
+  for (int tp : {1, 4}) {
+    zoo::Gpt target(small_gpt(Mesh::create(world(), tp), /*seed=*/9));
+    ModulePtr restored = restore(target, base + "/sparse");
+    expect_slices_of(*restored, *reference, "sparse restored at tp=" + std::to_string(tp));
+  }
 }
 
 TEST_F(GptParallelTest, TheManifestRecordsTheMeshAndEachSplit) {

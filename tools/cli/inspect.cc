@@ -88,6 +88,19 @@ std::string shape_text(const TensorRecord& record) {
   return "[" + absl::StrJoin(record.shape(), ", ") + "]";
 }
 
+// The mesh the checkpoint was written on: "(dp=2, tp=2)"; version 1 knew no splits.
+std::string mesh_text(const Manifest& manifest) {
+  if (manifest.format_version() < 2) return "replicated on every rank (layout version 1)";
+  const int tp = std::max(1, manifest.tensor_parallel_size());
+  return absl::StrFormat("(dp=%d, tp=%d)", manifest.world_size() / tp, tp);
+}
+
+// How the saving ranks held a tensor: "whole", or "dim 0 / 4" for 4 slices along dim 0.
+std::string split_text(const TensorRecord& record) {
+  if (record.split_parts() <= 1) return "whole";
+  return absl::StrFormat("dim %d / %d", record.split_dim(), record.split_parts());
+}
+
 void print_text(const InspectOptions& options, const CheckpointContents& contents,
                 const std::vector<ModeView>& modes) {
   const Manifest& manifest = contents.manifest;
@@ -101,6 +114,7 @@ void print_text(const InspectOptions& options, const CheckpointContents& content
   } else {
     std::cout << "model-like   (none: restore into your own model)\n";
   }
+  std::cout << absl::StrFormat("mesh         %s\n", mesh_text(manifest));
   std::cout << absl::StrFormat("modes        %d\n", modes.size());
   for (size_t i = 0; i < modes.size(); ++i) {
     std::cout << absl::StrFormat("  %d. %s\n", i + 1, modes[i].mode);
@@ -115,13 +129,14 @@ void print_text(const InspectOptions& options, const CheckpointContents& content
   }
   std::cout << absl::StrFormat("tensors      %d in %d shard(s), %d bytes (%.1f MiB)\n", manifest.tensors_size(),
                                manifest.shards_size(), total, total / 1048576.0);
-  std::cout << absl::StrFormat("  %-*s  %-5s  %-18s  %5s  %12s\n", name_width, "name", "dtype", "shape", "shard",
-                               "bytes");
+  std::cout << absl::StrFormat("  %-*s  %-5s  %-18s  %-10s  %5s  %12s\n", name_width, "name", "dtype", "shape",
+                               "split", "shard", "bytes");
   const int limit = options.all_tensors ? manifest.tensors_size() : std::min(manifest.tensors_size(), 40);
   for (int i = 0; i < limit; ++i) {
     const TensorRecord& record = manifest.tensors(i);
-    std::cout << absl::StrFormat("  %-*s  %-5s  %-18s  %5d  %12d\n", name_width, record.name(), record.dtype(),
-                                 shape_text(record), record.shard() + 1, record.length());
+    std::cout << absl::StrFormat("  %-*s  %-5s  %-18s  %-10s  %5d  %12d\n", name_width, record.name(),
+                                 record.dtype(), shape_text(record), split_text(record), record.shard() + 1,
+                                 record.length());
   }
   if (limit < manifest.tensors_size()) {
     std::cout << absl::StrFormat("  ... %d more (--all)\n", manifest.tensors_size() - limit);
@@ -134,7 +149,8 @@ ordered_json to_json(const InspectOptions& options, const CheckpointContents& co
   ordered_json out = {{"checkpoint", options.checkpoint},
                       {"mto_version", manifest.mto_version()},
                       {"modelopt_version", contents.state.modelopt_version()},
-                      {"world_size", manifest.world_size()}};
+                      {"world_size", manifest.world_size()},
+                      {"mesh", mesh_text(manifest)}};
   if (contents.state.has_model_like()) {
     const ModelLike like = ModelLike::from_proto(contents.state.model_like());
     out["model_like"] = {{"factory", like.factory}, {"args", like.args}};
@@ -152,6 +168,7 @@ ordered_json to_json(const InspectOptions& options, const CheckpointContents& co
     out["tensors"].push_back({{"name", record.name()},
                               {"dtype", record.dtype()},
                               {"shape", std::vector<int64_t>(record.shape().begin(), record.shape().end())},
+                              {"split", split_text(record)},
                               {"file", manifest.shards(record.shard()).file()},
                               {"bytes", record.length()}});
   }
