@@ -4,6 +4,7 @@
 #include <torch/csrc/autograd/grad_mode.h>
 
 #include <algorithm>
+#include <cstring>
 #include <map>
 #include <tuple>
 #include <unordered_map>
@@ -138,10 +139,8 @@ ModulePtr unwrapped_or_refuse(const ModelOrModelLike* model) {
 
 // What this rank holds, for the other ranks to plan with: a Manifest whose modelopt_state
 // carries the digest of the rank's modelopt state and whose tensors carry each tensor's
-// dtype, global shape, split dimension and the rectangle held (one block, with the XXH3-64
-// of the held bytes when `digests` is set).
-std::string describe_holdings(const ModeloptState& state, const std::vector<StateTensor>& tensors,
-                              bool digests) {
+// dtype, global shape, split dimension and the rectangle held (as one block).
+std::string describe_holdings(const ModeloptState& state, const std::vector<StateTensor>& tensors) {
   Manifest held;
   const std::string state_bytes = serialize_deterministic(state);
   held.mutable_modelopt_state()->set_xxh3(xxh3_64(state_bytes.data(), state_bytes.size()));
@@ -157,12 +156,20 @@ std::string describe_holdings(const ModeloptState& state, const std::vector<Stat
     block->set_row_end(rect.row_end);
     block->set_col_begin(rect.col_begin);
     block->set_col_end(rect.col_end);
-    if (digests) {
-      const at::Tensor c = t.tensor.contiguous();
-      block->set_xxh3(xxh3_64(c.data_ptr(), c.nbytes()));
-    }
   }
   return held.SerializeAsString();
+}
+
+// The XXH3-64 of every part this rank holds that other ranks hold too, in plan order, as
+// check_replicas takes them (packed as bytes).
+std::string replica_digests(const CheckpointPlan& plan, const std::vector<StateTensor>& tensors, int rank) {
+  std::vector<uint64_t> digests;
+  for (const SlicePlan& part : plan.slices) {
+    if (part.holders.size() < 2 || !std::binary_search(part.holders.begin(), part.holders.end(), rank)) continue;
+    const at::Tensor c = tensors[part.tensor].tensor.contiguous();
+    digests.push_back(xxh3_64(c.data_ptr(), c.nbytes()));
+  }
+  return std::string(reinterpret_cast<const char*>(digests.data()), digests.size() * sizeof(uint64_t));
 }
 
 // Decodes every rank's describe_holdings. Throws CheckpointError if a rank's modelopt state
@@ -190,7 +197,6 @@ std::vector<std::vector<HeldSlice>> decode_holdings(const std::vector<std::strin
       s.global_shape.assign(t.shape().begin(), t.shape().end());
       s.split_dim = t.split_dim();
       s.rect = rect_of(t.blocks(0));
-      s.digest = t.blocks(0).xxh3();
     }
   }
   return out;
@@ -213,8 +219,8 @@ std::string write_planned_parts(const CheckpointPlan& plan, const std::vector<St
     file(static_cast<uint32_t>(rank)).write_at(plan.headers[rank].data(), plan.headers[rank].size(), 0);
   }
   Manifest written;
-  for (const SlicePlan& part : plan.slices) {
-    if (part.writer != rank) continue;
+  for (size_t index : write_order(plan, rank)) {
+    const SlicePlan& part = plan.slices[index];
     const TensorRecord& record = plan.tensors[part.tensor];
     const StateTensor& t = tensors[part.tensor];
     if (!t.tensor.device().is_cpu()) {
@@ -350,7 +356,7 @@ void save(torch::nn::Module& model_in, const std::string& dir, const SaveOptions
   run_on_every_rank(*comm, [&] {
     state = modelopt_state(model);
     tensors = model_state_slices(model);
-    holdings = describe_holdings(state, tensors, /*digests=*/world_size > 1);
+    holdings = describe_holdings(state, tensors);
     if (rank == 0) {
       staging = std::make_unique<StagingDirectory>(dir);
       staging_path = staging->path();
@@ -359,12 +365,30 @@ void save(torch::nn::Module& model_in, const std::string& dir, const SaveOptions
   const std::vector<std::string> all_holdings = comm->all_gather(holdings);
   comm->broadcast(staging_path, 0);
 
+  // Holders of the same part compare checksums of their copies: a rank whose copy differs
+  // would make a checkpoint that is no rank's model.
   CheckpointPlan plan;
-  std::string written;
+  std::string digests;
   run_on_every_rank(*comm, [&] {
     plan = plan_checkpoint(decode_holdings(all_holdings));
-    written = write_planned_parts(plan, tensors, staging_path, rank);
+    digests = replica_digests(plan, tensors, rank);
   });
+  const bool replicated = std::any_of(plan.slices.begin(), plan.slices.end(),
+                                      [](const SlicePlan& part) { return part.holders.size() > 1; });
+  if (replicated) {
+    const std::vector<std::string> all_digests = comm->all_gather(digests);
+    run_on_every_rank(*comm, [&] {
+      std::vector<std::vector<uint64_t>> decoded;
+      for (const std::string& bytes : all_digests) {
+        auto& d = decoded.emplace_back(bytes.size() / sizeof(uint64_t));
+        std::memcpy(d.data(), bytes.data(), d.size() * sizeof(uint64_t));
+      }
+      check_replicas(plan, decoded);
+    });
+  }
+
+  std::string written;
+  run_on_every_rank(*comm, [&] { written = write_planned_parts(plan, tensors, staging_path, rank); });
   const std::vector<std::string> all_written = comm->all_gather(written);
 
   run_on_every_rank(*comm, [&] {

@@ -16,8 +16,6 @@ namespace {
 // A distinct part of a tensor and the ranks that hold it.
 struct Part {
   Rect rect;
-  uint64_t digest;
-  int first_holder;
   std::vector<int> holders;
 };
 
@@ -87,16 +85,10 @@ CheckpointPlan plan_checkpoint(const std::vector<std::vector<HeldSlice>>& held) 
       const HeldSlice& mine = held[r][i];
       auto it = std::find_if(parts.begin(), parts.end(), [&](const Part& p) { return p.rect == mine.rect; });
       if (it == parts.end()) {
-        parts.push_back({mine.rect, mine.digest, r, {r}});
-        continue;
+        parts.push_back({mine.rect, {r}});
+      } else {
+        it->holders.push_back(r);
       }
-      if (it->digest != mine.digest) {
-        throw CheckpointError(absl::StrCat(
-            "save: tensor ", t.name, " differs between rank ", it->first_holder, " and rank ", r,
-            "; every rank must hold the same model (wrap it in mto::DataParallel, or broadcast "
-            "rank 0's weights) before saving"));
-      }
-      it->holders.push_back(r);
     }
     std::vector<Rect> rects;
     for (const Part& p : parts) rects.push_back(p.rect);
@@ -112,25 +104,34 @@ CheckpointPlan plan_checkpoint(const std::vector<std::vector<HeldSlice>>& held) 
     plan.tensor_parallel_size = std::max<int>(plan.tensor_parallel_size, static_cast<int>(parts.size()));
     tensor_bytes.push_back(record.length());
     for (Part& p : parts) {
-      plan.slices.push_back({i, p.rect, 0});
       part_bytes.push_back(p.rect.area() * element_size);
-      part_holders.push_back(std::move(p.holders));
+      part_holders.push_back(p.holders);
+      plan.slices.push_back({i, p.rect, 0, std::move(p.holders)});
     }
   }
 
   const std::vector<int> writers = assign_by_weight(part_bytes, part_holders, ranks);
   for (size_t s = 0; s < plan.slices.size(); ++s) plan.slices[s].writer = writers[s];
 
-  // Each tensor lives in the shard of the rank that writes its largest part, so a rank
-  // writes mostly (for a replicated model, only) its own file.
+  // A tensor held whole lives in its writer's shard; split tensors then fill the shards with
+  // the fewest bytes, largest first.
   std::vector<int> file_of(plan.tensors.size(), -1);
-  std::vector<uint64_t> largest(plan.tensors.size(), 0);
+  std::vector<uint64_t> file_bytes(ranks, 0);
+  std::vector<size_t> split_tensors;
   for (size_t s = 0; s < plan.slices.size(); ++s) {
     const size_t i = plan.slices[s].tensor;
-    if (file_of[i] < 0 || part_bytes[s] > largest[i]) {
+    if (plan.tensors[i].split_parts() == 1) {
       file_of[i] = plan.slices[s].writer;
-      largest[i] = part_bytes[s];
+      file_bytes[file_of[i]] += tensor_bytes[i];
+    } else if (split_tensors.empty() || split_tensors.back() != i) {
+      split_tensors.push_back(i);
     }
+  }
+  std::stable_sort(split_tensors.begin(), split_tensors.end(),
+                   [&](size_t a, size_t b) { return tensor_bytes[a] > tensor_bytes[b]; });
+  for (size_t i : split_tensors) {
+    file_of[i] = static_cast<int>(std::min_element(file_bytes.begin(), file_bytes.end()) - file_bytes.begin());
+    file_bytes[file_of[i]] += tensor_bytes[i];
   }
   for (int f = 0; f < ranks; ++f) {
     std::vector<SafetensorsEntry> entries;
@@ -162,6 +163,40 @@ CheckpointPlan plan_checkpoint(const std::vector<std::vector<HeldSlice>>& held) 
     plan.headers.push_back(std::move(header));
   }
   return plan;
+}
+
+std::vector<size_t> write_order(const CheckpointPlan& plan, int rank) {
+  const size_t files = plan.shards.size();
+  std::vector<size_t> mine;
+  for (size_t s = 0; s < plan.slices.size(); ++s) {
+    if (plan.slices[s].writer == rank) mine.push_back(s);
+  }
+  auto distance = [&](size_t s) { return (plan.tensors[plan.slices[s].tensor].shard() + files - rank % files) % files; };
+  std::stable_sort(mine.begin(), mine.end(), [&](size_t a, size_t b) { return distance(a) < distance(b); });
+  return mine;
+}
+
+void check_replicas(const CheckpointPlan& plan, const std::vector<std::vector<uint64_t>>& digests) {
+  std::vector<size_t> next(digests.size(), 0);
+  for (const SlicePlan& part : plan.slices) {
+    if (part.holders.size() < 2) continue;
+    std::vector<uint64_t> seen;
+    for (int r : part.holders) {
+      if (static_cast<size_t>(r) >= digests.size() || next[r] >= digests[r].size()) {
+        throw CheckpointError(absl::StrCat("save: rank ", r, " sent too few checksums to compare its copies"));
+      }
+      seen.push_back(digests[r][next[r]++]);
+    }
+    for (size_t k = 1; k < seen.size(); ++k) {
+      if (seen[k] != seen[0]) {
+        throw CheckpointError(absl::StrCat(
+            "save: tensor ", plan.tensors[part.tensor].name(), " differs between rank ", part.holders[0],
+            " and rank ", part.holders[k],
+            "; every rank must hold the same model (wrap it in mto::DataParallel, or broadcast "
+            "rank 0's weights) before saving"));
+      }
+    }
+  }
 }
 
 }  // namespace mto

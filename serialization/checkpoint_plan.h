@@ -22,8 +22,6 @@ struct HeldSlice {
   // The part held, in the tensor's matrix (tensor_blocks.h); the whole matrix for a tensor
   // the rank holds whole.
   Rect rect;
-  // XXH3-64 of the held bytes, to check that every holder of a part holds the same bytes.
-  uint64_t digest = 0;
 };
 
 // One distinct part of a tensor, and the rank that writes it.
@@ -32,6 +30,8 @@ struct SlicePlan {
   size_t tensor = 0;
   Rect rect;
   int writer = 0;
+  // Every rank that holds the part, ascending.
+  std::vector<int> holders;
 };
 
 // Where every byte of a checkpoint goes, computed identically on every saving rank from what
@@ -53,10 +53,22 @@ struct CheckpointPlan {
 
 // Plans a checkpoint from `held`, what each rank (by index) holds, in its state-dict order.
 // Each distinct part is written once, by the holder that carries least so far (largest parts
-// first, ties to the lower rank), so the replicas of a part share the writing; each tensor
-// goes in the shard of the rank that writes its largest part. Throws CheckpointError naming the tensor and the
-// ranks if the ranks disagree on the list of tensors, a dtype or a global shape, if two
-// holders of a part hold different bytes, or if the parts do not tile a tensor.
+// first, ties to the lower rank), so the replicas of a part share the writing. A tensor held
+// whole goes in the shard of its writer; a split tensor, whose parts several ranks write, in
+// the shard with the fewest bytes so far, so that ranks writing in write_order() meet in one
+// file as little as possible. Throws CheckpointError naming the tensor and the ranks if the
+// ranks disagree on the list of tensors, a dtype or a global shape, or if the parts do not
+// tile a tensor.
 CheckpointPlan plan_checkpoint(const std::vector<std::vector<HeldSlice>>& held);
+
+// The parts `rank` writes (indices into plan.slices), starting with those in its own shard
+// and going on shard by shard: concurrent writers of one file wait for each other, so ranks
+// that start in different files stay apart.
+std::vector<size_t> write_order(const CheckpointPlan& plan, int rank);
+
+// Throws CheckpointError unless every holder of a part holds the same bytes: `digests[r]`
+// has, for each part of plan.slices with several holders that rank r holds (in plan order),
+// the XXH3-64 of its bytes. The message names the tensor and two ranks that differ.
+void check_replicas(const CheckpointPlan& plan, const std::vector<std::vector<uint64_t>>& digests);
 
 }  // namespace mto

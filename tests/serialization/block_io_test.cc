@@ -131,8 +131,8 @@ TEST(BlockIoTest, ACorruptBlockIsNamed) {
             "does not match the manifest (corrupt file)");
 }
 
-HeldSlice held(const std::string& name, std::vector<int64_t> shape, Rect rect, uint64_t digest) {
-  return {name, "F32", std::move(shape), 0, rect, digest};
+HeldSlice held(const std::string& name, std::vector<int64_t> shape, Rect rect) {
+  return {name, "F32", std::move(shape), 0, rect};
 }
 
 TEST(CheckpointPlanTest, EachPartIsWrittenOnceSpreadOverItsHolders) {
@@ -140,8 +140,7 @@ TEST(CheckpointPlanTest, EachPartIsWrittenOnceSpreadOverItsHolders) {
   std::vector<std::vector<HeldSlice>> ranks;
   for (int r = 0; r < 4; ++r) {
     const uint64_t half = r % 2;
-    ranks.push_back({held("w", {8, 1024}, {4 * half, 4 * half + 4, 0, 1024}, 10 + half),
-                     held("b", {8}, {0, 8, 0, 1}, 7)});
+    ranks.push_back({held("w", {8, 1024}, {4 * half, 4 * half + 4, 0, 1024}), held("b", {8}, {0, 8, 0, 1})});
   }
   const CheckpointPlan plan = plan_checkpoint(ranks);
   ASSERT_EQ(plan.slices.size(), 3u);
@@ -154,21 +153,37 @@ TEST(CheckpointPlanTest, EachPartIsWrittenOnceSpreadOverItsHolders) {
   EXPECT_EQ(plan.slices[1].writer % 2, 1);
   EXPECT_NE(plan.slices[2].writer, plan.slices[0].writer);
   EXPECT_NE(plan.slices[2].writer, plan.slices[1].writer);
+  EXPECT_EQ(plan.slices[0].holders, (std::vector<int>{0, 2}));
   EXPECT_EQ(plan.shards.size(), 4u);
   EXPECT_EQ(plan.headers[plan.tensors[0].shard()].size(), plan.shards[plan.tensors[0].shard()].data_begin());
+  // b, held whole, is in its writer's shard; w in the emptiest shard left.
+  EXPECT_EQ(plan.tensors[1].shard(), static_cast<uint32_t>(plan.slices[2].writer));
+  EXPECT_NE(plan.tensors[0].shard(), plan.tensors[1].shard());
+  // Every rank starts writing in its own shard.
+  for (int r = 0; r < 4; ++r) {
+    const std::vector<size_t> order = write_order(plan, r);
+    for (size_t k = 1; k < order.size(); ++k) {
+      const auto shard = [&](size_t s) { return (plan.tensors[plan.slices[s].tensor].shard() + 4 - r) % 4; };
+      EXPECT_LE(shard(order[k - 1]), shard(order[k]));
+    }
+  }
+  // Copies are compared part by part: rank 2's copy of w's first half differs from rank 0's.
+  check_replicas(plan, {{1, 5}, {2, 5}, {1, 5}, {2, 5}});
+  EXPECT_EQ(error_of([&] { check_replicas(plan, {{1, 5}, {2, 5}, {9, 5}, {2, 5}}); }),
+            "save: tensor w differs between rank 0 and rank 2; every rank must hold the same model "
+            "(wrap it in mto::DataParallel, or broadcast rank 0's weights) before saving");
+  EXPECT_NE(error_of([&] { check_replicas(plan, {{1, 5}, {2}, {1, 5}, {2, 5}}); }).find("rank 1 sent too few"),
+            std::string::npos);
 }
 
 TEST(CheckpointPlanTest, DisagreementsAreNamed) {
   auto two = [](HeldSlice a, HeldSlice b) { return std::vector<std::vector<HeldSlice>>{{a}, {b}}; };
-  EXPECT_EQ(error_of([&] { plan_checkpoint(two(held("w", {4}, {0, 4, 0, 1}, 1), held("w", {4}, {0, 4, 0, 1}, 2))); }),
-            "save: tensor w differs between rank 0 and rank 1; every rank must hold the same model "
-            "(wrap it in mto::DataParallel, or broadcast rank 0's weights) before saving");
-  EXPECT_EQ(error_of([&] { plan_checkpoint(two(held("w", {4}, {0, 4, 0, 1}, 1), held("w", {5}, {0, 5, 0, 1}, 1))); }),
+  EXPECT_EQ(error_of([&] { plan_checkpoint(two(held("w", {4}, {0, 4, 0, 1}), held("w", {5}, {0, 5, 0, 1}))); }),
             "save: tensor w is F32 [4] on rank 0 but F32 [5] on rank 1");
-  EXPECT_NE(error_of([&] { plan_checkpoint(two(held("w", {4}, {0, 2, 0, 1}, 1), held("w", {4}, {1, 4, 0, 1}, 1))); })
+  EXPECT_NE(error_of([&] { plan_checkpoint(two(held("w", {4}, {0, 2, 0, 1}), held("w", {4}, {1, 4, 0, 1}))); })
                 .find("save: the parts of tensor w that the ranks hold"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { plan_checkpoint(two(held("w", {4}, {0, 4, 0, 1}, 1), held("v", {4}, {0, 4, 0, 1}, 1))); })
+  EXPECT_NE(error_of([&] { plan_checkpoint(two(held("w", {4}, {0, 4, 0, 1}), held("v", {4}, {0, 4, 0, 1}))); })
                 .find("the list of tensors differs between rank 0 and rank 1"),
             std::string::npos);
 }
