@@ -3,9 +3,12 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
+
+#include "distributed/communicator.h"
 
 namespace mto {
 
@@ -33,6 +36,10 @@ class SplitModule {
   // std::nullopt for a tensor that every rank of the group holds whole.
   virtual std::optional<TensorSlice> slice_of(const std::string& key,
                                               const at::Tensor& local) const = 0;
+
+  // The ranks that hold the other slices (the tensor-parallel group). A tensor reported
+  // whole must be the same on all of them: e.g. calibration reduces such statistics over it.
+  virtual const std::shared_ptr<Communicator>& split_group() const = 0;
 };
 
 }  // namespace mto

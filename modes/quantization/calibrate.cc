@@ -3,11 +3,13 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
+#include <algorithm>
 #include <exception>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "distributed/tensor_slice.h"
 #include "modes/quantization/quantized_model.h"
 #include "opt/errors.h"
 
@@ -88,6 +90,29 @@ std::vector<at::Tensor> local_amax(const std::vector<QuantizerSlot>& slots,
   return amax;
 }
 
+// The quantizers whose amax every rank of a split layer's group must share, by group: those
+// the layer reports whole (a per-tensor amax of a split weight or input, a per-channel amax of
+// a row-parallel weight) while each rank saw only its slice.
+struct SharedOverGroup {
+  Communicator* group;
+  std::vector<size_t> slots;
+};
+
+std::vector<SharedOverGroup> shared_over_split_groups(const std::vector<QuantizerSlot>& slots,
+                                                      const std::vector<std::vector<int64_t>>& shapes) {
+  std::vector<SharedOverGroup> out;
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const auto* split = dynamic_cast<const SplitModule*>(slots[i].layer);
+    if (split == nullptr || split->split_group()->world_size() == 1) continue;
+    if (split->slice_of(slots[i].transform + "._amax", at::empty(shapes[i]))) continue;  // a slice
+    Communicator* group = split->split_group().get();
+    auto it = std::find_if(out.begin(), out.end(), [&](const SharedOverGroup& g) { return g.group == group; });
+    if (it == out.end()) it = out.insert(out.end(), {group, {}});
+    it->slots.push_back(i);
+  }
+  return out;
+}
+
 }  // namespace
 
 void calibrate_max(torch::nn::Module& model, const ForwardLoop* forward_loop,
@@ -126,12 +151,35 @@ void calibrate_max(torch::nn::Module& model, const ForwardLoop* forward_loop,
   const int rank = communicator != nullptr ? communicator->rank() : 0;
   buffer[total - 1] = failure ? static_cast<float>(rank + 1) : 0.0f;
   if (communicator != nullptr) communicator->all_reduce(buffer, ReduceOp::kMax);
+  const int failed_rank = static_cast<int>(buffer[total - 1].item<float>()) - 1;
+
+  // Then, per split group, the amax its ranks must share, in one MAX each, with a flag saying
+  // whether a replica failed (so that no rank of the group waits for one that stopped).
+  std::vector<int64_t> offsets = {0};
+  for (const auto& shape : shapes) offsets.push_back(offsets.back() + c10::multiply_integers(shape));
+  bool failed_elsewhere = false;
+  for (const SharedOverGroup& shared : shared_over_split_groups(slots, shapes)) {
+    std::vector<at::Tensor> parts;
+    for (size_t i : shared.slots) parts.push_back(buffer.narrow(0, offsets[i], offsets[i + 1] - offsets[i]));
+    parts.push_back(at::full({1}, failure || failed_rank >= 0 ? 1.0f : 0.0f, at::kFloat));
+    at::Tensor group_buffer = at::cat(parts);
+    shared.group->all_reduce(group_buffer, ReduceOp::kMax);
+    int64_t at = 0;
+    for (size_t k = 0; k < shared.slots.size(); ++k) {
+      parts[k].copy_(group_buffer.narrow(0, at, parts[k].numel()));
+      at += parts[k].numel();
+    }
+    failed_elsewhere = failed_elsewhere || group_buffer[at].item<float>() > 0;
+  }
 
   if (failure) std::rethrow_exception(failure);
-  const int failed_rank = static_cast<int>(buffer[total - 1].item<float>()) - 1;
   if (failed_rank >= 0) {
     throw ApplyModeError(absl::StrCat("max_calibrate failed on rank ", failed_rank,
                                       " (its own error says why)"));
+  }
+  if (failed_elsewhere) {
+    throw ApplyModeError("max_calibrate failed on a rank of another data-parallel replica "
+                         "(its own error says why)");
   }
   std::vector<std::string> missing;
   offset = 0;

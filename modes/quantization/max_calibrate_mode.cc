@@ -3,7 +3,7 @@
 // the ranks in one collective.
 #include <memory>
 
-#include "distributed/world.h"
+#include "distributed/mesh.h"
 #include "modes/quantization/calibrate.h"
 #include "modes/quantization/quantization.pb.h"
 #include "modes/quantization/quantized_model.h"
@@ -28,7 +28,8 @@ class MaxCalibrateModeDescriptor : public ModeDescriptor {
   MessagePtr metadata_class() const override { return std::make_unique<QuantizeMetadata>(); }
 
   // Mode arguments: "forward_loop" (ForwardLoop), needed when activation quantizers are
-  // enabled; "communicator" (std::shared_ptr<Communicator>), the world by default.
+  // enabled; "communicator" (std::shared_ptr<Communicator>), the ranks that share the
+  // calibration data: the default mesh's data-parallel group (the world when tp = 1).
   ConvertResult convert(ModulePtr model, const Message& message,
                         const ModeKwargs& mode_kwargs) const override {
     const auto& config = message_as<MaxCalibrateConfig>(message, kConfig);
@@ -41,7 +42,7 @@ class MaxCalibrateModeDescriptor : public ModeDescriptor {
     if (config.distributed_sync()) {
       communicator = mode_kwargs.contains("communicator")
                          ? mode_kwargs.get<std::shared_ptr<Communicator>>("communicator")
-                         : world();
+                         : default_mesh()->dp();
     }
     calibrate_max(*model, forward_loop, communicator.get());
     return {model, std::make_unique<QuantizeMetadata>(quantizer_state(*model))};

@@ -4,7 +4,6 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
-#include "distributed/world.h"
 #include "modes/quantization/presets.h"
 #include "modes/quantization/quantization.pb.h"
 #include "opt/registry.h"
@@ -32,7 +31,7 @@ ModulePtr quantize(ModulePtr model, const std::string& config, ForwardLoop forwa
                    std::shared_ptr<Communicator> communicator) {
   ModeKwargs kwargs;
   if (forward_loop) kwargs.set("forward_loop", std::move(forward_loop));
-  kwargs.set("communicator", communicator ? std::move(communicator) : world());
+  if (communicator) kwargs.set("communicator", std::move(communicator));
   return apply_mode(model, ModeList(quantize_modes(config)), nullptr, std::nullopt, kwargs);
 }
 

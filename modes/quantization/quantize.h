@@ -21,7 +21,9 @@ std::vector<ModeWithConfig> quantize_modes(const std::string& config);
 // Quantizes `model` as the Python original's mtq.quantize does: applies "quantize" with
 // `config` (a preset name such as "int8", or JSON in the Python form), then, when the
 // config's algorithm is "max", "max_calibrate" with `forward_loop` over this rank's data
-// and every amax synchronized over `communicator` (the world when null). Collective.
+// and every amax synchronized over `communicator` (the data-parallel ranks; when null, the
+// default mesh's, i.e. the world at tp = 1) and over the tensor-parallel group of split
+// layers. Collective.
 // Returns the quantized model.
 ModulePtr quantize(ModulePtr model, const std::string& config, ForwardLoop forward_loop = nullptr,
                    std::shared_ptr<Communicator> communicator = nullptr);

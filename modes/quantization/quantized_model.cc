@@ -4,10 +4,12 @@
 
 #include <algorithm>
 #include <memory>
+#include <optional>
 #include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "distributed/tensor_slice.h"
 #include "opt/errors.h"
 #include "opt/nn/conv2d.h"
 #include "opt/nn/linear.h"
@@ -124,10 +126,36 @@ void check_attributes_fit(const QuantizerSlot& slot, const QuantizerAttributes& 
   }
 }
 
+namespace {
+
+// The slice of the global amax that `amax` is when `slot`'s layer is split over ranks.
+std::optional<TensorSlice> amax_slice(const QuantizerSlot& slot, const at::Tensor& amax) {
+  const auto* split = dynamic_cast<const SplitModule*>(slot.layer);
+  if (split == nullptr) return std::nullopt;
+  return split->slice_of(slot.transform + "._amax", amax);
+}
+
+// The shape this rank's amax of `slot` has, from the layer's own (local) weight or features.
+std::vector<int64_t> local_amax_shape(const QuantizerSlot& slot, const TensorQuantizerImpl& quantizer) {
+  if (slot.slot == nn::Slot::kWeight) return quantizer.amax_shape(slot.weight().sizes());
+  if (quantizer.attributes().has_axis()) return {slot.feature_size()};
+  return {};
+}
+
+}  // namespace
+
 QuantizeMetadata quantizer_state(torch::nn::Module& model) {
   QuantizeMetadata metadata;
   for (const QuantizerSlot& slot : quantized_slots(model)) {
-    (*metadata.mutable_quantizer_state())[slot.name] = slot.quantizer()->state();
+    QuantizerState state = slot.quantizer()->state();
+    // Metadata is the same at every split: a sliced amax is recorded with its global shape.
+    if (slot.quantizer()->has_amax()) {
+      if (const auto slice = amax_slice(slot, slot.quantizer()->amax())) {
+        state.clear_amax_shape();
+        for (int64_t d : slice->global_shape) state.add_amax_shape(d);
+      }
+    }
+    (*metadata.mutable_quantizer_state())[slot.name] = std::move(state);
   }
   return metadata;
 }
@@ -160,6 +188,18 @@ void restore_quantizer_state(torch::nn::Module& model, const QuantizeMetadata& m
     quantizer->set_attributes(state.attributes());
     if (state.has_amax()) {
       std::vector<int64_t> shape(state.amax_shape().begin(), state.amax_shape().end());
+      if (dynamic_cast<const SplitModule*>(slot.layer) != nullptr) {
+        // The recorded shape is global; this rank holds the amax of its own slice.
+        const std::vector<int64_t> local = local_amax_shape(slot, *quantizer);
+        const auto slice = amax_slice(slot, at::empty(local));
+        const std::vector<int64_t> global = slice ? slice->global_shape : local;
+        if (global != shape) {
+          throw ApplyModeError(absl::StrCat(slot.name, ": the recorded amax shape [", absl::StrJoin(shape, ", "),
+                                            "] does not fit the layer, whose amax is [",
+                                            absl::StrJoin(global, ", "), "]"));
+        }
+        shape = local;
+      }
       // The shape is untrusted: an amax never has more values than what it scales.
       const int64_t limit = std::max<int64_t>(slot.weight().numel(), slot.feature_size());
       int64_t numel = 1;

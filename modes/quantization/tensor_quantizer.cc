@@ -89,6 +89,24 @@ at::Tensor TensorQuantizerImpl::compute_amax(const at::Tensor& x) const {
   return magnitude.amax(reduce, keepdim_amax_);
 }
 
+std::vector<int64_t> TensorQuantizerImpl::amax_shape(at::IntArrayRef sizes) const {
+  const int64_t dim = static_cast<int64_t>(sizes.size());
+  std::vector<int64_t> shape = sizes.vec();
+  if (attributes_.block_size() > 0) {
+    const int64_t axis = normalize_axis(attributes_.block_axis(), dim, "block axis");
+    shape[axis] = 1;
+    shape.insert(shape.begin() + axis, (sizes[axis] + attributes_.block_size() - 1) / attributes_.block_size());
+    return shape;
+  }
+  if (!attributes_.has_axis()) return {};
+  const int64_t axis = normalize_axis(attributes_.axis(), dim, "axis");
+  if (!keepdim_amax_) return {sizes[axis]};
+  for (int64_t d = 0; d < dim; ++d) {
+    if (d != axis) shape[d] = 1;
+  }
+  return shape;
+}
+
 at::Tensor TensorQuantizerImpl::broadcast_amax(int64_t dim) const {
   if (!attributes_.has_axis()) return amax_;
   std::vector<int64_t> shape(dim, 1);

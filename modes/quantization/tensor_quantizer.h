@@ -40,6 +40,8 @@ class TensorQuantizerImpl : public nn::TransformImpl {
 
   // The amax of `x` for this quantizer's granularity, in the shape `_amax` has.
   at::Tensor compute_amax(const at::Tensor& x) const;
+  // The shape compute_amax gives for a tensor of `sizes`, computed from the sizes alone.
+  std::vector<int64_t> amax_shape(at::IntArrayRef sizes) const;
 
   // While calibrating, forward records the running amax of what it sees and returns its
   // input unchanged. end_calibration returns the running amax (undefined when the

@@ -68,6 +68,7 @@ class ColumnParallelLinearImpl : public LinearImpl, public SplitModule {
   // "output_quantizer._amax") are rows of the global tensor; the tensors of input-slot
   // transforms (the input is whole on every rank) and all others are whole (std::nullopt).
   std::optional<TensorSlice> slice_of(const std::string& key, const at::Tensor& local) const override;
+  const std::shared_ptr<Communicator>& split_group() const override { return parallel_options.tp(); }
 
   // The options as given, with tp filled in.
   ColumnParallelLinearOptions parallel_options;

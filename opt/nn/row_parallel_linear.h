@@ -74,6 +74,7 @@ class RowParallelLinearImpl : public LinearImpl, public SplitModule {
   // [in / tp]) is a slice of dimension 0; "bias" and everything else are whole
   // (std::nullopt).
   std::optional<TensorSlice> slice_of(const std::string& key, const at::Tensor& local) const override;
+  const std::shared_ptr<Communicator>& split_group() const override { return parallel_options.tp(); }
 
   // The options as given, with tp filled in.
   RowParallelLinearOptions parallel_options;

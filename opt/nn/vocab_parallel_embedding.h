@@ -58,6 +58,7 @@ class VocabParallelEmbeddingImpl : public torch::nn::Cloneable<VocabParallelEmbe
 
   // "weight" is rows of the global table; anything else is whole (std::nullopt).
   std::optional<TensorSlice> slice_of(const std::string& key, const at::Tensor& local) const override;
+  const std::shared_ptr<Communicator>& split_group() const override { return options.tp(); }
 
   // The first global row this rank holds.
   int64_t vocab_begin() const;

@@ -20,6 +20,8 @@
 #include "distributed/world.h"
 #include "opt/checkpoint.h"
 #include "opt/conversion.h"
+#include "modes/quantization/quantize.h"
+#include "serialization/deterministic.h"
 #include "opt/errors.h"
 #include "opt/state_dict.h"
 #include "serialization/checksum.h"
@@ -168,6 +170,89 @@ TEST_F(GptParallelTest, ASparseGptSavedAtTwoByTwoRestoresOnOneRankAndOnTp4) {
     ModulePtr restored = restore(target, base + "/sparse");
     expect_slices_of(*restored, *reference, "sparse restored at tp=" + std::to_string(tp));
   }
+}
+
+// The amax of every quantizer of `model`, by name.
+std::map<std::string, at::Tensor> amax_of(torch::nn::Module& model) {
+  std::map<std::string, at::Tensor> out;
+  for (const auto& t : model_state_dict(model)) {
+    if (t.name.find("._amax") != std::string::npos) out[t.name] = t.tensor;
+  }
+  return out;
+}
+
+TEST_F(GptParallelTest, Int8CalibratedAtTwoByTwoEqualsOneProcessAndRestoresOnAnyMesh) {
+  // Four calibration batches: one process runs all of them, each (2, 2) replica half.
+  auto loop = [](int64_t first, int64_t count) {
+    return quantization::ForwardLoop([first, count](torch::nn::Module& m) {
+      for (int64_t b = first; b < first + count; ++b) {
+        dynamic_cast<zoo::GptImpl&>(m).forward(tokens(2).add(b).remainder(32));
+      }
+    });
+  };
+  zoo::Gpt reference_model(small_gpt(solo()));
+  ModulePtr reference = quantization::quantize(reference_model.ptr(), "int8", loop(0, 4), solo()->dp());
+  const auto mesh = Mesh::create(world(), 2);
+  zoo::Gpt split_model(small_gpt(mesh));
+  ModulePtr split = quantization::quantize(split_model.ptr(), "int8", loop(2 * mesh->dp_index(), 2), mesh->dp());
+
+  // Weight quantizers exactly; activation amax up to the forward's summation order.
+  const auto expected = amax_of(*reference);
+  ASSERT_GE(expected.size(), 2u * 4 * 2);  // input and weight amax of every block's linears
+  for (const auto& t : model_state_slices(*split)) {
+    if (t.name.find("._amax") == std::string::npos) continue;
+    at::Tensor want = expected.at(t.name);
+    if (t.slice) want = want.narrow(t.slice->dim, t.slice->offset, t.tensor.size(t.slice->dim));
+    if (t.name.find("weight_quantizer") != std::string::npos) {
+      EXPECT_TRUE(at::equal(t.tensor, want)) << t.name;
+    } else {
+      EXPECT_TRUE(at::allclose(t.tensor, want, kTolerance, kTolerance)) << t.name;
+    }
+  }
+  // The modes' metadata (global amax shapes) does not depend on the split.
+  EXPECT_EQ(serialize_deterministic(modelopt_state(*split)), serialize_deterministic(modelopt_state(*reference)));
+  EXPECT_TRUE(at::allclose(std::dynamic_pointer_cast<zoo::GptImpl>(split)->forward(tokens(2)),
+                           std::dynamic_pointer_cast<zoo::GptImpl>(reference)->forward(tokens(2)), kTolerance,
+                           kTolerance));
+
+  save(*split, base + "/int8");
+  for (int tp : {1, 4}) {
+    zoo::Gpt target(small_gpt(Mesh::create(world(), tp), /*seed=*/9));
+    ModulePtr restored = restore(target, base + "/int8");
+    const std::string where = "int8 restored at tp=" + std::to_string(tp);
+    EXPECT_EQ(serialize_deterministic(modelopt_state(*restored)), serialize_deterministic(modelopt_state(*split)))
+        << where;
+    for (const auto& t : model_state_slices(*restored)) {
+      if (t.name.find("._amax") == std::string::npos) continue;
+      at::Tensor saved = amax_of(*split).at(t.name);
+      // What the (2, 2) model saved is the reference; compare slice by slice where both split.
+      if (!t.slice) EXPECT_TRUE(at::equal(t.tensor, saved)) << where << ": " << t.name;
+    }
+    EXPECT_TRUE(at::allclose(std::dynamic_pointer_cast<zoo::GptImpl>(restored)->forward(tokens(2)),
+                             std::dynamic_pointer_cast<zoo::GptImpl>(split)->forward(tokens(2)), kTolerance,
+                             kTolerance))
+        << where;
+  }
+}
+
+TEST_F(GptParallelTest, ACalibrationLoopFailingOnOneReplicaFailsEveryRankOfTheMesh) {
+  // The tp ranks of a replica see the same data, so a data error stops the whole replica
+  // (ranks 0 and 1 of (2, 2)) before its forward collectives.
+  const auto mesh = Mesh::create(world(), 2);
+  zoo::Gpt gpt(small_gpt(mesh));
+  quantization::ForwardLoop loop = [&](torch::nn::Module& m) {
+    if (mesh->dp_index() == 0) throw std::runtime_error("no calibration data here");
+    dynamic_cast<zoo::GptImpl&>(m).forward(tokens(2));
+  };
+  try {
+    quantization::quantize(gpt.ptr(), "int8", loop, mesh->dp());
+    ADD_FAILURE() << "no error on rank " << rank;
+  } catch (const std::exception& e) {
+    const std::string message = e.what();
+    const std::string expected = mesh->dp_index() == 0 ? "no calibration data here" : "max_calibrate failed on rank 0";
+    EXPECT_NE(message.find(expected), std::string::npos) << message;
+  }
+  world()->barrier();  // nobody hangs
 }
 
 TEST_F(GptParallelTest, TheManifestRecordsTheMeshAndEachSplit) {

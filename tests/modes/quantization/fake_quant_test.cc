@@ -128,6 +128,7 @@ TEST(TensorQuantizer, PerChannelScalesAlongTheAxis) {
   const at::Tensor w = at::tensor({7.0f, 1.4f, -2.5f, 0.875f, 0.3125f, -0.0625f}).reshape({2, 3});
   const at::Tensor amax = quantizer->compute_amax(w);
   EXPECT_EQ(amax.sizes(), (std::vector<int64_t>{2, 1}));
+  EXPECT_EQ(quantizer->amax_shape(w.sizes()), (std::vector<int64_t>{2, 1}));
   expect_values(amax, {7, 0.875f});
   quantizer->set_amax(amax);
   expect_values(quantizer->forward(w), {7, 1, -2, 0.875f, 0.25f, -0.0f});
@@ -148,6 +149,7 @@ TEST(TensorQuantizer, ActivationAxisKeepsOneValuePerFeature) {
   const at::Tensor x = at::tensor({1.0f, -4.0f, -3.0f, 2.0f}).reshape({2, 2});
   const at::Tensor amax = quantizer->compute_amax(x);
   EXPECT_EQ(amax.sizes(), (std::vector<int64_t>{2}));
+  EXPECT_EQ(quantizer->amax_shape(x.sizes()), (std::vector<int64_t>{2}));
   expect_values(amax, {3, 4});
   // A 3-D input broadcasts the same per-feature amax.
   quantizer->set_amax(amax);
@@ -163,11 +165,19 @@ TEST(TensorQuantizer, BlocksPadTheLastBlock) {
   const at::Tensor w = at::tensor({7.0f, 1.4f, -3.5f, 2.0f, 0.875f, -0.3125f}).reshape({1, 6});
   const at::Tensor amax = quantizer->compute_amax(w);
   EXPECT_EQ(amax.sizes(), (std::vector<int64_t>{1, 2, 1}));
+  EXPECT_EQ(quantizer->amax_shape(w.sizes()), (std::vector<int64_t>{1, 2, 1}));
   expect_values(amax, {7, 0.875f});
   quantizer->set_amax(amax);
   const at::Tensor out = quantizer->forward(w);
   EXPECT_EQ(out.sizes(), w.sizes());
   expect_values(out, {7, 1, -4, 2, 0.875f, -0.25f});
+}
+
+TEST(TensorQuantizer, PerTensorAmaxIsAScalar) {
+  TensorQuantizer quantizer("fc.weight_quantizer", int_attributes(8), /*keepdim_amax=*/true);
+  const at::Tensor w = at::ones({3, 5});
+  EXPECT_EQ(quantizer->compute_amax(w).sizes().vec(), quantizer->amax_shape(w.sizes()));
+  EXPECT_TRUE(quantizer->amax_shape(w.sizes()).empty());
 }
 
 TEST(TensorQuantizer, GradientsPassStraightThrough) {
