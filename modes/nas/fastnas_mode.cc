@@ -2,9 +2,13 @@
 // forward pass), so that a search can pick the best subnet and "export_nas" can cut it out.
 #include <memory>
 
+#include "absl/strings/str_cat.h"
+#include "distributed/tensor_slice.h"
+
 #include "modes/nas/nas.pb.h"
 #include "modes/nas/search.h"
 #include "modes/nas/search_space.h"
+#include "opt/nn/dynamic_layer.h"
 #include "opt/registry.h"
 
 namespace mto {
@@ -14,6 +18,17 @@ namespace {
 constexpr char kConfig[] = "config of mode 'fastnas'";
 constexpr char kMetadata[] = "metadata of mode 'fastnas'";
 
+// fastnas traces and cuts whole layers: a layer split over tensor-parallel ranks would be
+// measured and cut by its local width. Throws ApplyModeError naming the first such layer.
+void refuse_split_layers(torch::nn::Module& model) {
+  for (const auto& [name, layer] : nn::named_dynamic_layers(model)) {
+    const auto* split = dynamic_cast<const SplitModule*>(layer);
+    if (split != nullptr && split->split_group()->world_size() > 1) {
+      throw ApplyModeError(absl::StrCat("fastnas: layer ", name, " is split over ", split->split_group()->world_size(),
+                                        " tensor-parallel ranks; fastnas searches whole layers only (apply it at tp = 1)"));
+    }
+  }
+}
 
 class FastNasModeDescriptor : public ModeDescriptor {
  public:
@@ -56,6 +71,7 @@ class FastNasModeDescriptor : public ModeDescriptor {
 
   // Mode argument: "dummy_forward" (DummyForward), one forward pass on a small input.
   ConvertResult convert(ModulePtr model, const Message& config, const ModeKwargs& mode_kwargs) const override {
+    refuse_split_layers(*model);
     FastNasMetadata metadata = trace_search_space(*model, mode_kwargs.get<DummyForward>("dummy_forward"),
                                                   message_as<FastNasConfig>(config, kConfig));
     SearchSpace::install(*model, metadata);
@@ -63,6 +79,7 @@ class FastNasModeDescriptor : public ModeDescriptor {
   }
 
   ModulePtr restore(ModulePtr model, const Message&, const Message& metadata) const override {
+    refuse_split_layers(*model);
     SearchSpace::install(*model, message_as<FastNasMetadata>(metadata, kMetadata));
     return model;
   }

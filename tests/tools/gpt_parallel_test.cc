@@ -20,6 +20,7 @@
 #include "distributed/world.h"
 #include "opt/checkpoint.h"
 #include "opt/conversion.h"
+#include "modes/nas/search_space.h"
 #include "modes/quantization/quantize.h"
 #include "serialization/deterministic.h"
 #include "opt/errors.h"
@@ -253,6 +254,21 @@ TEST_F(GptParallelTest, ACalibrationLoopFailingOnOneReplicaFailsEveryRankOfTheMe
     EXPECT_NE(message.find(expected), std::string::npos) << message;
   }
   world()->barrier();  // nobody hangs
+}
+
+TEST_F(GptParallelTest, FastnasRefusesALayerSplitOverRanks) {
+  zoo::Gpt gpt(small_gpt(Mesh::create(world(), 2)));
+  ModeKwargs kwargs;
+  kwargs.set("dummy_forward", nas::DummyForward([](torch::nn::Module& m) {
+               return dynamic_cast<zoo::GptImpl&>(m).forward(tokens(1));
+             }));
+  try {
+    apply_mode(gpt, "fastnas", nullptr, std::nullopt, kwargs);
+    ADD_FAILURE() << "no error";
+  } catch (const ApplyModeError& e) {
+    EXPECT_STREQ(e.what(), "fastnas: layer blocks.0.attn.qkv is split over 2 tensor-parallel ranks; fastnas "
+                           "searches whole layers only (apply it at tp = 1)");
+  }
 }
 
 TEST_F(GptParallelTest, TheManifestRecordsTheMeshAndEachSplit) {
