@@ -30,6 +30,7 @@
 #include "distributed/distributed_error.h"
 #include "distributed/world.h"
 #include "opt/checkpoint.h"
+#include "opt/state_dict.h"
 #include "serialization/checkpoint_layout.h"
 #include "tests/reliability/reliability_model.h"
 
@@ -149,11 +150,14 @@ uint64_t bytes_read() {
 }
 
 // Rank `victim` dies in the middle of `op`: during a save once its own shard file appears in
-// the staging directory (SIGKILL), during a restore once it has read half of the weights
-// (_exit). The others must throw a DistributedError within the collective timeout.
+// the staging directory (SIGKILL), during a restore once it has read half of its own weights
+// (all of them, or its slices of a split model) (_exit). The others must throw a
+// DistributedError within the collective timeout.
 int die(const std::string& op, const std::string& dir, int64_t gen, int victim) {
   const auto comm = world();
   const ModulePtr model = make_model(gen + 1);
+  uint64_t own_bytes = 0;
+  for (const auto& t : model_state_dict(*model)) own_bytes += t.tensor.nbytes();
   if (comm->rank() == victim) {
     const std::string shard = shard_file_name(victim, comm->world_size());
     const std::string parent = fs::path(dir).parent_path().string();
@@ -166,7 +170,7 @@ int die(const std::string& op, const std::string& dir, int64_t gen, int victim) 
         }
       }
       const uint64_t start = bytes_read();
-      const uint64_t half = static_cast<uint64_t>(kDefaultMegabytes) << 19;
+      const uint64_t half = own_bytes / 2;
       while (bytes_read() - start < half) std::this_thread::sleep_for(std::chrono::microseconds(50));
       std::_Exit(3);
     }).detach();
@@ -199,6 +203,7 @@ int die(const std::string& op, const std::string& dir, int64_t gen, int victim) 
 int main(int argc, char** argv) {
   using namespace mto::reliability;
   at::set_num_threads(1);
+  use_split_model_from_env();
   const std::vector<std::string> args(argv + 1, argv + argc);
   auto arg = [&](size_t i) -> int64_t { return i < args.size() ? std::stoll(args[i]) : -1; };
   const std::string command = args.empty() ? "" : args[0];

@@ -16,12 +16,17 @@ namespace reliability {
 // several shard writes of a few milliseconds each, and the commit.
 inline constexpr int64_t kDefaultMegabytes = 24;
 
-// The model-like "reliability_model" with `megabytes` of F32 weights (in 4 MB matrices),
-// plus a BF16, an I64 and a BOOL tensor. Every byte is a hash of `generation`, the tensor and
-// the position (floats of any bit pattern, NaNs included; bools 0 or 1). Restoring a
-// checkpoint of it with mto::restore(dir) builds it with zeros first.
+// The model-like "reliability_model" with `megabytes` of F32 weights (in 4 MB matrices,
+// split over the default mesh's tensor-parallel group: see use_split_model_from_env), plus a
+// BF16, an I64 and a BOOL tensor. Every byte is a hash of `generation`, the tensor and the
+// position in the global tensor (floats of any bit pattern, NaNs included; bools 0 or 1).
+// Restoring a checkpoint of it with mto::restore(dir) builds it with zeros first.
 std::shared_ptr<torch::nn::Module> make_model(int64_t generation,
                                               int64_t megabytes = kDefaultMegabytes);
+
+// When MTO_TEST_SPLIT=1, makes the default mesh (dp=1, tp=world size), so that the model's
+// matrices are split over every rank. Collective under mpirun.
+void use_split_model_from_env();
 
 // "" if every tensor of `a` equals (bit for bit) the tensor of the same name in `b`; else
 // names the first that differs or is missing.
