@@ -1,19 +1,28 @@
 // Fuzzes the reading of model.safetensors.index.json, the weight map that other tools follow
-// to the shards. At start the target saves a real checkpoint (a fashion_mlp with 4 hidden
-// units); each input replaces its index, and a manifest that records the input's size and
-// checksum replaces its MANIFEST, so that read_checkpoint_contents gets past the checksums
-// to the index itself. Every input must read or give a CheckpointError naming the index.
+// to the shards. At start the target lays out, with the format layer alone, the metadata of a
+// checkpoint of a fashion_mlp with 4 hidden units saved by 2 ranks (state, index, manifest;
+// the index reader never opens the shards); each input replaces its index, and a manifest
+// that records the input's size and checksum replaces its MANIFEST, so that
+// read_checkpoint_contents gets past the checksums to the index itself. Every input must read
+// or give a CheckpointError naming the index.
 #include <cstddef>
 #include <cstdint>
 #include <string>
 
-#include "opt/checkpoint.h"
-#include "opt/model_like.h"
+#include <filesystem>
+#include <map>
+#include <vector>
+
 #include "serialization/checkpoint_error.h"
 #include "serialization/checkpoint_layout.h"
+#include "serialization/checkpoint_plan.h"
+#include "serialization/checkpoint_reader.h"
 #include "serialization/checksum.h"
 #include "serialization/deterministic.h"
+#include "serialization/file.h"
 #include "serialization/manifest_file.h"
+#include "serialization/modelopt_state.pb.h"
+#include "serialization/safetensors.h"
 #include "tests/fuzz/fuzz_input.h"
 #include "tests/fuzz/manifest_frame.h"
 
@@ -21,19 +30,54 @@ namespace {
 
 constexpr char kCheckpoint[] = "ckpt";
 
-// The manifest of the checkpoint saved at start.
+// The manifest of the checkpoint laid out at start.
 mto::Manifest& manifest() {
   static mto::Manifest* manifest = new mto::Manifest;
   return *manifest;
+}
+
+// A metadata file of the checkpoint, written and recorded.
+mto::FileRecord write_record(const std::string& dir, const std::string& name, const std::string& contents) {
+  mto::write_file_synced(mto::path_in(dir, name), contents);
+  mto::FileRecord record;
+  record.set_file(name);
+  record.set_size(contents.size());
+  record.set_xxh3(mto::xxh3_64(contents.data(), contents.size()));
+  return record;
 }
 
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
   const std::string dir = mto::path_in(mto::fuzz::input_dir(), kCheckpoint);
-  mto::ModulePtr model = mto::ModelLike("fashion_mlp", {{"hidden", {4}}}).build();
-  mto::save(*model, dir);
-  manifest() = mto::read_manifest(dir);
+  std::filesystem::create_directories(dir);
+  // fashion_mlp, hidden [4], held whole by 2 ranks.
+  std::vector<mto::HeldSlice> tensors;
+  for (const auto& [name, shape] : std::vector<std::pair<std::string, std::vector<int64_t>>>{
+           {"fc1.weight", {4, 784}}, {"fc1.bias", {4}}, {"fc2.weight", {10, 4}}, {"fc2.bias", {10}}}) {
+    tensors.push_back({name, "F32", shape, 0, mto::whole_rect(mto::matrix_shape(shape))});
+  }
+  const mto::CheckpointPlan plan = mto::plan_checkpoint({tensors, tensors});
+  mto::Manifest& m = manifest();
+  m.set_format_version(mto::kCheckpointFormatVersion);
+  m.set_world_size(2);
+  m.set_tensor_parallel_size(1);
+  for (const auto& shard : plan.shards) *m.add_shards() = shard;
+  std::map<std::string, std::string> weight_map;
+  uint64_t total = 0;
+  for (mto::TensorRecord record : plan.tensors) {
+    const mto::Rect whole = mto::whole_rect(mto::matrix_shape({record.shape().begin(), record.shape().end()}));
+    mto::Block* block = record.add_blocks();
+    block->set_row_end(whole.row_end);
+    block->set_col_end(whole.col_end);
+    weight_map[record.name()] = plan.shards[record.shard()].file();
+    total += record.length();
+    *m.add_tensors() = std::move(record);
+  }
+  *m.mutable_modelopt_state() = write_record(dir, mto::kStateFileName, mto::serialize_deterministic(mto::ModeloptState()));
+  *m.mutable_index() = write_record(dir, mto::kIndexFileName, mto::encode_safetensors_index(weight_map, total));
+  mto::write_manifest(dir, m);
+  mto::read_checkpoint_contents(dir);  // the layout is a valid checkpoint's
   return 0;
 }
 
