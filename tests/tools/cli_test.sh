@@ -92,12 +92,14 @@ eval_any_world_size() {
 inspect_text_and_json() {
   out=$("$mto" inspect "$work/int8" --verify) || { echo "$out"; return 1; }
   for pattern in "model-like   fashion_cnn" "1. quantize" "2. max_calibrate" "conv1.weight_quantizer._amax" \
-                 "verified     every checksum matches" "written by   mto .* on 2 rank"; do
+                 "verified     every checksum matches" "written by   mto .* on 2 rank" \
+                 "mesh         (dp=2, tp=1)" "conv1.weight  *F32  *\[[0-9, ]*\]  *whole  "; do
     grep -q "$pattern" <<<"$out" || { echo "missing '$pattern' in:"; echo "$out"; return 1; }
   done
   json=$("$mto" inspect "$work/int8" --json --verify) || return 1
   grep -q '"verified": true' <<<"$json" && grep -q '"factory": "fashion_cnn"' <<<"$json" &&
-    grep -q '"mode": "max_calibrate"' <<<"$json"
+    grep -q '"mode": "max_calibrate"' <<<"$json" && grep -q '"mesh": "(dp=2, tp=1)"' <<<"$json" &&
+    grep -q '"split": "whole"' <<<"$json"
 }
 
 corrupt_checkpoint_is_named() {
