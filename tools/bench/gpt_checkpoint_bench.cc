@@ -195,14 +195,18 @@ struct Run {
   double added_over_own;
 };
 
-// Runs `op` on every rank from a barrier, timing it and measuring its peak RSS; `own` is the
-// bytes of the model this rank holds during the run, `base` the rank's RSS before any model.
-// Collective.
+// Runs `op` on every rank from a barrier to a barrier, timing it and measuring its peak RSS;
+// `own` is the bytes of the model this rank holds during the run, `base` the rank's RSS
+// before any model. The time runs to the closing barrier, so it is the wall time until the
+// last rank is done: ranks oversubscribed on few cores leave the first barrier at different
+// moments, and a rank's own time alone would credit an operation with the cores the others
+// had not taken yet. Collective.
 Run run_phase(mto::Communicator& comm, uint64_t own, int64_t base, const std::function<void()>& op) {
   comm.barrier();
   reset_peak_rss();
   const auto start = Clock::now();
   op();
+  comm.barrier();
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   const double peak = static_cast<double>(status_bytes("VmHWM"));
   at::Tensor worst = at::tensor(
@@ -457,7 +461,7 @@ int main(int argc, char** argv) {
       std::printf(
           "\ntime/raw: median time over the baseline's (save: raw write + fsync, %.3f s; restore: raw read into\n"
           "kernel-warm memory, %.3f s). Below 1.00x is faster than the baseline. GB/s: global model bytes over\n"
-          "the median time. Every time is the slowest rank's. peak RSS: the highest resident memory of any rank\n"
+          "the median time. Every time runs from a barrier to the barrier after the last rank. peak RSS: the highest resident memory of any rank\n"
           "during a run, worst run; RSS/own: a rank's peak RSS over the bytes of the model it holds then (the\n"
           "source model's slices, or the restore target's), worst rank and run; it includes the process's own\n"
           "%.0f MiB (rank 0) before any model, which (RSS-base)/own leaves out (1.00x: nothing beyond the model).%s\n",
