@@ -57,7 +57,14 @@ Rect rect_of_state(const StateTensor& t) {
   if (!t.slice) return whole_rect(matrix_shape(shape));
   const int64_t dim = t.slice->dim;
   const int64_t length = dim >= 0 && dim < t.tensor.dim() ? t.tensor.size(dim) : -1;
-  return slice_rect(shape, dim, t.slice->offset, length, t.name);
+  const Rect rect = slice_rect(shape, dim, t.slice->offset, length, t.name);
+  if (rect.area() != static_cast<uint64_t>(t.tensor.numel())) {
+    throw CheckpointError(absl::StrCat("tensor ", t.name, ": its layer says it is a slice of [",
+                                       absl::StrJoin(shape, ", "), "] along dimension ", dim,
+                                       ", which a tensor of shape [", absl::StrJoin(t.tensor.sizes(), ", "),
+                                       "] cannot be"));
+  }
+  return rect;
 }
 
 // A tensor of the model, the record of the checkpoint that fills it and the part it is.
@@ -65,7 +72,6 @@ struct Destination {
   at::Tensor tensor;
   const TensorRecord* record;
   Rect rect;
-  bool whole;
 };
 
 // Pairs every tensor of `model` with its record, in state-dict order. Throws
@@ -95,7 +101,7 @@ std::vector<Destination> match_tensors(torch::nn::Module& model, const Manifest&
                                          "; restore into a model on the CPU"));
     }
     const Rect rect = rect_of_state(t);
-    out.push_back({t.tensor, &record, rect, !t.slice});
+    out.push_back({t.tensor, &record, rect});
     records.erase(it);
   }
   for (const auto& record : manifest.tensors()) {
@@ -145,6 +151,10 @@ std::string describe_holdings(const ModeloptState& state, const std::vector<Stat
   const std::string state_bytes = serialize_deterministic(state);
   held.mutable_modelopt_state()->set_xxh3(xxh3_64(state_bytes.data(), state_bytes.size()));
   for (const auto& t : tensors) {
+    if (!t.tensor.device().is_cpu()) {
+      throw CheckpointError(absl::StrCat("tensor ", t.name, " is on ", t.tensor.device().str(),
+                                         "; move the model to the CPU before saving"));
+    }
     TensorRecord* record = held.add_tensors();
     record->set_name(t.name);
     record->set_dtype(safetensors_dtype(t.tensor.scalar_type(), t.name));
@@ -223,10 +233,6 @@ std::string write_planned_parts(const CheckpointPlan& plan, const std::vector<St
     const SlicePlan& part = plan.slices[index];
     const TensorRecord& record = plan.tensors[part.tensor];
     const StateTensor& t = tensors[part.tensor];
-    if (!t.tensor.device().is_cpu()) {
-      throw CheckpointError(absl::StrCat("tensor ", t.name, " is on ", t.tensor.device().str(),
-                                         "; move the model to the CPU before saving"));
-    }
     const at::Tensor local = t.tensor.contiguous();
     const uint64_t cols = matrix_shape({record.shape().begin(), record.shape().end()}).cols;
     TensorRecord* out = written.add_tensors();
@@ -311,8 +317,10 @@ ModulePtr restore_checkpoint(const ModelOrModelLike* model, const std::string& d
   });
 
   // Ranks of a split model hold different parts: each reads its own.
-  const bool split = std::any_of(destinations.begin(), destinations.end(),
-                                 [](const Destination& d) { return !d.whole; });
+  const bool split = std::any_of(destinations.begin(), destinations.end(), [](const Destination& d) {
+    const MatrixShape m = matrix_shape({d.record->shape().begin(), d.record->shape().end()});
+    return !(d.rect == whole_rect(m));
+  });
   if (options.strategy == RestoreStrategy::kReadAll || comm->world_size() == 1 || split) {
     std::vector<const Destination*> all;
     for (const auto& d : destinations) all.push_back(&d);

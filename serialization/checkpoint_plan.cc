@@ -81,11 +81,13 @@ CheckpointPlan plan_checkpoint(const std::vector<std::vector<HeldSlice>>& held) 
     const size_t element_size = c10::elementSize(scalar_type_from_safetensors(t.dtype, t.name));
     const MatrixShape matrix = matrix_shape(t.global_shape);
     std::vector<Part> parts;
+    const bool empty = matrix.rows == 0 || matrix.cols == 0;
     for (int r = 0; r < ranks; ++r) {
-      const HeldSlice& mine = held[r][i];
-      auto it = std::find_if(parts.begin(), parts.end(), [&](const Part& p) { return p.rect == mine.rect; });
+      // Every slice of an empty tensor is the same (empty) part.
+      const Rect rect = empty ? whole_rect(matrix) : held[r][i].rect;
+      auto it = std::find_if(parts.begin(), parts.end(), [&](const Part& p) { return p.rect == rect; });
       if (it == parts.end()) {
-        parts.push_back({mine.rect, {r}});
+        parts.push_back({rect, {r}});
       } else {
         it->holders.push_back(r);
       }

@@ -7,8 +7,6 @@
 namespace mto {
 namespace avx2 {
 
-bool supported() { return __builtin_cpu_supports("avx2"); }
-
 uint64_t xxh3_64(const void* data, size_t size) { return XXH3_64bits(data, size); }
 
 void* create_state() {

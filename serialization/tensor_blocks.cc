@@ -96,7 +96,7 @@ void check_tiling(std::vector<Rect> rects, const MatrixShape& matrix, const std:
   if (rects.empty()) fail("no blocks");
   const bool empty_tensor = matrix.rows == 0 || matrix.cols == 0;
   if (empty_tensor) {
-    if (rects.size() != 1 || rects[0].area() != 0) fail("an empty tensor must have one empty block");
+    if (rects.size() != 1 || !(rects[0] == whole_rect(matrix))) fail("an empty tensor must have one block over all of it");
     return;
   }
   std::sort(rects.begin(), rects.end(), [](const Rect& a, const Rect& b) {

@@ -36,9 +36,9 @@ class CalibrationScope {
   std::vector<TensorQuantizerImpl*> quantizers_;
 };
 
-// The shape the amax of `slot` has on every rank, known before any data is seen.
-std::vector<int64_t> amax_shape(const QuantizerSlot& slot, const at::Tensor& weight_amax) {
-  if (slot.slot == nn::Slot::kWeight) return weight_amax.sizes().vec();
+// The shape the amax of `slot` has on this rank, known before any data is seen.
+std::vector<int64_t> amax_shape(const QuantizerSlot& slot) {
+  if (slot.slot == nn::Slot::kWeight) return slot.quantizer()->amax_shape(slot.weight().sizes());
   if (slot.quantizer()->attributes().has_axis()) return {slot.feature_size()};
   return {};
 }
@@ -76,7 +76,7 @@ std::vector<at::Tensor> local_amax(const std::vector<QuantizerSlot>& slots,
   }
   for (size_t i = 0; i < slots.size(); ++i) {
     if (!amax[i].defined()) continue;
-    const std::vector<int64_t> expected = amax_shape(slots[i], amax[i]);
+    const std::vector<int64_t> expected = amax_shape(slots[i]);
     if (amax[i].sizes().vec() != expected) {
       throw ApplyModeError(absl::StrCat(slots[i].name, ": calibration produced an amax of shape [",
                                         absl::StrJoin(amax[i].sizes(), ", "), "], expected [",
@@ -90,25 +90,26 @@ std::vector<at::Tensor> local_amax(const std::vector<QuantizerSlot>& slots,
   return amax;
 }
 
-// The quantizers whose amax every rank of a split layer's group must share, by group: those
-// the layer reports whole (a per-tensor amax of a split weight or input, a per-channel amax of
-// a row-parallel weight) while each rank saw only its slice.
-struct SharedOverGroup {
+// A tensor-parallel group that split layers of the model are split over, and the quantizers
+// whose amax its ranks must share: those a layer reports whole (a per-tensor amax of a split
+// weight or input, a per-channel amax of a row-parallel weight) while each rank saw only its
+// slice.
+struct SplitGroup {
   Communicator* group;
-  std::vector<size_t> slots;
+  std::vector<size_t> shared;
 };
 
-std::vector<SharedOverGroup> shared_over_split_groups(const std::vector<QuantizerSlot>& slots,
-                                                      const std::vector<std::vector<int64_t>>& shapes) {
-  std::vector<SharedOverGroup> out;
+// Every group of more than one rank that a quantized layer is split over, in module order.
+std::vector<SplitGroup> split_groups(const std::vector<QuantizerSlot>& slots,
+                                     const std::vector<std::vector<int64_t>>& shapes) {
+  std::vector<SplitGroup> out;
   for (size_t i = 0; i < slots.size(); ++i) {
     const auto* split = dynamic_cast<const SplitModule*>(slots[i].layer);
     if (split == nullptr || split->split_group()->world_size() == 1) continue;
-    if (split->slice_of(slots[i].transform + "._amax", at::empty(shapes[i]))) continue;  // a slice
     Communicator* group = split->split_group().get();
-    auto it = std::find_if(out.begin(), out.end(), [&](const SharedOverGroup& g) { return g.group == group; });
+    auto it = std::find_if(out.begin(), out.end(), [&](const SplitGroup& g) { return g.group == group; });
     if (it == out.end()) it = out.insert(out.end(), {group, {}});
-    it->slots.push_back(i);
+    if (!split->slice_of(slots[i].transform + "._amax", at::empty(shapes[i]))) it->shared.push_back(i);
   }
   return out;
 }
@@ -131,41 +132,51 @@ void calibrate_max(torch::nn::Module& model, const ForwardLoop* forward_loop,
   }
 
   // One buffer for the whole model: every amax (-1 where this rank saw no data; real ones
-  // are >= 0, so MAX keeps them), then rank + 1 if this rank failed, else 0.
+  // are >= 0, so MAX keeps them); per split group, this rank's index in it and its negation
+  // (MAX of both tells whether the communicator mixes slices of different ranks); then
+  // rank + 1 if this rank failed, else 0.
   std::vector<std::vector<int64_t>> shapes;
-  int64_t total = 1;
-  for (size_t i = 0; i < slots.size(); ++i) {
-    const at::Tensor weight_amax = slots[i].slot == nn::Slot::kWeight && !amax[i].defined()
-                                       ? slots[i].quantizer()->compute_amax(slots[i].weight())
-                                       : amax[i];
-    shapes.push_back(amax_shape(slots[i], weight_amax));
-    total += c10::multiply_integers(shapes.back());
+  std::vector<int64_t> offsets = {0};
+  for (const QuantizerSlot& slot : slots) {
+    shapes.push_back(amax_shape(slot));
+    offsets.push_back(offsets.back() + c10::multiply_integers(shapes.back()));
   }
+  const std::vector<SplitGroup> groups = split_groups(slots, shapes);
+  const int64_t total = offsets.back() + 2 * static_cast<int64_t>(groups.size()) + 1;
   at::Tensor buffer = at::full({total}, -1.0f, at::kFloat);
-  int64_t offset = 0;
   for (size_t i = 0; i < slots.size(); ++i) {
-    const int64_t size = c10::multiply_integers(shapes[i]);
-    if (amax[i].defined()) buffer.narrow(0, offset, size).copy_(amax[i].reshape({-1}));
-    offset += size;
+    if (amax[i].defined()) buffer.narrow(0, offsets[i], offsets[i + 1] - offsets[i]).copy_(amax[i].reshape({-1}));
+  }
+  for (size_t g = 0; g < groups.size(); ++g) {
+    buffer[offsets.back() + 2 * g] = static_cast<float>(groups[g].group->rank());
+    buffer[offsets.back() + 2 * g + 1] = -static_cast<float>(groups[g].group->rank());
   }
   const int rank = communicator != nullptr ? communicator->rank() : 0;
   buffer[total - 1] = failure ? static_cast<float>(rank + 1) : 0.0f;
   if (communicator != nullptr) communicator->all_reduce(buffer, ReduceOp::kMax);
   const int failed_rank = static_cast<int>(buffer[total - 1].item<float>()) - 1;
+  for (size_t g = 0; g < groups.size(); ++g) {
+    const float highest = buffer[offsets.back() + 2 * g].item<float>();
+    const float lowest = -buffer[offsets.back() + 2 * g + 1].item<float>();
+    if (highest != lowest) {
+      throw ApplyModeError(absl::StrCat(
+          "max_calibrate: the calibration ranks hold different slices of split layers (tensor-parallel "
+          "ranks ", lowest, " to ", highest, "); pass the data-parallel group (mesh->dp()) as the communicator"));
+    }
+  }
 
   // Then, per split group, the amax its ranks must share, in one MAX each, with a flag saying
-  // whether a replica failed (so that no rank of the group waits for one that stopped).
-  std::vector<int64_t> offsets = {0};
-  for (const auto& shape : shapes) offsets.push_back(offsets.back() + c10::multiply_integers(shape));
+  // whether a replica failed, so that no rank of the group goes on alone (even with nothing
+  // to share).
   bool failed_elsewhere = false;
-  for (const SharedOverGroup& shared : shared_over_split_groups(slots, shapes)) {
+  for (const SplitGroup& split : groups) {
     std::vector<at::Tensor> parts;
-    for (size_t i : shared.slots) parts.push_back(buffer.narrow(0, offsets[i], offsets[i + 1] - offsets[i]));
+    for (size_t i : split.shared) parts.push_back(buffer.narrow(0, offsets[i], offsets[i + 1] - offsets[i]));
     parts.push_back(at::full({1}, failure || failed_rank >= 0 ? 1.0f : 0.0f, at::kFloat));
     at::Tensor group_buffer = at::cat(parts);
-    shared.group->all_reduce(group_buffer, ReduceOp::kMax);
+    split.group->all_reduce(group_buffer, ReduceOp::kMax);
     int64_t at = 0;
-    for (size_t k = 0; k < shared.slots.size(); ++k) {
+    for (size_t k = 0; k + 1 < parts.size(); ++k) {
       parts[k].copy_(group_buffer.narrow(0, at, parts[k].numel()));
       at += parts[k].numel();
     }
@@ -182,12 +193,9 @@ void calibrate_max(torch::nn::Module& model, const ForwardLoop* forward_loop,
                          "(its own error says why)");
   }
   std::vector<std::string> missing;
-  offset = 0;
   for (size_t i = 0; i < slots.size(); ++i) {
-    const int64_t size = c10::multiply_integers(shapes[i]);
-    amax[i] = buffer.narrow(0, offset, size).reshape(shapes[i]);
+    amax[i] = buffer.narrow(0, offsets[i], offsets[i + 1] - offsets[i]).reshape(shapes[i]);
     if ((amax[i] < 0).any().item<bool>()) missing.push_back(slots[i].name);
-    offset += size;
   }
   if (!missing.empty()) {
     throw ApplyModeError(absl::StrCat("max_calibrate: no rank saw calibration data for ",

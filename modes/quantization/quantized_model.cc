@@ -115,6 +115,19 @@ void check_attributes_fit(const QuantizerSlot& slot, const QuantizerAttributes& 
       fail(absl::StrCat("block axis ", attributes.block_axis(), " is out of range for a weight of ", dim,
                         " dimensions"));
     }
+    // Blocks along a dimension split over ranks must not straddle two ranks' slices.
+    const auto* split = dynamic_cast<const SplitModule*>(slot.layer);
+    if (attributes.enable() && attributes.block_size() > 0 && split != nullptr &&
+        split->split_group()->world_size() > 1) {
+      const int64_t axis = attributes.block_axis() < 0 ? attributes.block_axis() + dim : attributes.block_axis();
+      const auto weight_slice = split->slice_of("weight", slot.weight());
+      const int64_t local = slot.weight().size(axis);
+      if (weight_slice && weight_slice->dim == axis && local % attributes.block_size() != 0) {
+        fail(absl::StrCat("blocks of ", attributes.block_size(), " do not divide the ", local,
+                          " weight columns this rank holds of a layer split over ",
+                          split->split_group()->world_size(), " tensor-parallel ranks"));
+      }
+    }
     return;
   }
   if (!attributes.enable()) return;

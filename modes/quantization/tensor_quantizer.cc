@@ -95,7 +95,8 @@ std::vector<int64_t> TensorQuantizerImpl::amax_shape(at::IntArrayRef sizes) cons
   if (attributes_.block_size() > 0) {
     const int64_t axis = normalize_axis(attributes_.block_axis(), dim, "block axis");
     shape[axis] = 1;
-    shape.insert(shape.begin() + axis, (sizes[axis] + attributes_.block_size() - 1) / attributes_.block_size());
+    const int64_t block = attributes_.block_size();
+    shape.insert(shape.begin() + axis, sizes[axis] / block + (sizes[axis] % block != 0 ? 1 : 0));
     return shape;
   }
   if (!attributes_.has_axis()) return {};

@@ -78,9 +78,13 @@ std::optional<TensorSlice> RowParallelLinearImpl::slice_of(const std::string& ke
   const int tp = parallel_options.tp()->world_size();
   const int64_t index = parallel_options.tp()->rank();
   const bool input = is_transform_key(Slot::kInput, key);
-  if (key == "weight" || (!input && local.dim() == 2 && local.size(0) == options.out_features() &&
-                          (local.size(1) > 1 || local.sizes().equals(weight.sizes())))) {
-    return TensorSlice{{local.size(0), local.size(1) * tp}, 1, index * local.size(1)};
+  // The weight, and tensors shaped like it along the input features: a mask, a block-wise
+  // amax [out, blocks, 1] (always split: its blocks cover this rank's columns).
+  if (key == "weight" || (!input && local.dim() >= 2 && local.size(0) == options.out_features() &&
+                          (local.dim() >= 3 || local.size(1) > 1 || local.sizes().equals(weight.sizes())))) {
+    std::vector<int64_t> global = local.sizes().vec();
+    global[1] *= tp;
+    return TensorSlice{std::move(global), 1, index * local.size(1)};
   }
   const int64_t chunk = options.in_features();
   if (input && local.dim() == 1 && local.size(0) == chunk && chunk > 1) {

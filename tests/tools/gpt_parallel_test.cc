@@ -182,8 +182,30 @@ std::map<std::string, at::Tensor> amax_of(torch::nn::Module& model) {
   return out;
 }
 
-TEST_F(GptParallelTest, Int8CalibratedAtTwoByTwoEqualsOneProcessAndRestoresOnAnyMesh) {
-  // Four calibration batches: one process runs all of them, each (2, 2) replica half.
+// Expects every amax of `model` to be its slice of the same amax in `reference`: weight
+// quantizers exactly, activation quantizers up to the forward's summation order.
+void expect_amax_slices_of(torch::nn::Module& model, torch::nn::Module& reference, const std::string& where) {
+  const auto expected = amax_of(reference);
+  ASSERT_GE(expected.size(), 2u * 4);  // the linears of every block
+  size_t seen = 0;
+  for (const auto& t : model_state_slices(model)) {
+    if (t.name.find("._amax") == std::string::npos) continue;
+    ++seen;
+    at::Tensor want = expected.at(t.name);
+    if (t.slice) want = want.narrow(t.slice->dim, t.slice->offset, t.tensor.size(t.slice->dim));
+    if (t.name.find("weight_quantizer") != std::string::npos) {
+      EXPECT_TRUE(at::equal(t.tensor, want)) << where << ": " << t.name;
+    } else {
+      EXPECT_TRUE(at::allclose(t.tensor, want, kTolerance, kTolerance)) << where << ": " << t.name;
+    }
+  }
+  EXPECT_EQ(seen, expected.size()) << where;
+}
+
+// Quantizes with `preset`, calibrating at (2, 2) on half the data per replica and on one
+// process on all of it; the two must agree, and the (2, 2) checkpoint must restore at tp 1
+// and 4 to the same quantizers.
+void expect_calibration_invariant(const std::string& preset, const zoo::GptOptions& options, const std::string& dir) {
   auto loop = [](int64_t first, int64_t count) {
     return quantization::ForwardLoop([first, count](torch::nn::Module& m) {
       for (int64_t b = first; b < first + count; ++b) {
@@ -191,48 +213,64 @@ TEST_F(GptParallelTest, Int8CalibratedAtTwoByTwoEqualsOneProcessAndRestoresOnAny
       }
     });
   };
-  zoo::Gpt reference_model(small_gpt(solo()));
-  ModulePtr reference = quantization::quantize(reference_model.ptr(), "int8", loop(0, 4), solo()->dp());
+  zoo::Gpt reference_model(zoo::GptOptions(options).mesh(solo()));
+  ModulePtr reference = quantization::quantize(reference_model.ptr(), preset, loop(0, 4), solo()->dp());
   const auto mesh = Mesh::create(world(), 2);
-  zoo::Gpt split_model(small_gpt(mesh));
-  ModulePtr split = quantization::quantize(split_model.ptr(), "int8", loop(2 * mesh->dp_index(), 2), mesh->dp());
-
-  // Weight quantizers exactly; activation amax up to the forward's summation order.
-  const auto expected = amax_of(*reference);
-  ASSERT_GE(expected.size(), 2u * 4 * 2);  // input and weight amax of every block's linears
-  for (const auto& t : model_state_slices(*split)) {
-    if (t.name.find("._amax") == std::string::npos) continue;
-    at::Tensor want = expected.at(t.name);
-    if (t.slice) want = want.narrow(t.slice->dim, t.slice->offset, t.tensor.size(t.slice->dim));
-    if (t.name.find("weight_quantizer") != std::string::npos) {
-      EXPECT_TRUE(at::equal(t.tensor, want)) << t.name;
-    } else {
-      EXPECT_TRUE(at::allclose(t.tensor, want, kTolerance, kTolerance)) << t.name;
-    }
-  }
+  zoo::Gpt split_model(zoo::GptOptions(options).mesh(mesh));
+  ModulePtr split = quantization::quantize(split_model.ptr(), preset, loop(2 * mesh->dp_index(), 2), mesh->dp());
+  expect_amax_slices_of(*split, *reference, preset + " at (2, 2)");
   // The modes' metadata (global amax shapes) does not depend on the split.
   EXPECT_EQ(serialize_deterministic(modelopt_state(*split)), serialize_deterministic(modelopt_state(*reference)));
   EXPECT_TRUE(at::allclose(std::dynamic_pointer_cast<zoo::GptImpl>(split)->forward(tokens(2)),
                            std::dynamic_pointer_cast<zoo::GptImpl>(reference)->forward(tokens(2)), kTolerance,
                            kTolerance));
 
-  save(*split, base + "/int8");
+  save(*split, dir);
   for (int tp : {1, 4}) {
-    zoo::Gpt target(small_gpt(Mesh::create(world(), tp), /*seed=*/9));
-    ModulePtr restored = restore(target, base + "/int8");
-    const std::string where = "int8 restored at tp=" + std::to_string(tp);
+    zoo::Gpt target(zoo::GptOptions(options).seed(9).mesh(Mesh::create(world(), tp)));
+    ModulePtr restored = restore(target, dir);
+    const std::string where = preset + " restored at tp=" + std::to_string(tp);
     EXPECT_EQ(serialize_deterministic(modelopt_state(*restored)), serialize_deterministic(modelopt_state(*split)))
         << where;
-    for (const auto& t : model_state_slices(*restored)) {
-      if (t.name.find("._amax") == std::string::npos) continue;
-      at::Tensor saved = amax_of(*split).at(t.name);
-      // What the (2, 2) model saved is the reference; compare slice by slice where both split.
-      if (!t.slice) EXPECT_TRUE(at::equal(t.tensor, saved)) << where << ": " << t.name;
-    }
+    expect_amax_slices_of(*restored, *reference, where);
     EXPECT_TRUE(at::allclose(std::dynamic_pointer_cast<zoo::GptImpl>(restored)->forward(tokens(2)),
                              std::dynamic_pointer_cast<zoo::GptImpl>(split)->forward(tokens(2)), kTolerance,
                              kTolerance))
         << where;
+  }
+}
+
+TEST_F(GptParallelTest, Int8CalibratedAtTwoByTwoEqualsOneProcessAndRestoresOnAnyMesh) {
+  expect_calibration_invariant("int8", small_gpt(nullptr), base + "/int8");
+}
+
+TEST_F(GptParallelTest, Int4BlockwiseCalibratedAtTwoByTwoEqualsOneProcessAndRestoresOnAnyMesh) {
+  // Blocks of 128 along the input features: row-parallel layers split them, so the width is
+  // such that every rank's columns hold whole blocks at tp 2 and 4.
+  expect_calibration_invariant("int4_blockwise", small_gpt(nullptr).width(512), base + "/int4");
+}
+
+TEST_F(GptParallelTest, BlocksStraddlingTwoRanksAndMixedSlicesAreRefused) {
+  const auto mesh = Mesh::create(world(), 4);
+  zoo::Gpt gpt(small_gpt(mesh).width(256));  // proj holds 64 input features per rank
+  try {
+    quantization::quantize(gpt.ptr(), "int4_blockwise");
+    ADD_FAILURE() << "no error";
+  } catch (const ApplyModeError& e) {
+    EXPECT_STREQ(e.what(), "blocks.0.attn.proj.weight_quantizer: blocks of 128 do not divide the 64 weight "
+                           "columns this rank holds of a layer split over 4 tensor-parallel ranks");
+  }
+  // Calibrating over ranks that hold different slices would mix them.
+  zoo::Gpt other(small_gpt(Mesh::create(world(), 2)));
+  try {
+    quantization::quantize(other.ptr(), "int8", [](torch::nn::Module& m) {
+      dynamic_cast<zoo::GptImpl&>(m).forward(tokens(2));
+    }, world());
+    ADD_FAILURE() << "no error";
+  } catch (const ApplyModeError& e) {
+    EXPECT_NE(std::string(e.what()).find("the calibration ranks hold different slices of split layers"),
+              std::string::npos)
+        << e.what();
   }
 }
 
