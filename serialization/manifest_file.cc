@@ -100,7 +100,8 @@ void validate_manifest(const Manifest& manifest, const std::string& where) {
     if (!files.insert(shard.file()).second) {
       bad_manifest(where, absl::StrCat("the file ", shard.file(), " is listed twice"));
     }
-    if (shard.data_begin() < 8 || shard.data_begin() > shard.size()) {
+    if (shard.data_begin() < 8 || shard.data_begin() > shard.size() ||
+        shard.data_begin() > kMaxMetadataBytes + 8) {
       bad_manifest(where, absl::StrCat("shard ", shard.file(), " has its data at ",
                                        shard.data_begin(), ", outside its ", shard.size(),
                                        " bytes"));

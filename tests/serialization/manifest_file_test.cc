@@ -132,6 +132,12 @@ TEST(ManifestFileTest, ValidationRejectsInconsistentManifests) {
   m.mutable_tensors(1)->set_name("a");
   EXPECT_EQ(validation_error(m), prefix + "tensor a is listed twice");
 
+  // A header larger than any reader accepts is refused before a reader allocates it.
+  m = valid_manifest();
+  m.mutable_shards(0)->set_size(kMaxMetadataBytes + 100);
+  m.mutable_shards(0)->set_data_begin(kMaxMetadataBytes + 16);
+  EXPECT_NE(validation_error(m).find("has its data at"), std::string::npos);
+
   m = valid_manifest();
   m.mutable_tensors(1)->set_shard(3);
   EXPECT_EQ(validation_error(m), prefix + "tensor b names shard 3 of 1");
