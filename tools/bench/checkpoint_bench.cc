@@ -46,12 +46,19 @@
 #include "opt/nn/linear.h"
 #include "opt/state_dict.h"
 #include "serialization/bounce_buffer.h"
-#include "serialization/checksum.h"
 #include "serialization/file.h"
+#include "tools/bench/measure.h"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using mto::bench::digest;
+using mto::bench::load_average;
+using mto::bench::median;
+using mto::bench::read_into;
+using mto::bench::reset_peak_rss;
+using mto::bench::status_bytes;
+using mto::bench::write_direct;
 namespace fs = std::filesystem;
 
 // `layers` Linear(width, width) layers: width * width * 4 bytes each, plus a bias.
@@ -61,28 +68,6 @@ class LinearStackImpl : public torch::nn::Module {
     for (int i = 0; i < layers; ++i) register_module("layer" + std::to_string(i), mto::nn::Linear(width, width));
   }
 };
-
-// A value of /proc/self/status in bytes ("VmRSS", "VmHWM"); 0 if absent.
-int64_t status_bytes(const std::string& key) {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind(key + ":", 0) == 0) return std::stoll(line.substr(key.size() + 1)) * 1024;
-  }
-  return 0;
-}
-
-// The load averages over 1, 5 and 15 minutes, as /proc/loadavg gives them: the machine may
-// be shared, and a busy machine makes every number below slower and noisier.
-std::string load_average() {
-  std::ifstream file("/proc/loadavg");
-  std::string one, five, fifteen;
-  file >> one >> five >> fifteen;
-  return one + " " + five + " " + fifteen;
-}
-
-// Starts a new peak-RSS measurement (writing 5 to clear_refs resets VmHWM to VmRSS).
-void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
 
 // One run of an operation: its time, and how far the peak RSS rose above the RSS before it.
 struct Sample {
@@ -98,29 +83,6 @@ Sample sample(const std::function<void()>& op) {
   op();
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   return {seconds, status_bytes("VmHWM") - before};
-}
-
-double median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  const size_t n = values.size();
-  return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
-}
-
-uint64_t digest(const torch::nn::Module& model) {
-  uint64_t h = 0;
-  for (const auto& t : mto::model_state_dict(model)) {
-    h = h * 1000003 ^ mto::xxh3_64(t.tensor.data_ptr(), t.tensor.nbytes());
-  }
-  return h;
-}
-
-// Writes every tensor's bytes, in order, to a new file at `path` and fsyncs it: write()
-// straight from the tensors' memory.
-void write_direct(const std::vector<mto::NamedTensor>& tensors, const std::string& path) {
-  mto::File file = mto::File::create(path);
-  for (const auto& t : tensors) file.write(t.tensor.data_ptr(), t.tensor.nbytes());
-  file.sync();
-  file.close();
 }
 
 // The same, copying each tensor through the thread's reusable bounce buffer first, as the
@@ -140,16 +102,6 @@ void write_bounced(const std::vector<mto::NamedTensor>& tensors, const std::stri
   }
   file.sync();
   file.close();
-}
-
-// read()s the file at `path`, from its start, into `destinations` in order.
-void read_into(const std::string& path, const std::vector<at::Tensor>& destinations) {
-  mto::File file = mto::File::open(path);
-  uint64_t offset = 0;
-  for (const auto& d : destinations) {
-    file.read_at(d.data_ptr(), d.nbytes(), offset);
-    offset += d.nbytes();
-  }
 }
 
 // An uninitialized tensor like `t` on pages of its own that no one has touched yet: an
@@ -265,6 +217,8 @@ int main(int argc, char** argv) {
     at::manual_seed(0);  // the same model on every rank
     auto model = std::make_shared<LinearStackImpl>(layers, width);
     const auto tensors = mto::model_state_dict(*model);
+    std::vector<at::Tensor> plain;
+    for (const auto& t : tensors) plain.push_back(t.tensor);
     uint64_t bytes = 0;
     for (const auto& t : tensors) {
       if (!t.tensor.is_contiguous()) throw std::logic_error("tensor " + t.name + " is not contiguous");
@@ -281,7 +235,7 @@ int main(int argc, char** argv) {
       // Writes. The first run from the model's memory is the kernel's first access to its
       // pages: see the runs column.
       rows.push_back(measure_alone("raw write + fsync, from tensor memory", Kind::kWrite, repeat, remove(raw),
-                                   [&] { write_direct(tensors, raw); }));
+                                   [&] { write_direct(plain, raw); }));
       rows.push_back(measure_alone("raw write + fsync, via bounce buffer (512 KiB)", Kind::kWrite, repeat,
                                    remove(raw), [&] { write_bounced(tensors, raw); }));
       rows.push_back(measure_alone("torch::save + fsync", Kind::kWrite, repeat, remove(pt), [&] {

@@ -51,43 +51,22 @@
 #include "distributed/world.h"
 #include "opt/checkpoint.h"
 #include "opt/state_dict.h"
-#include "serialization/checksum.h"
-#include "serialization/file.h"
+#include "tools/bench/measure.h"
 #include "tools/zoo/gpt.h"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using mto::bench::digest;
+using mto::bench::load_average;
+using mto::bench::median;
+using mto::bench::read_into;
+using mto::bench::reset_peak_rss;
+using mto::bench::status_bytes;
+using mto::bench::write_direct;
 namespace fs = std::filesystem;
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
-
-// A value of /proc/self/status in bytes ("VmRSS", "VmHWM"); 0 if absent.
-int64_t status_bytes(const std::string& key) {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind(key + ":", 0) == 0) return std::stoll(line.substr(key.size() + 1)) * 1024;
-  }
-  return 0;
-}
-
-// Starts a new peak-RSS measurement (writing 5 to clear_refs resets VmHWM to VmRSS).
-void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
-
-// The load averages over 1, 5 and 15 minutes: a busy machine makes every number slower.
-std::string load_average() {
-  std::ifstream file("/proc/loadavg");
-  std::string one, five, fifteen;
-  file >> one >> five >> fifteen;
-  return one + " " + five + " " + fifteen;
-}
-
-double median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  const size_t n = values.size();
-  return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
-}
 
 // Bytes of the tensors this rank holds (its slices and its whole tensors).
 uint64_t own_bytes(const torch::nn::Module& model) {
@@ -109,15 +88,6 @@ uint64_t global_bytes(const torch::nn::Module& model) {
     bytes += numel * t.tensor.element_size();
   }
   return bytes;
-}
-
-// A digest of this rank's tensors, in state-dict order.
-uint64_t digest(const torch::nn::Module& model) {
-  uint64_t h = 0;
-  for (const auto& t : mto::model_state_dict(model)) {
-    h = h * 1000003 ^ mto::xxh3_64(t.tensor.data_ptr(), t.tensor.nbytes());
-  }
-  return h;
 }
 
 // This rank's share of the checkpoint's bytes: the tensors it would write if each part
@@ -164,25 +134,6 @@ std::vector<at::Tensor> write_share(const torch::nn::Module& model, const mto::M
     }
   }
   return share;
-}
-
-// Writes the tensors' bytes, in order, to a new file at `path` straight from their memory,
-// and fsyncs it.
-void write_direct(const std::vector<at::Tensor>& tensors, const std::string& path) {
-  mto::File file = mto::File::create(path);
-  for (const auto& t : tensors) file.write(t.data_ptr(), t.nbytes());
-  file.sync();
-  file.close();
-}
-
-// read()s the file at `path`, from its start, into `destinations` in order.
-void read_into(const std::string& path, const std::vector<at::Tensor>& destinations) {
-  mto::File file = mto::File::open(path);
-  uint64_t offset = 0;
-  for (const auto& d : destinations) {
-    file.read_at(d.data_ptr(), d.nbytes(), offset);
-    offset += d.nbytes();
-  }
 }
 
 // One run of a phase, over every rank: the slowest rank's time, the highest peak RSS, the
