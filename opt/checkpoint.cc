@@ -237,8 +237,9 @@ std::string write_planned_parts(const CheckpointPlan& plan, const std::vector<St
     const uint64_t cols = matrix_shape({record.shape().begin(), record.shape().end()}).cols;
     TensorRecord* out = written.add_tensors();
     out->set_name(record.name());
-    for (Block& b : write_slice(file(record.shard()), record.offset(), cols, local.element_size(),
-                                part.rect, local.data_ptr())) {
+    const std::vector<int64_t> shape(record.shape().begin(), record.shape().end());
+    for (Block& b : write_slice(file(record.shard()), record.offset(), cols, local.element_size(), part.rect,
+                                local.data_ptr(), column_grid(shape, local.element_size()))) {
       *out->add_blocks() = std::move(b);
     }
   }

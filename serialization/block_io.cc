@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <functional>
+#include <memory>
 
 #include "absl/strings/str_cat.h"
 #include "serialization/bounce_buffer.h"
@@ -13,8 +14,8 @@
 namespace mto {
 namespace {
 
-// A run of a block: elements contiguous in the file, `rows` rows of `width` columns from
-// (row, col). A block spanning whole rows is one run; any other block is one run per row.
+// A run of a rectangle: elements contiguous in the file, `rows` rows of `width` columns from
+// (row, col). A rectangle spanning whole rows is one run; any other is one run per row.
 struct Run {
   uint64_t row;
   uint64_t col;
@@ -22,13 +23,13 @@ struct Run {
   uint64_t rows;
 };
 
-void for_each_run(const Rect& block, uint64_t cols, const std::function<void(const Run&)>& visit) {
-  if (block.area() == 0) return;
-  if (block.col_begin == 0 && block.col_end == cols) {
-    visit({block.row_begin, 0, cols, block.rows()});
+void for_each_run(const Rect& rect, uint64_t cols, const std::function<void(const Run&)>& visit) {
+  if (rect.area() == 0) return;
+  if (rect.col_begin == 0 && rect.col_end == cols) {
+    visit({rect.row_begin, 0, cols, rect.rows()});
     return;
   }
-  for (uint64_t r = block.row_begin; r < block.row_end; ++r) visit({r, block.col_begin, block.cols(), 1});
+  for (uint64_t r = rect.row_begin; r < rect.row_end; ++r) visit({r, rect.col_begin, rect.cols(), 1});
 }
 
 // Byte offset of element (row, col) in the row-major elements of `rect`.
@@ -36,70 +37,102 @@ uint64_t offset_in(const Rect& rect, uint64_t row, uint64_t col, size_t element_
   return ((row - rect.row_begin) * rect.cols() + (col - rect.col_begin)) * element_size;
 }
 
-// Copies the elements [first, first + count) of `run`, held at `data`, that lie in
-// `dest_rect` into `dest`.
-void copy_shared(const Run& run, uint64_t first, uint64_t count, const char* data,
-                 const Rect& dest_rect, char* dest, size_t element_size) {
+// Calls `visit(row, col, col_end, data)` for each row segment of the elements
+// [first, first + count) of `run`, held at `data`.
+void for_each_segment(const Run& run, uint64_t first, uint64_t count, const char* data, size_t element_size,
+                      const std::function<void(uint64_t, uint64_t, uint64_t, const char*)>& visit) {
   uint64_t e = first;
   const uint64_t end = first + count;
   while (e < end) {
-    const uint64_t row = run.row + e / run.width;
-    const uint64_t col = run.col + e % run.width;
     const uint64_t row_end_e = std::min(end, (e / run.width + 1) * run.width);
-    const uint64_t col_end = col + (row_end_e - e);
-    if (row >= dest_rect.row_begin && row < dest_rect.row_end) {
-      const uint64_t lo = std::max(col, dest_rect.col_begin);
-      const uint64_t hi = std::min(col_end, dest_rect.col_end);
-      if (lo < hi) {
-        std::memcpy(dest + offset_in(dest_rect, row, lo, element_size),
-                    data + (e - first + (lo - col)) * element_size, (hi - lo) * element_size);
-      }
-    }
+    const uint64_t col = run.col + e % run.width;
+    visit(run.row + e / run.width, col, col + (row_end_e - e), data + (e - first) * element_size);
     e = row_end_e;
   }
+}
+
+// The checksums of a band of blocks (same rows, adjacent columns), fed segment by segment.
+class BandHash {
+ public:
+  explicit BandHash(std::vector<Rect> blocks) : blocks_(std::move(blocks)) {
+    for (size_t k = 0; k < blocks_.size(); ++k) streams_.push_back(std::make_unique<Xxh3Stream>());
+  }
+
+  // Feeds the columns [col, col_end) of one row, held at `data`, to the blocks they fall in.
+  void update(uint64_t col, uint64_t col_end, const char* data, size_t element_size) {
+    for (size_t k = 0; k < blocks_.size(); ++k) {
+      const uint64_t lo = std::max(col, blocks_[k].col_begin);
+      const uint64_t hi = std::min(col_end, blocks_[k].col_end);
+      if (lo < hi) streams_[k]->update(data + (lo - col) * element_size, (hi - lo) * element_size);
+    }
+  }
+
+  uint64_t digest(size_t k) const { return streams_[k]->digest(); }
+
+ private:
+  std::vector<Rect> blocks_;
+  std::vector<std::unique_ptr<Xxh3Stream>> streams_;
+};
+
+// The rectangle a band of blocks covers.
+Rect span_of(const std::vector<Rect>& band) {
+  return {band.front().row_begin, band.front().row_end, band.front().col_begin, band.back().col_end};
 }
 
 }  // namespace
 
 std::vector<Block> write_slice(File& file, uint64_t tensor_offset, uint64_t cols,
-                               size_t element_size, const Rect& slice, const void* local) {
+                               size_t element_size, const Rect& slice, const void* local,
+                               uint64_t grid) {
   const char* source = static_cast<const char*>(local);
   char* bounce = bounce_buffer();
+  const std::vector<Rect> blocks = checksum_blocks(slice, element_size, grid);
   std::vector<Block> out;
-  for (const Rect& rect : checksum_blocks(slice, element_size)) {
-    Xxh3Stream hash;
-    for_each_run(rect, cols, [&](const Run& run) {
+  for (size_t first = 0; first < blocks.size();) {
+    size_t last = first + 1;
+    while (last < blocks.size() && blocks[last].row_begin == blocks[first].row_begin) ++last;
+    const std::vector<Rect> band(blocks.begin() + first, blocks.begin() + last);
+    BandHash hash(band);
+    for_each_run(span_of(band), cols, [&](const Run& run) {
       const char* from = source + offset_in(slice, run.row, run.col, element_size);
       const uint64_t at = tensor_offset + (run.row * cols + run.col) * element_size;
       const uint64_t size = run.width * run.rows * element_size;
       for (uint64_t done = 0; done < size; done += kBounceBufferBytes) {
         const size_t n = static_cast<size_t>(std::min<uint64_t>(kBounceBufferBytes, size - done));
         std::memcpy(bounce, from + done, n);
-        hash.update(bounce, n);
+        for_each_segment(run, done / element_size, n / element_size, bounce, element_size,
+                         [&](uint64_t, uint64_t col, uint64_t col_end, const char* data) {
+                           hash.update(col, col_end, data, element_size);
+                         });
         file.write_at(bounce, n, at + done);
       }
     });
-    Block& b = out.emplace_back();
-    b.set_row_begin(rect.row_begin);
-    b.set_row_end(rect.row_end);
-    b.set_col_begin(rect.col_begin);
-    b.set_col_end(rect.col_end);
-    b.set_xxh3(hash.digest());
+    for (size_t k = 0; k < band.size(); ++k) {
+      Block& b = out.emplace_back();
+      b.set_row_begin(band[k].row_begin);
+      b.set_row_end(band[k].row_end);
+      b.set_col_begin(band[k].col_begin);
+      b.set_col_end(band[k].col_end);
+      b.set_xxh3(hash.digest(k));
+    }
+    first = last;
   }
   return out;
 }
 
-void read_block_into(const File& file, const TensorRecord& record, const Block& block,
-                     const Rect& dest_rect, void* dest_data) {
+void read_band_into(const File& file, const TensorRecord& record, const std::vector<Block>& blocks,
+                    const Rect& dest_rect, void* dest_data) {
   const size_t element_size =
       c10::elementSize(scalar_type_from_safetensors(record.dtype(), record.name()));
   const uint64_t cols = matrix_shape({record.shape().begin(), record.shape().end()}).cols;
-  const Rect rect = rect_of(block);
-  const bool inside = intersection(rect, dest_rect) == rect;
+  std::vector<Rect> band;
+  for (const Block& b : blocks) band.push_back(rect_of(b));
+  const Rect span = span_of(band);
+  const bool inside = intersection(span, dest_rect) == span;
   char* dest = static_cast<char*>(dest_data);
   char* bounce = bounce_buffer();
-  Xxh3Stream hash;
-  for_each_run(rect, cols, [&](const Run& run) {
+  BandHash hash(band);
+  for_each_run(span, cols, [&](const Run& run) {
     const uint64_t at = record.offset() + (run.row * cols + run.col) * element_size;
     const uint64_t size = run.width * run.rows * element_size;
     // Straight into the destination when the run is contiguous there too.
@@ -109,15 +142,26 @@ void read_block_into(const File& file, const TensorRecord& record, const Block& 
       const size_t n = static_cast<size_t>(std::min<uint64_t>(kBounceBufferBytes, size - done));
       char* buffer = direct ? target + done : bounce;
       file.read_at(buffer, n, at + done);
-      hash.update(buffer, n);
-      if (!direct) copy_shared(run, done / element_size, n / element_size, buffer, dest_rect, dest, element_size);
+      for_each_segment(run, done / element_size, n / element_size, buffer, element_size,
+                       [&](uint64_t row, uint64_t col, uint64_t col_end, const char* data) {
+                         hash.update(col, col_end, data, element_size);
+                         if (direct || row < dest_rect.row_begin || row >= dest_rect.row_end) return;
+                         const uint64_t lo = std::max(col, dest_rect.col_begin);
+                         const uint64_t hi = std::min(col_end, dest_rect.col_end);
+                         if (lo < hi) {
+                           std::memcpy(dest + offset_in(dest_rect, row, lo, element_size),
+                                       data + (lo - col) * element_size, (hi - lo) * element_size);
+                         }
+                       });
     }
   });
-  if (hash.digest() != block.xxh3()) {
+  for (size_t k = 0; k < blocks.size(); ++k) {
+    if (hash.digest(k) == blocks[k].xxh3()) continue;
+    const Block& block = blocks[k];
     throw CheckpointError(absl::StrCat(
-        "checksum mismatch in ", file.path(), ": tensor ", record.name(), " rows [",
-        block.row_begin(), ", ", block.row_end(), ") x columns [", block.col_begin(), ", ",
-        block.col_end(), ") from byte ", record.offset() + (block.row_begin() * cols + block.col_begin()) * element_size,
+        "checksum mismatch in ", file.path(), ": tensor ", record.name(), " rows [", block.row_begin(), ", ",
+        block.row_end(), ") x columns [", block.col_begin(), ", ", block.col_end(), ") from byte ",
+        record.offset() + (block.row_begin() * cols + block.col_begin()) * element_size,
         " does not match the manifest (corrupt file)"));
   }
 }

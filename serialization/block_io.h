@@ -17,18 +17,23 @@ namespace mto {
 
 // Writes the slice `slice` of a tensor whose data starts at byte `tensor_offset` of `file`
 // and whose matrix has `cols` columns, from `local`: the slice's elements, contiguous and
-// row-major. The slice is cut into checksum_blocks; returns them with their XXH3-64. Other
-// processes may write other slices of the same file at the same time. Throws CheckpointError
-// on an I/O failure.
+// row-major. The slice is cut into checksum_blocks(slice, element_size, grid), written one
+// row (or one run of whole rows) per call; returns the blocks with their XXH3-64. Other
+// processes may write other slices of the same file at the same time. Throws
+// CheckpointError on an I/O failure.
 std::vector<Block> write_slice(File& file, uint64_t tensor_offset, uint64_t cols,
-                               size_t element_size, const Rect& slice, const void* local);
+                               size_t element_size, const Rect& slice, const void* local,
+                               uint64_t grid);
 
-// Reads the block `block` of the tensor `record` from `file`, checks its XXH3-64, and copies
-// the elements it shares with `dest_rect` into `dest`: the elements of `dest_rect`,
-// contiguous and row-major. Elements of `dest` outside the block are left alone. Throws
-// CheckpointError naming the file, the tensor and the block's rows and columns on a checksum
-// mismatch or a short read; `dest` then holds undefined values.
-void read_block_into(const File& file, const TensorRecord& record, const Block& block,
-                     const Rect& dest_rect, void* dest);
+// Reads the blocks `band` of the tensor `record` from `file` (one group of row_bands: the
+// same rows, adjacent columns, ascending), checks each block's XXH3-64, and copies the
+// elements they share with `dest_rect` into `dest`: the elements of `dest_rect`, contiguous
+// and row-major. The band's bytes are read once, a row (or a run of whole rows) at a time,
+// straight into `dest` where they are contiguous on both sides. Elements of `dest` outside
+// the band are left alone. Throws CheckpointError naming the file, the tensor and the
+// block's rows and columns on a checksum mismatch or a short read; `dest` then holds
+// undefined values.
+void read_band_into(const File& file, const TensorRecord& record, const std::vector<Block>& band,
+                    const Rect& dest_rect, void* dest);
 
 }  // namespace mto

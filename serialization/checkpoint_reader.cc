@@ -83,9 +83,11 @@ File open_shard(const std::string& dir, const ShardRecord& shard) {
 
 void read_tensor_part(const File& file, const TensorRecord& record, const Rect& dest_rect,
                       void* dest) {
+  std::vector<Block> overlapping;
   for (const Block& block : blocks_of(record)) {
-    if (intersects(rect_of(block), dest_rect)) read_block_into(file, record, block, dest_rect, dest);
+    if (intersects(rect_of(block), dest_rect)) overlapping.push_back(block);
   }
+  for (const auto& band : row_bands(std::move(overlapping))) read_band_into(file, record, band, dest_rect, dest);
 }
 
 CheckpointContents read_checkpoint_contents(const std::string& dir) {
@@ -112,7 +114,7 @@ void verify_checkpoint(const std::string& dir,
       it = shards.emplace(record.shard(), open_shard(dir, manifest.shards(record.shard()))).first;
     }
     // An empty destination: every block is read through the bounce buffer and checked.
-    for (const Block& block : blocks_of(record)) read_block_into(it->second, record, block, Rect{}, nullptr);
+    for (const auto& band : row_bands(blocks_of(record))) read_band_into(it->second, record, band, Rect{}, nullptr);
     done += record.length();
     if (progress) progress(done, total);
   }

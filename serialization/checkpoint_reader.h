@@ -33,7 +33,7 @@ File open_shard(const std::string& dir, const ShardRecord& shard);
 
 // Reads the part `dest_rect` of the tensor `record` from its open shard `file` into `dest`
 // (the elements of dest_rect, contiguous, row-major), reading every checksum block that
-// overlaps it whole and verifying it. Throws CheckpointError naming the file, the tensor and
+// overlaps it whole and verifying it (adjacent blocks of the same rows in one pass). Throws CheckpointError naming the file, the tensor and
 // the block on a mismatch.
 void read_tensor_part(const File& file, const TensorRecord& record, const Rect& dest_rect,
                       void* dest);

@@ -60,15 +60,50 @@ Rect intersection(const Rect& a, const Rect& b) {
           std::max(a.col_begin, b.col_begin), std::min(a.col_end, b.col_end)};
 }
 
-std::vector<Rect> checksum_blocks(const Rect& slice, size_t element_size) {
+uint64_t column_grid(const std::vector<int64_t>& shape, size_t element_size) {
+  const MatrixShape m = matrix_shape(shape);
+  if (shape.size() < 2 || shape[1] <= 0) return std::max<uint64_t>(m.cols, 1);
+  uint64_t bands = 1;
+  while (bands < 8 && shape[1] % static_cast<int64_t>(2 * bands) == 0 &&
+         m.cols / (2 * bands) * element_size >= 1024) {
+    bands *= 2;
+  }
+  return m.cols / bands;
+}
+
+std::vector<Rect> checksum_blocks(const Rect& slice, size_t element_size, uint64_t grid) {
   std::vector<Rect> out;
   const uint64_t row_bytes = slice.cols() * element_size;
   const uint64_t rows_per_block = row_bytes == 0 ? std::max<uint64_t>(slice.rows(), 1)
                                                  : std::max<uint64_t>(1, kChecksumBlockBytes / row_bytes);
   for (uint64_t r = slice.row_begin; r < slice.row_end; r += rows_per_block) {
-    out.push_back({r, std::min(slice.row_end, r + rows_per_block), slice.col_begin, slice.col_end});
+    const uint64_t r_end = std::min(slice.row_end, r + rows_per_block);
+    for (uint64_t c = slice.col_begin; c < slice.col_end;) {
+      const uint64_t c_end = std::min(slice.col_end, grid == 0 ? slice.col_end : (c / grid + 1) * grid);
+      out.push_back({r, r_end, c, c_end});
+      c = c_end;
+    }
   }
-  if (out.empty()) out.push_back(slice);  // a tensor with no rows still has one (empty) block
+  if (out.empty()) out.push_back(slice);  // a tensor with no elements still has one (empty) block
+  return out;
+}
+
+std::vector<std::vector<Block>> row_bands(std::vector<Block> blocks) {
+  std::sort(blocks.begin(), blocks.end(), [](const Block& a, const Block& b) {
+    return std::make_tuple(a.row_begin(), a.row_end(), a.col_begin()) <
+           std::make_tuple(b.row_begin(), b.row_end(), b.col_begin());
+  });
+  std::vector<std::vector<Block>> out;
+  for (Block& b : blocks) {
+    if (!out.empty()) {
+      const Block& last = out.back().back();
+      if (last.row_begin() == b.row_begin() && last.row_end() == b.row_end() && last.col_end() == b.col_begin()) {
+        out.back().push_back(std::move(b));
+        continue;
+      }
+    }
+    out.push_back({std::move(b)});
+  }
   return out;
 }
 

@@ -60,9 +60,21 @@ Rect intersection(const Rect& a, const Rect& b);
 // little more than it needs, large enough that a 3 GiB model has a few thousand blocks.
 inline constexpr uint64_t kChecksumBlockBytes = uint64_t{1} << 20;
 
-// Cuts `slice` into bands of whole rows of at most kChecksumBlockBytes each (at least one
-// row): the checksum blocks of a slice that one rank writes.
-std::vector<Rect> checksum_blocks(const Rect& slice, size_t element_size);
+// The width in columns of the column bands that the checksum blocks of a tensor of `shape`
+// are cut into: cols / B for the largest power of two B <= 8 that divides shape[1] while
+// each band keeps at least 1 KiB of a row; all the columns for tensors of fewer than two
+// dimensions. A reader holding a slice along dimension 1 into a number of parts that
+// divides B then reads exactly its own bytes, and verifies all of them.
+uint64_t column_grid(const std::vector<int64_t>& shape, size_t element_size);
+
+// The checksum blocks of a slice that one rank writes: bands of whole rows of the slice of
+// at most kChecksumBlockBytes (at least one row), each cut at the multiples of `grid`
+// columns; in row-band order, columns ascending within a band.
+std::vector<Rect> checksum_blocks(const Rect& slice, size_t element_size, uint64_t grid);
+
+// `blocks` in groups that can be read as one piece: blocks of the same rows whose columns
+// follow each other, ascending.
+std::vector<std::vector<Block>> row_bands(std::vector<Block> blocks);
 
 // The blocks of `record`: its version-2 blocks, or for version 1 one block over the whole
 // tensor with the record's xxh3.

@@ -51,14 +51,42 @@ TEST(TensorBlocksTest, SlicesAreRectanglesOfTheMatrix) {
   EXPECT_NE(error_of([] { slice_rect({6, 8}, 0, 4, 4, "w"); }).find("leaves its shape [6, 8]"), std::string::npos);
 }
 
-TEST(TensorBlocksTest, BlocksAreRowBandsOfAtMostOneMebibyte) {
+TEST(TensorBlocksTest, BlocksAreRowBandsOfAtMostOneMebibyteCutAtTheColumnGrid) {
   // 1024 columns of 4 bytes: 256 rows per block.
-  const std::vector<Rect> blocks = checksum_blocks({0, 600, 0, 1024}, 4);
+  const std::vector<Rect> blocks = checksum_blocks({0, 600, 0, 1024}, 4, 1024);
   ASSERT_EQ(blocks.size(), 3u);
   EXPECT_EQ(blocks[0], (Rect{0, 256, 0, 1024}));
   EXPECT_EQ(blocks[2], (Rect{512, 600, 0, 1024}));
   // A row larger than a block is one block per row.
-  EXPECT_EQ(checksum_blocks({0, 3, 0, 1u << 19}, 4).size(), 3u);
+  EXPECT_EQ(checksum_blocks({0, 3, 0, 1u << 19}, 4, 1u << 19).size(), 3u);
+  // The grid cuts each row band; a slice that starts between grid lines starts a block there.
+  // (724 columns of 4 bytes: 362 rows per band.)
+  const std::vector<Rect> cut = checksum_blocks({0, 600, 300, 1024}, 4, 256);
+  ASSERT_EQ(cut.size(), 2u * 3);
+  EXPECT_EQ(cut[0], (Rect{0, 362, 300, 512}));
+  EXPECT_EQ(cut[1], (Rect{0, 362, 512, 768}));
+  EXPECT_EQ(cut[2], (Rect{0, 362, 768, 1024}));
+  EXPECT_EQ(cut[5], (Rect{362, 600, 768, 1024}));
+}
+
+TEST(TensorBlocksTest, TheColumnGridLetsEverySplitOfUpToEightReadOnlyItsBytes) {
+  EXPECT_EQ(column_grid({2048, 8192}, 4), 1024u);  // 8 bands of 4 KiB a row
+  EXPECT_EQ(column_grid({2048, 512}, 4), 256u);    // bands keep 1 KiB a row: 2 of them
+  EXPECT_EQ(column_grid({16, 20}, 4), 20u);        // too narrow to cut
+  EXPECT_EQ(column_grid({4096}, 4), 1u);           // a vector has one column
+  EXPECT_EQ(column_grid({64, 24, 96}, 4), 3u * 96);  // whole inner rows: 24 = 8 x 3
+  // A tensor written whole, read as 2, 4 or 8 slices along dimension 1 or 0: every block a
+  // slice overlaps lies inside it, but for the row bands at the ends of a dimension-0 slice.
+  const std::vector<int64_t> shape = {2048, 8192};
+  const std::vector<Rect> blocks = checksum_blocks(whole_rect(matrix_shape(shape)), 4, column_grid(shape, 4));
+  for (int parts : {2, 4, 8}) {
+    for (int p = 0; p < parts; ++p) {
+      const Rect slice = slice_rect(shape, 1, p * 8192 / parts, 8192 / parts, "w");
+      for (const Rect& b : blocks) {
+        if (intersects(b, slice)) EXPECT_EQ(intersection(b, slice), b) << parts << " " << p;
+      }
+    }
+  }
 }
 
 TEST(TensorBlocksTest, TilingIsChecked) {
@@ -89,7 +117,7 @@ TEST_P(SliceRoundTrip, AnySplitReadsBackAnyRectangle) {
       const int64_t size = whole.size(dim) / 4;
       const Rect rect = slice_rect({12, 20}, dim, p * size, size, "w");
       const at::Tensor local = whole.narrow(dim, p * size, size).contiguous();
-      for (auto& b : write_slice(f, offset, 20, 4, rect, local.data_ptr())) blocks.push_back(b);
+      for (auto& b : write_slice(f, offset, 20, 4, rect, local.data_ptr(), /*grid=*/5)) blocks.push_back(b);
     }
     f.sync();
   }
@@ -112,8 +140,10 @@ TEST(BlockIoTest, ACorruptBlockIsNamed) {
   std::vector<Block> blocks;
   {
     File f = File::open_shared(path);
-    blocks = write_slice(f, 0, 4, 4, {0, 8, 0, 2}, whole.slice(1, 0, 2).contiguous().data_ptr());
-    for (auto& b : write_slice(f, 0, 4, 4, {0, 8, 2, 4}, whole.slice(1, 2, 4).contiguous().data_ptr())) blocks.push_back(b);
+    blocks = write_slice(f, 0, 4, 4, {0, 8, 0, 2}, whole.slice(1, 0, 2).contiguous().data_ptr(), 4);
+    for (auto& b : write_slice(f, 0, 4, 4, {0, 8, 2, 4}, whole.slice(1, 2, 4).contiguous().data_ptr(), 4)) {
+      blocks.push_back(b);
+    }
   }
   {
     File f = File::open_shared(path);
