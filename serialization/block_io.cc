@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <functional>
 #include <memory>
 
 #include "absl/strings/str_cat.h"
@@ -23,7 +22,8 @@ struct Run {
   uint64_t rows;
 };
 
-void for_each_run(const Rect& rect, uint64_t cols, const std::function<void(const Run&)>& visit) {
+template <typename Visit>
+void for_each_run(const Rect& rect, uint64_t cols, const Visit& visit) {
   if (rect.area() == 0) return;
   if (rect.col_begin == 0 && rect.col_end == cols) {
     visit({rect.row_begin, 0, cols, rect.rows()});
@@ -39,8 +39,9 @@ uint64_t offset_in(const Rect& rect, uint64_t row, uint64_t col, size_t element_
 
 // Calls `visit(row, col, col_end, data)` for each row segment of the elements
 // [first, first + count) of `run`, held at `data`.
+template <typename Visit>
 void for_each_segment(const Run& run, uint64_t first, uint64_t count, const char* data, size_t element_size,
-                      const std::function<void(uint64_t, uint64_t, uint64_t, const char*)>& visit) {
+                      const Visit& visit) {
   uint64_t e = first;
   const uint64_t end = first + count;
   while (e < end) {

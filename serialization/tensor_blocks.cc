@@ -65,7 +65,7 @@ uint64_t column_grid(const std::vector<int64_t>& shape, size_t element_size) {
   if (shape.size() < 2 || shape[1] <= 0) return std::max<uint64_t>(m.cols, 1);
   uint64_t bands = 1;
   while (bands < 8 && shape[1] % static_cast<int64_t>(2 * bands) == 0 &&
-         m.cols / (2 * bands) * element_size >= 1024) {
+         m.cols / (2 * bands) * element_size >= kMinColumnBandBytes) {
     bands *= 2;
   }
   return m.cols / bands;

@@ -60,11 +60,15 @@ Rect intersection(const Rect& a, const Rect& b);
 // little more than it needs, large enough that a 3 GiB model has a few thousand blocks.
 inline constexpr uint64_t kChecksumBlockBytes = uint64_t{1} << 20;
 
+// The least of a row that a column band of checksum blocks holds: every band costs a
+// checksum update per row, on every save and every read of the tensor.
+inline constexpr uint64_t kMinColumnBandBytes = 4096;
+
 // The width in columns of the column bands that the checksum blocks of a tensor of `shape`
 // are cut into: cols / B for the largest power of two B <= 8 that divides shape[1] while
-// each band keeps at least 1 KiB of a row; all the columns for tensors of fewer than two
-// dimensions. A reader holding a slice along dimension 1 into a number of parts that
-// divides B then reads exactly its own bytes, and verifies all of them.
+// each band keeps at least kMinColumnBandBytes of a row; all the columns for tensors of
+// fewer than two dimensions. A reader holding a slice along dimension 1 into a number of
+// parts that divides B then reads exactly its own bytes, and verifies all of them.
 uint64_t column_grid(const std::vector<int64_t>& shape, size_t element_size);
 
 // The checksum blocks of a slice that one rank writes: bands of whole rows of the slice of

@@ -71,10 +71,10 @@ TEST(TensorBlocksTest, BlocksAreRowBandsOfAtMostOneMebibyteCutAtTheColumnGrid) {
 
 TEST(TensorBlocksTest, TheColumnGridLetsEverySplitOfUpToEightReadOnlyItsBytes) {
   EXPECT_EQ(column_grid({2048, 8192}, 4), 1024u);  // 8 bands of 4 KiB a row
-  EXPECT_EQ(column_grid({2048, 512}, 4), 256u);    // bands keep 1 KiB a row: 2 of them
+  EXPECT_EQ(column_grid({2048, 2048}, 4), 1024u);  // bands keep 4 KiB a row: 2 of them
   EXPECT_EQ(column_grid({16, 20}, 4), 20u);        // too narrow to cut
   EXPECT_EQ(column_grid({4096}, 4), 1u);           // a vector has one column
-  EXPECT_EQ(column_grid({64, 24, 96}, 4), 3u * 96);  // whole inner rows: 24 = 8 x 3
+  EXPECT_EQ(column_grid({64, 24, 384}, 4), 3u * 384);  // whole inner rows: 24 = 8 x 3
   // A tensor written whole, read as 2, 4 or 8 slices along dimension 1 or 0: every block a
   // slice overlaps lies inside it, but for the row bands at the ends of a dimension-0 slice.
   const std::vector<int64_t> shape = {2048, 8192};
