@@ -36,16 +36,6 @@ namespace {
 // Small tensors travel together in broadcasts of at most this many bytes.
 constexpr size_t kBroadcastBucketBytes = size_t{4} << 20;
 
-FileRecord write_metadata_file(const std::string& dir, const std::string& name,
-                               const std::string& contents) {
-  write_file_synced(path_in(dir, name), contents);
-  FileRecord record;
-  record.set_file(name);
-  record.set_size(contents.size());
-  record.set_xxh3(xxh3_64(contents.data(), contents.size()));
-  return record;
-}
-
 // The global shape of a state tensor.
 std::vector<int64_t> global_shape(const StateTensor& t) {
   return t.slice ? t.slice->global_shape : t.tensor.sizes().vec();
@@ -145,7 +135,7 @@ ModulePtr unwrapped_or_refuse(const ModelOrModelLike* model) {
 
 // What this rank holds, for the other ranks to plan with: a Manifest whose modelopt_state
 // carries the digest of the rank's modelopt state and whose tensors carry each tensor's
-// dtype, global shape, split dimension and the rectangle held (as one block).
+// dtype, global shape and the rectangle held (as one block).
 std::string describe_holdings(const ModeloptState& state, const std::vector<StateTensor>& tensors) {
   Manifest held;
   const std::string state_bytes = serialize_deterministic(state);
@@ -159,13 +149,7 @@ std::string describe_holdings(const ModeloptState& state, const std::vector<Stat
     record->set_name(t.name);
     record->set_dtype(safetensors_dtype(t.tensor.scalar_type(), t.name));
     for (int64_t d : global_shape(t)) record->add_shape(d);
-    record->set_split_dim(t.slice ? static_cast<int32_t>(t.slice->dim) : 0);
-    const Rect rect = rect_of_state(t);
-    Block* block = record->add_blocks();
-    block->set_row_begin(rect.row_begin);
-    block->set_row_end(rect.row_end);
-    block->set_col_begin(rect.col_begin);
-    block->set_col_end(rect.col_end);
+    *record->add_blocks() = block_of(rect_of_state(t), 0);
   }
   return held.SerializeAsString();
 }
@@ -205,7 +189,6 @@ std::vector<std::vector<HeldSlice>> decode_holdings(const std::vector<std::strin
       s.name = t.name();
       s.dtype = t.dtype();
       s.global_shape.assign(t.shape().begin(), t.shape().end());
-      s.split_dim = t.split_dim();
       s.rect = rect_of(t.blocks(0));
     }
   }
@@ -404,14 +387,14 @@ void save(torch::nn::Module& model_in, const std::string& dir, const SaveOptions
     if (rank != 0) return;
     Manifest manifest = assemble_manifest(plan, all_written, world_size);
     *manifest.mutable_modelopt_state() =
-        write_metadata_file(staging_path, kStateFileName, serialize_deterministic(state));
+        write_recorded_file(staging_path, kStateFileName, serialize_deterministic(state));
     std::map<std::string, std::string> weight_map;
     uint64_t total_size = 0;
     for (const auto& record : manifest.tensors()) {
       weight_map[record.name()] = manifest.shards(record.shard()).file();
       total_size += record.length();
     }
-    *manifest.mutable_index() = write_metadata_file(
+    *manifest.mutable_index() = write_recorded_file(
         staging_path, kIndexFileName, encode_safetensors_index(weight_map, total_size));
     validate_manifest(manifest, path_in(staging_path, kManifestFileName));
     write_manifest(staging_path, manifest);

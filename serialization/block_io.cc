@@ -108,14 +108,7 @@ std::vector<Block> write_slice(File& file, uint64_t tensor_offset, uint64_t cols
         file.write_at(bounce, n, at + done);
       }
     });
-    for (size_t k = 0; k < band.size(); ++k) {
-      Block& b = out.emplace_back();
-      b.set_row_begin(band[k].row_begin);
-      b.set_row_end(band[k].row_end);
-      b.set_col_begin(band[k].col_begin);
-      b.set_col_end(band[k].col_end);
-      b.set_xxh3(hash.digest(k));
-    }
+    for (size_t k = 0; k < band.size(); ++k) out.push_back(block_of(band[k], hash.digest(k)));
     first = last;
   }
   return out;

@@ -17,8 +17,6 @@ struct HeldSlice {
   std::string dtype;
   // Shape of the whole tensor.
   std::vector<int64_t> global_shape;
-  // The split dimension (0 or 1); meaningless for a whole tensor.
-  int64_t split_dim = 0;
   // The part held, in the tensor's matrix (tensor_blocks.h); the whole matrix for a tensor
   // the rank holds whole.
   Rect rect;

@@ -49,6 +49,15 @@ void write_manifest(const std::string& dir, const Manifest& manifest) {
   write_file_synced(path_in(dir, kManifestFileName), framed);
 }
 
+FileRecord write_recorded_file(const std::string& dir, const std::string& name, const std::string& contents) {
+  write_file_synced(path_in(dir, name), contents);
+  FileRecord record;
+  record.set_file(name);
+  record.set_size(contents.size());
+  record.set_xxh3(xxh3_64(contents.data(), contents.size()));
+  return record;
+}
+
 Manifest read_manifest(const std::string& dir) {
   const std::string path = path_in(dir, kManifestFileName);
   struct stat st;

@@ -10,6 +10,11 @@ namespace mto {
 // checkpoint_layout.h) and fsyncs it. Throws CheckpointError on I/O failure.
 void write_manifest(const std::string& dir, const Manifest& manifest);
 
+// Writes the metadata file `name` (the modelopt state, the index) of the checkpoint in `dir`
+// with `contents`, fsyncs it, and returns its manifest record (size, XXH3-64). Throws
+// CheckpointError on I/O failure.
+FileRecord write_recorded_file(const std::string& dir, const std::string& name, const std::string& contents);
+
 // Reads `dir`/MANIFEST, checks its framing and checksum, parses it and validates it with
 // validate_manifest. Throws CheckpointError naming the file: missing (the directory is not
 // a complete checkpoint), truncated, corrupt, or inconsistent.

@@ -50,6 +50,16 @@ Rect rect_of(const Block& block) {
   return {block.row_begin(), block.row_end(), block.col_begin(), block.col_end()};
 }
 
+Block block_of(const Rect& rect, uint64_t xxh3) {
+  Block b;
+  b.set_row_begin(rect.row_begin);
+  b.set_row_end(rect.row_end);
+  b.set_col_begin(rect.col_begin);
+  b.set_col_end(rect.col_end);
+  b.set_xxh3(xxh3);
+  return b;
+}
+
 bool intersects(const Rect& a, const Rect& b) {
   return std::max(a.row_begin, b.row_begin) < std::min(a.row_end, b.row_end) &&
          std::max(a.col_begin, b.col_begin) < std::min(a.col_end, b.col_end);
@@ -109,14 +119,7 @@ std::vector<std::vector<Block>> row_bands(std::vector<Block> blocks) {
 
 std::vector<Block> blocks_of(const TensorRecord& record) {
   if (record.blocks_size() > 0) return {record.blocks().begin(), record.blocks().end()};
-  const Rect whole = whole_rect(matrix_shape({record.shape().begin(), record.shape().end()}));
-  Block b;
-  b.set_row_begin(whole.row_begin);
-  b.set_row_end(whole.row_end);
-  b.set_col_begin(whole.col_begin);
-  b.set_col_end(whole.col_end);
-  b.set_xxh3(record.xxh3());
-  return {b};
+  return {block_of(whole_rect(matrix_shape({record.shape().begin(), record.shape().end()})), record.xxh3())};
 }
 
 void check_tiling(std::vector<Rect> rects, const MatrixShape& matrix, const std::string& where) {

@@ -52,6 +52,9 @@ Rect whole_rect(const MatrixShape& matrix);
 // The rectangle of `block`.
 Rect rect_of(const Block& block);
 
+// A block over `rect` with the checksum `xxh3`.
+Block block_of(const Rect& rect, uint64_t xxh3);
+
 // Whether `a` and `b` share an element; their intersection.
 bool intersects(const Rect& a, const Rect& b);
 Rect intersection(const Rect& a, const Rect& b);

@@ -19,7 +19,6 @@
 #include "serialization/checkpoint_reader.h"
 #include "serialization/checksum.h"
 #include "serialization/deterministic.h"
-#include "serialization/file.h"
 #include "serialization/manifest_file.h"
 #include "serialization/modelopt_state.pb.h"
 #include "serialization/safetensors.h"
@@ -36,16 +35,6 @@ mto::Manifest& manifest() {
   return *manifest;
 }
 
-// A metadata file of the checkpoint, written and recorded.
-mto::FileRecord write_record(const std::string& dir, const std::string& name, const std::string& contents) {
-  mto::write_file_synced(mto::path_in(dir, name), contents);
-  mto::FileRecord record;
-  record.set_file(name);
-  record.set_size(contents.size());
-  record.set_xxh3(mto::xxh3_64(contents.data(), contents.size()));
-  return record;
-}
-
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
@@ -55,7 +44,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   std::vector<mto::HeldSlice> tensors;
   for (const auto& [name, shape] : std::vector<std::pair<std::string, std::vector<int64_t>>>{
            {"fc1.weight", {4, 784}}, {"fc1.bias", {4}}, {"fc2.weight", {10, 4}}, {"fc2.bias", {10}}}) {
-    tensors.push_back({name, "F32", shape, 0, mto::whole_rect(mto::matrix_shape(shape))});
+    tensors.push_back({name, "F32", shape, mto::whole_rect(mto::matrix_shape(shape))});
   }
   const mto::CheckpointPlan plan = mto::plan_checkpoint({tensors, tensors});
   mto::Manifest& m = manifest();
@@ -66,16 +55,14 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   std::map<std::string, std::string> weight_map;
   uint64_t total = 0;
   for (mto::TensorRecord record : plan.tensors) {
-    const mto::Rect whole = mto::whole_rect(mto::matrix_shape({record.shape().begin(), record.shape().end()}));
-    mto::Block* block = record.add_blocks();
-    block->set_row_end(whole.row_end);
-    block->set_col_end(whole.col_end);
+    *record.add_blocks() =
+        mto::block_of(mto::whole_rect(mto::matrix_shape({record.shape().begin(), record.shape().end()})), 0);
     weight_map[record.name()] = plan.shards[record.shard()].file();
     total += record.length();
     *m.add_tensors() = std::move(record);
   }
-  *m.mutable_modelopt_state() = write_record(dir, mto::kStateFileName, mto::serialize_deterministic(mto::ModeloptState()));
-  *m.mutable_index() = write_record(dir, mto::kIndexFileName, mto::encode_safetensors_index(weight_map, total));
+  *m.mutable_modelopt_state() = mto::write_recorded_file(dir, mto::kStateFileName, mto::serialize_deterministic(mto::ModeloptState()));
+  *m.mutable_index() = mto::write_recorded_file(dir, mto::kIndexFileName, mto::encode_safetensors_index(weight_map, total));
   mto::write_manifest(dir, m);
   mto::read_checkpoint_contents(dir);  // the layout is a valid checkpoint's
   return 0;

@@ -83,7 +83,9 @@ TEST(TensorBlocksTest, TheColumnGridLetsEverySplitOfUpToEightReadOnlyItsBytes) {
     for (int p = 0; p < parts; ++p) {
       const Rect slice = slice_rect(shape, 1, p * 8192 / parts, 8192 / parts, "w");
       for (const Rect& b : blocks) {
-        if (intersects(b, slice)) EXPECT_EQ(intersection(b, slice), b) << parts << " " << p;
+        if (intersects(b, slice)) {
+          EXPECT_EQ(intersection(b, slice), b) << parts << " " << p;
+        }
       }
     }
   }
@@ -162,7 +164,7 @@ TEST(BlockIoTest, ACorruptBlockIsNamed) {
 }
 
 HeldSlice held(const std::string& name, std::vector<int64_t> shape, Rect rect) {
-  return {name, "F32", std::move(shape), 0, rect};
+  return {name, "F32", std::move(shape), rect};
 }
 
 TEST(CheckpointPlanTest, EachPartIsWrittenOnceSpreadOverItsHolders) {

@@ -92,8 +92,9 @@ uint64_t global_bytes(const torch::nn::Module& model) {
 
 // This rank's share of the checkpoint's bytes: the tensors it would write if each part
 // (each slice of a split tensor, each whole tensor) were written once, by one of the ranks
-// that hold it, chosen greedily by bytes written so far (lowest rank on a tie), as
-// mto::save spreads the writing. The shares of all ranks add up to the global bytes.
+// that hold it, chosen greedily by bytes written so far (lowest rank on a tie), in state-dict
+// order (mto::save's plan takes the largest parts first, so the two spreads can differ a
+// little). The shares of all ranks add up to the global bytes.
 // Collective over `mesh->world()`.
 std::vector<at::Tensor> write_share(const torch::nn::Module& model, const mto::Mesh& mesh) {
   const auto& comm = mesh.world();
