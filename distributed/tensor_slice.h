@@ -33,7 +33,8 @@ class SplitModule {
 
   // The slice that the tensor `key` (relative to this module: "weight",
   // "weight_quantizer._amax", "_weight_mask") is, given the tensor `local` this rank holds;
-  // std::nullopt for a tensor that every rank of the group holds whole.
+  // std::nullopt for a tensor that every rank of the group holds whole, and for every tensor
+  // when the group has one rank (its tensors are whole, whatever modes reshaped them since).
   virtual std::optional<TensorSlice> slice_of(const std::string& key,
                                               const at::Tensor& local) const = 0;
 

@@ -79,6 +79,7 @@ std::optional<TensorSlice> ColumnParallelLinearImpl::slice_of(const std::string&
                                                               const at::Tensor& local) const {
   // Rows of the weight, its per-row transform tensors and the output's per-feature ones;
   // the input is whole on every rank, and so are its transforms.
+  if (parallel_options.tp()->world_size() == 1) return std::nullopt;
   const int64_t rows = options.out_features();
   const bool split = key == "weight" || key == "bias" ||
                      (!is_transform_key(Slot::kInput, key) && local.dim() >= 1 && local.size(0) == rows &&

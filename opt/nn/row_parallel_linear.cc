@@ -76,6 +76,7 @@ at::Tensor RowParallelLinearImpl::forward(const at::Tensor& x) {
 std::optional<TensorSlice> RowParallelLinearImpl::slice_of(const std::string& key,
                                                            const at::Tensor& local) const {
   const int tp = parallel_options.tp()->world_size();
+  if (tp == 1) return std::nullopt;
   const int64_t index = parallel_options.tp()->rank();
   const bool input = is_transform_key(Slot::kInput, key);
   // The weight, and tensors shaped like it along the input features: a mask, a block-wise

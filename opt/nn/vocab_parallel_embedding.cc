@@ -53,7 +53,7 @@ at::Tensor VocabParallelEmbeddingImpl::forward(const at::Tensor& tokens) {
 
 std::optional<TensorSlice> VocabParallelEmbeddingImpl::slice_of(const std::string& key,
                                                                 const at::Tensor& local) const {
-  if (key != "weight") return std::nullopt;
+  if (key != "weight" || options.tp()->world_size() == 1) return std::nullopt;
   return TensorSlice{{options.num_embeddings(), local.size(1)}, 0, vocab_begin()};
 }
 

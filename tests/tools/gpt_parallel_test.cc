@@ -324,7 +324,7 @@ TEST_F(GptParallelTest, TheManifestRecordsTheMeshAndEachSplit) {
   EXPECT_EQ(split["blocks.0.attn.proj.bias"], std::make_pair(1, 0));
   EXPECT_EQ(split["blocks.1.fc2.weight"], std::make_pair(2, 1));
   EXPECT_EQ(split["tok_emb.weight"], std::make_pair(2, 0));
-  EXPECT_EQ(split["head.weight"], std::make_pair(2, 0));
+  EXPECT_EQ(split["lm_head.weight"], std::make_pair(2, 0));
   EXPECT_EQ(split["ln_f.weight"], std::make_pair(1, 0));
 }
 

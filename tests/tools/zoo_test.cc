@@ -151,10 +151,10 @@ TEST(GptTest, MapsTokensToLogits) {
   const std::vector<std::string> keys = state_dict_keys(*gpt);
   for (const char* key : {"tok_emb.weight", "pos_emb.weight", "blocks.2.ln1.weight",
                           "blocks.2.attn.qkv.weight", "blocks.2.attn.proj.bias",
-                          "blocks.2.fc1.weight", "blocks.2.fc2.bias", "ln_f.bias", "head.weight"}) {
+                          "blocks.2.fc1.weight", "blocks.2.fc2.bias", "ln_f.bias", "lm_head.weight"}) {
     EXPECT_NE(std::find(keys.begin(), keys.end(), key), keys.end()) << key;
   }
-  EXPECT_EQ(std::find(keys.begin(), keys.end(), "head.bias"), keys.end());
+  EXPECT_EQ(std::find(keys.begin(), keys.end(), "lm_head.bias"), keys.end());
   // qkv, proj, fc1 and fc2 of each block and the head are dynamic layers.
   EXPECT_EQ(dynamic_layer_names(*gpt).size(), 3u * 4 + 1);
   EXPECT_EQ(gpt->blocks[0]->as<zoo::GptBlockImpl>()->fc1->weight.sizes(),

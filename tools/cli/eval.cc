@@ -1,5 +1,6 @@
-// mto eval: restores a checkpoint on however many ranks run it and evaluates it on the
-// Fashion-MNIST test split, sharded over the ranks.
+// mto eval: restores a checkpoint on however many ranks run it, on any mesh, and evaluates
+// it: a classifier on the Fashion-MNIST test split, a language model on the validation
+// text; the data is split over the data-parallel ranks.
 #include <chrono>
 #include <iostream>
 #include <memory>
@@ -11,8 +12,12 @@
 #include "opt/checkpoint.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/evaluate.h"
+#include "tools/cli/mesh_option.h"
 #include "tools/cli/progress.h"
+#include "tools/data/bigram.h"
 #include "tools/data/fashion_mnist.h"
+#include "tools/data/text_corpus.h"
+#include "tools/zoo/forward.h"
 
 namespace mto {
 namespace cli {
@@ -20,40 +25,87 @@ namespace {
 
 struct EvalOptions {
   std::string checkpoint;
+  int tp = 1;
   int64_t samples = -1;
   int64_t batch_size = 256;
   std::string strategy = "read-all";
   bool json = false;
 };
 
-void run_eval(const EvalOptions& options) {
-  auto comm = world();
-  RestoreOptions restore_options;
-  restore_options.strategy =
-      options.strategy == "read-share" ? RestoreStrategy::kReadShareBroadcast : RestoreStrategy::kReadAll;
-  auto start = std::chrono::steady_clock::now();
-  ModulePtr model = restore(options.checkpoint, restore_options);
-  const double restore_seconds = seconds_since(start);
+// What every evaluation prints: the checkpoint, the mesh and the times.
+nlohmann::ordered_json run_facts(const EvalOptions& options, const Mesh& mesh, double restore_seconds,
+                                 double eval_seconds) {
+  return {{"checkpoint", options.checkpoint},   {"ranks", mesh.world()->world_size()},
+          {"tp", mesh.tp_size()},               {"restore_seconds", restore_seconds},
+          {"eval_seconds", eval_seconds}};
+}
 
+void evaluate_classifier(torch::nn::Module& model, const EvalOptions& options, const Mesh& mesh,
+                         double restore_seconds) {
   const data::Dataset test =
       data::load_fashion_mnist(data::Split::kTest, data::default_fashion_mnist_root(), options.samples);
-  start = std::chrono::steady_clock::now();
-  const Evaluation evaluation =
-      evaluate(*model, test, *comm, options.batch_size, /*show_progress=*/comm->rank() == 0 && !options.json);
+  const bool rank0 = mesh.world()->rank() == 0;
+  const auto start = std::chrono::steady_clock::now();
+  const Evaluation evaluation = evaluate(model, test, *mesh.dp(), options.batch_size, rank0 && !options.json);
   const double eval_seconds = seconds_since(start);
-  if (comm->rank() != 0) return;
+  if (!rank0) return;
   if (options.json) {
-    const nlohmann::ordered_json out = {{"checkpoint", options.checkpoint}, {"accuracy", evaluation.accuracy},
-                                        {"loss", evaluation.loss},          {"samples", evaluation.samples},
-                                        {"ranks", comm->world_size()},      {"restore_seconds", restore_seconds},
-                                        {"eval_seconds", eval_seconds}};
+    nlohmann::ordered_json out = {{"accuracy", evaluation.accuracy},
+                                  {"loss", evaluation.loss},
+                                  {"samples", evaluation.samples}};
+    out.update(run_facts(options, mesh, restore_seconds, eval_seconds));
     std::cout << out.dump() << "\n";
     return;
   }
-  std::cout << absl::StrFormat("%s: accuracy %.2f%%  loss %.4f  (%d test images on %d rank(s); restore %.2f s, "
+  std::cout << absl::StrFormat("%s: accuracy %.2f%%  loss %.4f  (%d test images on %d rank(s) %s; restore %.2f s, "
                                "eval %.2f s)\n",
                                options.checkpoint, 100 * evaluation.accuracy, evaluation.loss, evaluation.samples,
-                               comm->world_size(), restore_seconds, eval_seconds);
+                               mesh.world()->world_size(), mesh.describe(), restore_seconds, eval_seconds);
+}
+
+void evaluate_text(torch::nn::Module& model, int64_t context, const EvalOptions& options, const Mesh& mesh,
+                   double restore_seconds) {
+  const data::TextCorpus corpus = data::load_text_corpus();
+  const at::Tensor windows = data::token_windows(corpus.validation, context, options.samples);
+  const double bigram = data::BigramModel(corpus.train).bits_per_byte(windows);
+  const bool rank0 = mesh.world()->rank() == 0;
+  const auto start = std::chrono::steady_clock::now();
+  const LanguageModelEvaluation evaluation =
+      evaluate_language_model(model, windows, *mesh.dp(), options.batch_size, rank0 && !options.json);
+  const double eval_seconds = seconds_since(start);
+  if (!rank0) return;
+  if (options.json) {
+    nlohmann::ordered_json out = {{"loss", evaluation.loss},
+                                  {"perplexity", evaluation.perplexity},
+                                  {"bits_per_byte", evaluation.bits_per_byte},
+                                  {"bigram_bits_per_byte", bigram},
+                                  {"tokens", evaluation.tokens}};
+    out.update(run_facts(options, mesh, restore_seconds, eval_seconds));
+    std::cout << out.dump() << "\n";
+    return;
+  }
+  std::cout << absl::StrFormat(
+      "%s: validation loss %.4f  perplexity %.4f  %.4f bits/byte (byte bigram %.4f, %.2fx)  (%d bytes on %d rank(s) "
+      "%s; restore %.2f s, eval %.2f s)\n",
+      options.checkpoint, evaluation.loss, evaluation.perplexity, evaluation.bits_per_byte, bigram,
+      bigram > 0 ? evaluation.bits_per_byte / bigram : 0.0, evaluation.tokens, mesh.world()->world_size(),
+      mesh.describe(), restore_seconds, eval_seconds);
+}
+
+void run_eval(const EvalOptions& options) {
+  const std::shared_ptr<Mesh> mesh = join_mesh(options.tp);
+  RestoreOptions restore_options;
+  restore_options.strategy =
+      options.strategy == "read-share" ? RestoreStrategy::kReadShareBroadcast : RestoreStrategy::kReadAll;
+  const auto start = std::chrono::steady_clock::now();
+  ModulePtr model = restore(options.checkpoint, restore_options);
+  const double restore_seconds = seconds_since(start);
+  const int64_t context = zoo::language_model_context(*model);
+  if (context > 0) {
+    evaluate_text(*model, context, options, *mesh, restore_seconds);
+  } else {
+    evaluate_classifier(*model, options, *mesh, restore_seconds);
+  }
 }
 
 }  // namespace
@@ -61,11 +113,16 @@ void run_eval(const EvalOptions& options) {
 void add_eval_command(CLI::App& app) {
   auto options = std::make_shared<EvalOptions>();
   CLI::App* command = app.add_subcommand(
-      "eval", "Restore a checkpoint on the mpirun ranks and evaluate it on the Fashion-MNIST test split");
+      "eval",
+      "Restore a checkpoint on the mpirun ranks and evaluate it: a classifier's accuracy on the Fashion-MNIST test "
+      "split, a language model's validation loss, perplexity and bits per byte on the held-out text");
   command->add_option("checkpoint", options->checkpoint, "Checkpoint directory")->required();
-  command->add_option("--samples", options->samples, "Evaluate only the first N test images (all when negative)")
+  add_tp_option(command, &options->tp);
+  command
+      ->add_option("--samples", options->samples,
+                   "Evaluate only the first N test images or validation sequences (all when negative)")
       ->capture_default_str();
-  command->add_option("--batch-size", options->batch_size, "Images per forward pass")
+  command->add_option("--batch-size", options->batch_size, "Images or sequences per forward pass")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   command->add_option("--strategy", options->strategy,

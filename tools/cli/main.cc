@@ -1,10 +1,12 @@
-// mto: train, optimize, evaluate and inspect models on Fashion-MNIST, on one process or on
-// the ranks mpirun launches.
+// mto: train, optimize, evaluate, inspect and sample from models (Fashion-MNIST classifiers
+// and a GPT on text), on one process or on the ranks mpirun launches, on any mesh.
 //
 //   mpirun -np 4 mto train --model fashion_cnn --epochs 2 --out ckpt/float
 //   mpirun -np 4 mto optimize ckpt/float --mode quantize:int8 --out ckpt/int8
 //   mpirun -np 2 mto eval ckpt/int8
 //   mto inspect ckpt/int8 --verify
+//   mpirun -np 4 mto train --model gpt --tp 2 --out ckpt/gpt
+//   mto generate ckpt/gpt --prompt 'The ' --tokens 100
 #include <ATen/Parallel.h>
 
 #include <cstdlib>
@@ -45,6 +47,7 @@ int main(int argc, char** argv) {
   add_optimize_command(app);
   add_eval_command(app);
   add_inspect_command(app);
+  add_generate_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,11 +1,13 @@
-// mto optimize: restores a checkpoint, applies modes (calibration and pruning search
-// sharded over the ranks) and saves the result.
+// mto optimize: restores a checkpoint on a data x tensor parallel mesh, applies modes
+// (calibration on images or text split over the replicas, pruning search split over the
+// ranks) and saves the result.
 #include <ATen/ATen.h>
 
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -14,6 +16,7 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "distributed/sharding.h"
 #include "distributed/world.h"
 #include "modes/nas/search.h"
 #include "modes/quantization/calibrate.h"
@@ -24,8 +27,10 @@
 #include "opt/errors.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/evaluate.h"
+#include "tools/cli/mesh_option.h"
 #include "tools/cli/progress.h"
 #include "tools/data/fashion_mnist.h"
+#include "tools/data/text_corpus.h"
 #include "tools/zoo/forward.h"
 
 namespace mto {
@@ -42,6 +47,7 @@ struct OptimizeOptions {
   uint64_t search_seed = 0;
   int64_t val_samples = 2000;
   std::string search_checkpoint;
+  int tp = 1;
   std::string out;
 };
 
@@ -109,33 +115,112 @@ std::vector<Step> parse_modes(const OptimizeOptions& options) {
   return out;
 }
 
-// Searches the subnet of the fastnas model `model` with the best accuracy on `validation`
-// within `constraint`, the candidates split over the ranks; prints what it found.
-void run_search(const ModulePtr& model, const nas::Constraint& constraint, const data::Dataset& validation,
-                const data::Dataset& calibration, const OptimizeOptions& options,
-                const std::shared_ptr<Communicator>& comm) {
-  // Every rank scores its candidates on all of the validation data, alone.
-  std::shared_ptr<Communicator> alone = comm->split(comm->rank(), 0);
+// The data an optimization runs on, for one kind of model: this rank's calibration batches,
+// a tiny batch to trace the search space with, and a score on held-out training data.
+struct OptimizeData {
+  std::string description;  // "1024 images", "512 sequences of 64 bytes"
+  // Runs this rank's share of the calibration data through a model.
+  quantization::ForwardLoop calibrate_loop;
+  // Runs all of the calibration data (batch norms are measured again for each candidate).
+  quantization::ForwardLoop calibrate_all;
+  nas::DummyForward trace;
+  // Higher is better: accuracy, or minus the validation loss of a language model. Every
+  // rank scores alone on all of the held-out data.
+  std::function<double(torch::nn::Module&)> score;
+  // A score as people read it: "validation accuracy 85.10%".
+  std::function<std::string(double)> show_score;
+};
+
+// Runs `forward` on consecutive batches of `batch_size` rows of `rows`.
+template <typename Forward>
+void in_batches(int64_t rows, int64_t batch_size, Forward forward) {
+  for (int64_t begin = 0; begin < rows; begin += batch_size) forward(begin, std::min(batch_size, rows - begin));
+}
+
+// Fashion-MNIST: calibration on the first calib_samples training images, the search scored
+// on the last val_samples (which calibration and the test set never touch).
+OptimizeData fashion_data(const OptimizeOptions& options, const Mesh& mesh, bool searches) {
+  const data::Dataset calibration_set =
+      data::load_fashion_mnist(data::Split::kTrain, data::default_fashion_mnist_root(), options.calib_samples);
+  const data::Dataset mine = data::shard(calibration_set, mesh.dp()->rank(), mesh.dp()->world_size());
   const int64_t batch_size = options.batch_size;
+  OptimizeData out;
+  out.description = absl::StrFormat("%d images", calibration_set.size());
+  out.calibrate_loop = [mine, batch_size](torch::nn::Module& m) {
+    in_batches(mine.size(), batch_size,
+               [&](int64_t begin, int64_t count) { zoo::forward(m, mine.images.narrow(0, begin, count)); });
+  };
+  out.calibrate_all = [calibration_set, batch_size](torch::nn::Module& m) {
+    in_batches(calibration_set.size(), batch_size, [&](int64_t begin, int64_t count) {
+      zoo::forward(m, calibration_set.images.narrow(0, begin, count));
+    });
+  };
+  const at::Tensor trace_input = calibration_set.images.narrow(0, 0, std::min<int64_t>(2, calibration_set.size()));
+  out.trace = [trace_input](torch::nn::Module& m) { return zoo::forward(m, trace_input); };
+  out.show_score = [](double score) { return absl::StrFormat("validation accuracy %.2f%%", 100 * score); };
+  if (searches) {
+    const data::Dataset train = data::load_fashion_mnist(data::Split::kTrain, data::default_fashion_mnist_root(), -1);
+    const int64_t count = std::min(options.val_samples, train.size());
+    data::Dataset validation{train.images.narrow(0, train.size() - count, count),
+                             train.labels.narrow(0, train.size() - count, count)};
+    std::shared_ptr<Communicator> alone = mesh.world()->split(mesh.world()->rank(), 0);
+    out.score = [validation, alone, batch_size](torch::nn::Module& m) {
+      return evaluate(m, validation, *alone, batch_size, /*show_progress=*/false).accuracy;
+    };
+  }
+  return out;
+}
+
+// The text corpus: calibration on the first calib_samples training sequences (split over
+// the data-parallel ranks), the search scored on the last val_samples.
+OptimizeData text_data(const OptimizeOptions& options, const Mesh& mesh, int64_t context, bool searches) {
+  const data::TextCorpus corpus = data::load_text_corpus();
+  const at::Tensor calibration_set = data::token_windows(corpus.train, context, options.calib_samples);
+  const Range range = split_range(calibration_set.size(0), mesh.dp()->rank(), mesh.dp()->world_size());
+  const at::Tensor mine = calibration_set.narrow(0, range.begin, range.size());
+  const int64_t batch_size = options.batch_size;
+  auto run = [batch_size, context](torch::nn::Module& m, const at::Tensor& windows) {
+    in_batches(windows.size(0), batch_size, [&](int64_t begin, int64_t count) {
+      zoo::forward(m, windows.narrow(0, begin, count).narrow(1, 0, context).to(at::kLong));
+    });
+  };
+  OptimizeData out;
+  out.description = absl::StrFormat("%d sequences of %d bytes", calibration_set.size(0), context);
+  out.calibrate_loop = [run, mine](torch::nn::Module& m) { run(m, mine); };
+  out.calibrate_all = [run, calibration_set](torch::nn::Module& m) { run(m, calibration_set); };
+  const at::Tensor trace_input = calibration_set.narrow(0, 0, std::min<int64_t>(2, calibration_set.size(0)))
+                                     .narrow(1, 0, context)
+                                     .to(at::kLong);
+  out.trace = [trace_input](torch::nn::Module& m) { return zoo::forward(m, trace_input); };
+  out.show_score = [](double score) { return absl::StrFormat("validation loss %.4f", -score); };
+  if (searches) {
+    const at::Tensor all = data::token_windows(corpus.train, context);
+    const int64_t count = std::min(options.val_samples, all.size(0));
+    const at::Tensor validation = all.narrow(0, all.size(0) - count, count);
+    std::shared_ptr<Communicator> alone = mesh.world()->split(mesh.world()->rank(), 0);
+    out.score = [validation, alone, batch_size](torch::nn::Module& m) {
+      return -evaluate_language_model(m, validation, *alone, batch_size, /*show_progress=*/false).loss;
+    };
+  }
+  return out;
+}
+
+// Searches the subnet of the fastnas model `model` with the best score on held-out data
+// within `constraint`, the candidates split over the ranks; prints what it found.
+void run_search(const ModulePtr& model, const nas::Constraint& constraint, const OptimizeData& data,
+                const OptimizeOptions& options, const std::shared_ptr<Communicator>& comm) {
   nas::SearchOptions search;
   search.constraint = constraint;
   search.num_candidates = options.search_candidates;
   search.seed = options.search_seed;
   search.communicator = comm;
-  search.score = [&validation, alone, batch_size](torch::nn::Module& m) {
-    return evaluate(m, validation, *alone, batch_size, /*show_progress=*/false).accuracy;
-  };
-  // Batch norms (if any) are measured again for each candidate on the calibration images.
-  search.calibrate_loop = [&calibration, batch_size](torch::nn::Module& m) {
-    for (int64_t begin = 0; begin < calibration.size(); begin += batch_size) {
-      zoo::forward(m, calibration.images.narrow(0, begin, std::min(batch_size, calibration.size() - begin)));
-    }
-  };
+  search.score = data.score;
+  search.calibrate_loop = data.calibrate_all;
   if (!options.search_checkpoint.empty()) {
     std::filesystem::create_directories(options.search_checkpoint);
     search.checkpoint = absl::StrFormat("%s/search-rank-%d.json", options.search_checkpoint, comm->rank());
   }
-  const double full_accuracy = search.score(*model);
+  const double full_score = search.score(*model);
   const auto start = std::chrono::steady_clock::now();
   const nas::SearchResult result = nas::search(model, search);
   const double seconds = seconds_since(start);
@@ -144,60 +229,48 @@ void run_search(const ModulePtr& model, const nas::Constraint& constraint, const
   for (const nas::LayerWidth& entry : result.subnet) widths.push_back(absl::StrFormat("%s=%d", entry.layer(), entry.width()));
   std::cout << absl::StrFormat(
                    "searched %d candidates within %s on %d rank(s) in %.2f s (rank 0 scored %d%s)\n"
-                   "best subnet: %s; %d of %d parameters (%.3f of the %s); validation accuracy %.2f%% "
-                   "(full model %.2f%%) on %d images\n",
+                   "best subnet: %s; %d of %d parameters (%.3f of the %s); %s (full model: %s) on the last "
+                   "%d training examples\n",
                    result.candidates, constraint.to_string(), comm->world_size(), seconds, result.scored_here,
                    result.resumed ? absl::StrFormat(", %d from its checkpoint", result.resumed) : "",
                    absl::StrJoin(widths, " "), result.params, result.full_params, result.fraction,
                    constraint.kind == nas::Constraint::Kind::kParams ? "parameters" : "multiply-accumulates",
-                   100 * result.score, 100 * full_accuracy, validation.size())
+                   data.show_score(result.score), data.show_score(full_score), options.val_samples)
             << std::flush;
 }
 
 void run_optimize(const OptimizeOptions& options) {
-  auto comm = world();
+  const std::shared_ptr<Mesh> mesh = join_mesh(options.tp);
+  const std::shared_ptr<Communicator>& comm = mesh->world();
   const bool rank0 = comm->rank() == 0;
   const std::vector<Step> steps = parse_modes(options);
   auto start = std::chrono::steady_clock::now();
   ModulePtr model = restore(options.checkpoint);
   const double restore_seconds = seconds_since(start);
 
-  // Each rank calibrates on its own contiguous slice of the first calib_samples images.
-  const data::Dataset calibration_set =
-      data::load_fashion_mnist(data::Split::kTrain, data::default_fashion_mnist_root(), options.calib_samples);
-  const data::Dataset calibration = data::shard(calibration_set, comm->rank(), comm->world_size());
-  const int64_t batch_size = options.batch_size;
-  quantization::ForwardLoop forward_loop = [&calibration, batch_size](torch::nn::Module& m) {
-    for (int64_t begin = 0; begin < calibration.size(); begin += batch_size) {
-      zoo::forward(m, calibration.images.narrow(0, begin, std::min(batch_size, calibration.size() - begin)));
-    }
-  };
+  const bool searches =
+      std::any_of(steps.begin(), steps.end(), [](const Step& step) { return step.constraint.has_value(); });
+  const int64_t context = zoo::language_model_context(*model);
+  const OptimizeData data =
+      context > 0 ? text_data(options, *mesh, context, searches) : fashion_data(options, *mesh, searches);
   ModeKwargs kwargs;
-  kwargs.set("forward_loop", forward_loop);
-  kwargs.set("communicator", comm);
-  // fastnas traces its search space from one forward pass.
-  const at::Tensor trace_input = calibration_set.images.narrow(0, 0, std::min<int64_t>(2, calibration_set.size()));
-  kwargs.set("dummy_forward", nas::DummyForward([trace_input](torch::nn::Module& m) {
-               return zoo::forward(m, trace_input);
-             }));
-  // The search scores on the last val_samples training images, which calibration (the
-  // first ones) and the test set never touch.
-  data::Dataset validation;
-  if (std::any_of(steps.begin(), steps.end(), [](const Step& step) { return step.constraint.has_value(); })) {
-    const data::Dataset train = data::load_fashion_mnist(data::Split::kTrain, data::default_fashion_mnist_root(), -1);
-    const int64_t count = std::min(options.val_samples, train.size());
-    validation.images = train.images.narrow(0, train.size() - count, count);
-    validation.labels = train.labels.narrow(0, train.size() - count, count);
-  }
+  kwargs.set("forward_loop", data.calibrate_loop);
+  // Calibration statistics are reduced over the replicas; a split layer's over its tp group.
+  kwargs.set("communicator", mesh->dp());
+  kwargs.set("dummy_forward", data.trace);
 
-  comm->reset_stats();
+  for (const auto* axis : {&comm, &mesh->dp(), &mesh->tp()}) (*axis)->reset_stats();
   start = std::chrono::steady_clock::now();
   for (const Step& step : steps) {
     model = apply_mode(model, ModeList({step.mode}), nullptr, std::nullopt, kwargs);
-    if (step.constraint) run_search(model, *step.constraint, validation, calibration_set, options, comm);
+    if (step.constraint) run_search(model, *step.constraint, data, options, comm);
   }
   const double apply_seconds = seconds_since(start);
-  const CommunicatorStats stats = comm->stats();
+  // The world's and the replicas' collectives are the modes' own syncs; the tensor-parallel
+  // group's include the forward passes' all-reduces.
+  const CommunicatorStats stats{comm->stats().collectives + mesh->dp()->stats().collectives,
+                                comm->stats().bytes + mesh->dp()->stats().bytes};
+  const CommunicatorStats tp_stats = mesh->tp()->stats();
 
   start = std::chrono::steady_clock::now();
   save(*model, options.out);
@@ -206,11 +279,14 @@ void run_optimize(const OptimizeOptions& options) {
     std::vector<std::string> names;
     for (const Step& step : steps) names.push_back(step.mode.mode);
     std::cout << absl::StrFormat("restored %s in %.2f s\n", options.checkpoint, restore_seconds)
-              << absl::StrFormat("applied %s on %d rank(s) in %.2f s (calibration over %d images; %d "
-                                 "collective(s), %d bytes)\n",
-                                 absl::StrJoin(names, " + "), comm->world_size(), apply_seconds,
-                                 calibration_set.size(),
-                                 stats.collectives, stats.bytes)
+              << absl::StrFormat("applied %s on %d rank(s) %s in %.2f s (calibration over %s; %d "
+                                 "collective(s), %d bytes%s)\n",
+                                 absl::StrJoin(names, " + "), comm->world_size(), mesh->describe(), apply_seconds,
+                                 data.description, stats.collectives, stats.bytes,
+                                 mesh->tp_size() == 1 ? ""
+                                                      : absl::StrFormat("; the tensor-parallel group %d, %d bytes, "
+                                                                        "forward passes included",
+                                                                        tp_stats.collectives, tp_stats.bytes))
               << absl::StrFormat("saved %s in %.2f s\n", options.out, save_seconds);
   }
 }
@@ -230,8 +306,9 @@ void add_optimize_command(CLI::App& app) {
       ->required();
   command->add_option("--config", options->config_file,
                       "JSON config (the Python original's form) of the one --mode given without a preset");
+  add_tp_option(command, &options->tp);
   command->add_option("--calib-samples", options->calib_samples,
-                      "Calibrate on the first N training images, split over the ranks")
+                      "Calibrate on the first N training images or sequences, split over the data-parallel ranks")
       ->capture_default_str();
   command->add_option("--batch-size", options->batch_size, "Calibration batch size")
       ->capture_default_str()
@@ -243,7 +320,7 @@ void add_optimize_command(CLI::App& app) {
   command->add_option("--search-seed", options->search_seed, "fastnas: seed of the random candidates")
       ->capture_default_str();
   command->add_option("--val-samples", options->val_samples,
-                      "fastnas: score candidates on the last N training images")
+                      "fastnas: score candidates on the last N training images or sequences")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   command->add_option("--search-checkpoint", options->search_checkpoint,

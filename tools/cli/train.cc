@@ -1,9 +1,12 @@
-// mto train: data-parallel training of a zoo model on Fashion-MNIST, saved with mto::save.
+// mto train: data x tensor parallel training of a zoo model (the Fashion-MNIST classifiers
+// on their images, the GPT on the text corpus), saved with mto::save.
 #include <ATen/ATen.h>
 #include <torch/data/samplers/distributed.h>
 #include <torch/optim/adam.h>
 
 #include <chrono>
+#include <cmath>
+#include <functional>
 #include <iostream>
 #include <memory>
 
@@ -14,8 +17,11 @@
 #include "opt/errors.h"
 #include "opt/model_like.h"
 #include "tools/cli/commands.h"
+#include "tools/cli/evaluate.h"
+#include "tools/cli/mesh_option.h"
 #include "tools/cli/progress.h"
 #include "tools/data/fashion_mnist.h"
+#include "tools/data/text_corpus.h"
 #include "tools/zoo/forward.h"
 
 namespace mto {
@@ -25,18 +31,74 @@ namespace {
 struct TrainOptions {
   std::string model = "fashion_cnn";
   std::string model_args = "{}";
+  std::string data = "auto";
+  int tp = 1;
   int epochs = 2;
   int64_t batch_size = 64;
   double lr = 1e-3;
+  std::string schedule = "cosine";
   int64_t train_samples = -1;
   uint64_t seed = 0;
   std::string init;
   std::string out;
 };
 
+// The training examples of one model: how many, what one counts for, and the loss of a
+// batch of them.
+struct TrainingSet {
+  std::string description;  // "60000 images"
+  int64_t size = 0;         // examples
+  int64_t units = 1;        // units (images, tokens) per example
+  std::string unit;
+  std::function<at::Tensor(torch::nn::Module&, const at::Tensor& index)> loss;
+};
+
+TrainingSet fashion_training_set(const TrainOptions& options) {
+  const data::Dataset train = data::load_fashion_mnist(data::Split::kTrain, data::default_fashion_mnist_root(),
+                                                       options.train_samples);
+  TrainingSet out;
+  out.description = absl::StrFormat("%d Fashion-MNIST images", train.size());
+  out.size = train.size();
+  out.unit = "images";
+  out.loss = [train](torch::nn::Module& model, const at::Tensor& index) {
+    return at::cross_entropy_loss(zoo::forward(model, train.images.index_select(0, index)),
+                                  train.labels.index_select(0, index));
+  };
+  return out;
+}
+
+TrainingSet text_training_set(const TrainOptions& options, int64_t context) {
+  const data::TextCorpus corpus = data::load_text_corpus();
+  const at::Tensor windows = data::token_windows(corpus.train, context, options.train_samples);
+  TrainingSet out;
+  out.description = absl::StrFormat("%d sequences of %d bytes of the text corpus", windows.size(0), context);
+  out.size = windows.size(0);
+  out.units = context;
+  out.unit = "tokens";
+  out.loss = [windows](torch::nn::Module& model, const at::Tensor& index) {
+    return language_model_loss(model, windows.index_select(0, index));
+  };
+  return out;
+}
+
+// The learning rate of step `step` of `steps`: constant, or falling along a half cosine from
+// options.lr to a tenth of it.
+double learning_rate(const TrainOptions& options, int64_t step, int64_t steps) {
+  if (options.schedule == "constant" || steps <= 1) return options.lr;
+  const double progress = static_cast<double>(step) / static_cast<double>(steps - 1);
+  return options.lr * (0.1 + 0.9 * 0.5 * (1 + std::cos(M_PI * progress)));
+}
+
+void set_learning_rate(torch::optim::Adam& optimizer, double lr) {
+  for (torch::optim::OptimizerParamGroup& group : optimizer.param_groups()) {
+    static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
+  }
+}
+
 void run_train(const TrainOptions& options) {
-  auto comm = world();
-  const bool rank0 = comm->rank() == 0;
+  const std::shared_ptr<Mesh> mesh = join_mesh(options.tp);
+  const std::shared_ptr<Communicator>& dp = mesh->dp();
+  const bool rank0 = mesh->world()->rank() == 0;
   at::manual_seed(options.seed);
   nlohmann::json model_args;
   try {
@@ -44,48 +106,61 @@ void run_train(const TrainOptions& options) {
   } catch (const nlohmann::json::exception& e) {
     throw ConfigError("--model-args is not valid JSON: " + std::string(e.what()));
   }
-  // Every rank builds or restores the model; the wrapper then copies rank 0's weights
-  // everywhere. A restored model keeps its modes (masks, quantizers, pruned widths).
+  // The GPT initializes its slices from its own seed, so that every mesh builds the same model.
+  if (options.model == "gpt" && model_args.is_object() && !model_args.contains("seed")) {
+    model_args["seed"] = options.seed;
+  }
+  // Every rank builds or restores the model (its own slices of a split one); the wrapper then
+  // copies each slice from the first replica to the others. A restored model keeps its modes
+  // (masks, quantizers, pruned widths).
   const std::string model_name = options.init.empty() ? options.model : options.init;
   DataParallel model(options.init.empty() ? ModelLike(options.model, model_args).build() : restore(options.init),
-                     comm);
-  const data::Dataset train = data::load_fashion_mnist(data::Split::kTrain, data::default_fashion_mnist_root(),
-                                                       options.train_samples);
-  // Each rank draws its own part of every epoch's shuffle; with duplicates allowed, every
-  // rank takes the same number of steps, so the gradient all-reduces line up.
-  torch::data::samplers::DistributedRandomSampler sampler(train.size(), comm->world_size(), comm->rank(),
+                     dp);
+  const int64_t context = zoo::language_model_context(*model);
+  const std::string data = options.data == "auto" ? (context > 0 ? "text" : "fashion") : options.data;
+  if ((data == "text") != (context > 0)) {
+    throw ConfigError(absl::StrFormat("--data %s does not fit %s, a %s", data, model_name,
+                                      context > 0 ? "language model (--data text)" : "classifier (--data fashion)"));
+  }
+  const TrainingSet train = data == "text" ? text_training_set(options, context) : fashion_training_set(options);
+
+  // Each replica draws its own part of every epoch's shuffle (the ranks of one replica draw
+  // the same); with duplicates allowed, every replica takes the same number of steps, so the
+  // gradient all-reduces line up.
+  torch::data::samplers::DistributedRandomSampler sampler(train.size, dp->world_size(), dp->rank(),
                                                           /*allow_duplicates=*/true);
-  const int64_t per_rank = (train.size() + comm->world_size() - 1) / comm->world_size();
+  const int64_t per_replica = (train.size + dp->world_size() - 1) / dp->world_size();
   torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(options.lr));
+  const int64_t steps = options.epochs * ((per_replica + options.batch_size - 1) / options.batch_size);
+  int64_t step = 0;
   if (rank0) {
-    std::cout << absl::StrFormat("training %s on %d images, %d rank(s), batch %d per rank, %d epoch(s)\n",
-                                 model_name, train.size(), comm->world_size(), options.batch_size,
-                                 options.epochs)
+    std::cout << absl::StrFormat("training %s on %s, %d rank(s) as %s, batch %d per replica, %d epoch(s)\n",
+                                 model_name, train.description, mesh->world()->world_size(), mesh->describe(),
+                                 options.batch_size, options.epochs)
               << std::flush;
   }
   for (int epoch = 0; epoch < options.epochs; ++epoch) {
-    sampler.set_epoch(epoch);
+    sampler.set_epoch(options.seed * 1000003 + epoch);
     sampler.reset();
-    Progress progress(absl::StrFormat("epoch %d/%d", epoch + 1, options.epochs), per_rank * comm->world_size(),
-                      "images", rank0);
-    at::Tensor loss_sum = at::zeros({2}, at::kDouble);  // loss * count, count
+    Progress progress(absl::StrFormat("epoch %d/%d", epoch + 1, options.epochs),
+                      per_replica * dp->world_size() * train.units, train.unit, rank0);
+    at::Tensor loss_sum = at::zeros({2}, at::kDouble);  // loss * examples, examples
     int64_t done = 0;
     while (auto indices = sampler.next(options.batch_size)) {
       const at::Tensor index = at::tensor(std::vector<int64_t>(indices->begin(), indices->end()), at::kLong);
-      const at::Tensor images = train.images.index_select(0, index);
-      const at::Tensor labels = train.labels.index_select(0, index);
+      set_learning_rate(optimizer, learning_rate(options, step++, steps));
       optimizer.zero_grad();
-      const at::Tensor loss = at::cross_entropy_loss(zoo::forward(*model, images), labels);
+      const at::Tensor loss = train.loss(*model, index);
       loss.backward();
       model->average_gradients();
       optimizer.step();
       loss_sum[0] += loss.item<double>() * index.size(0);
       loss_sum[1] += index.size(0);
       done += index.size(0);
-      progress.update(done * comm->world_size(),
+      progress.update(done * dp->world_size() * train.units,
                       absl::StrFormat("loss %.4f", loss_sum[0].item<double>() / loss_sum[1].item<double>()));
     }
-    comm->all_reduce(loss_sum, ReduceOp::kSum);
+    dp->all_reduce(loss_sum, ReduceOp::kSum);
     progress.finish(absl::StrFormat("loss %.4f", loss_sum[0].item<double>() / loss_sum[1].item<double>()));
   }
   const auto save_start = std::chrono::steady_clock::now();
@@ -101,25 +176,41 @@ void run_train(const TrainOptions& options) {
 void add_train_command(CLI::App& app) {
   auto options = std::make_shared<TrainOptions>();
   CLI::App* command = app.add_subcommand(
-      "train", "Train a zoo model on Fashion-MNIST, data-parallel over the mpirun ranks, and save it");
-  CLI::Option* model = command->add_option("--model", options->model, "Zoo model: fashion_cnn, fashion_mlp")
-                           ->capture_default_str();
+      "train",
+      "Train a zoo model (a Fashion-MNIST classifier, or the GPT on the text corpus), data x tensor parallel over "
+      "the mpirun ranks, and save it");
+  CLI::Option* model =
+      command->add_option("--model", options->model, "Zoo model: fashion_cnn, fashion_mlp, gpt")->capture_default_str();
   CLI::Option* model_args =
-      command->add_option("--model-args", options->model_args, "The model's JSON arguments, e.g. '{\"hidden\": 64}'")
+      command
+          ->add_option("--model-args", options->model_args,
+                       "The model's JSON arguments, e.g. '{\"hidden\": 64}' or "
+                       "'{\"width\": 128, \"depth\": 2, \"heads\": 4, \"context\": 64}'")
           ->capture_default_str();
   command->add_option("--init", options->init,
                       "Fine-tune this checkpoint (with its modes: sparse, pruned, quantized) instead of a new model")
       ->excludes(model)
       ->excludes(model_args);
+  command->add_option("--data", options->data,
+                      "Training data: fashion (Fashion-MNIST images), text (the fortunes corpus, byte tokens), or "
+                      "auto (text for a language model)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "fashion", "text"}));
+  add_tp_option(command, &options->tp);
   command->add_option("--epochs", options->epochs, "Passes over the training data")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  command->add_option("--batch-size", options->batch_size, "Images per step on each rank")
+  command->add_option("--batch-size", options->batch_size, "Images or sequences per step on each replica")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  command->add_option("--lr", options->lr, "Adam learning rate")->capture_default_str();
+  command->add_option("--lr", options->lr, "Adam learning rate (the first step's)")->capture_default_str();
+  command->add_option("--schedule", options->schedule,
+                      "Learning-rate schedule: cosine (falls along a half cosine to a tenth of --lr by the last step) "
+                      "or constant")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cosine", "constant"}));
   command->add_option("--train-samples", options->train_samples,
-                      "Use only the first N training images (all when negative)")
+                      "Use only the first N training images or sequences (all when negative)")
       ->capture_default_str();
   command->add_option("--seed", options->seed, "Seed of the initial weights and the shuffle")
       ->capture_default_str();

@@ -12,5 +12,9 @@ namespace zoo {
 // ModelLikeModule is none: build it first).
 at::Tensor forward(torch::nn::Module& model, const at::Tensor& input);
 
+// The longest token sequence the zoo language model `model` (a Gpt, possibly wrapped in
+// DataParallel) accepts, or 0 when `model` is no language model (an image classifier).
+int64_t language_model_context(torch::nn::Module& model);
+
 }  // namespace zoo
 }  // namespace mto

@@ -128,10 +128,10 @@ GptImpl::GptImpl(GptOptions options_) : options(options_) {
     blocks->push_back(GptBlock(options.width(), options.heads(), seed, "blocks." + std::to_string(i), tp));
   }
   ln_f = register_module("ln_f", layer_norm(options.width()));
-  head = register_module("head", mto::nn::ColumnParallelLinear(mto::nn::ColumnParallelLinearOptions(options.width(), options.vocab())
+  lm_head = register_module("lm_head", mto::nn::ColumnParallelLinear(mto::nn::ColumnParallelLinearOptions(options.width(), options.vocab())
                                                                    .bias(false)
                                                                    .gather_output(true)
-                                                                   .seed(seed_for(seed, "head"))
+                                                                   .seed(seed_for(seed, "lm_head"))
                                                                    .tp(tp)));
 }
 
@@ -145,7 +145,7 @@ at::Tensor GptImpl::forward(const at::Tensor& tokens) {
   const at::Tensor positions = at::arange(tokens.size(1), tokens.options());
   at::Tensor x = tok_emb->forward(tokens) + pos_emb->forward(positions);
   for (const auto& block : *blocks) x = block->as<GptBlock>()->forward(x);
-  return head->forward(ln_f->forward(x));
+  return lm_head->forward(ln_f->forward(x));
 }
 
 void GptImpl::pretty_print(std::ostream& stream) const {

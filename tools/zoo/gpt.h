@@ -91,12 +91,13 @@ class GptBlockImpl : public torch::nn::Module {
 TORCH_MODULE(GptBlock);
 
 // A GPT-like decoder: token (vocab-parallel) and position embeddings, `depth` GptBlocks, a
-// final LayerNorm and a language-model head (column-parallel, no bias, gathered), split
+// final LayerNorm and a language-model head lm_head (column-parallel, no bias, gathered; the
+// quantize presets leave it alone, as Model Optimizer's do), split
 // Megatron-style over the tensor-parallel group of its mesh. Each rank creates and
 // initializes only its slices; the global weights depend on the seed alone, so the model at
 // tp = 1 equals the gathered model at any tp. State-dict keys and global shapes are the same
 // at every tp: "tok_emb.weight", "pos_emb.weight", "blocks.<i>.attn.qkv.weight",
-// "blocks.<i>.fc1.weight", "ln_f.weight", "head.weight", ... It holds about
+// "blocks.<i>.fc1.weight", "ln_f.weight", "lm_head.weight", ... It holds about
 // 12 * depth * width^2 parameters (width 2048, depth 16: 805 M, 3.2 GB in float32).
 // Registered as the model-like "gpt". Not safe to share between threads that train it.
 class GptImpl : public torch::nn::Module {
@@ -117,7 +118,7 @@ class GptImpl : public torch::nn::Module {
   torch::nn::Embedding pos_emb{nullptr};
   torch::nn::ModuleList blocks{nullptr};
   torch::nn::LayerNorm ln_f{nullptr};
-  mto::nn::ColumnParallelLinear head{nullptr};
+  mto::nn::ColumnParallelLinear lm_head{nullptr};
 };
 
 TORCH_MODULE(Gpt);

@@ -1,0 +1,22 @@
+#pragma once
+
+#include <memory>
+
+#include <CLI/CLI.hpp>
+
+#include "distributed/mesh.h"
+
+namespace mto {
+namespace cli {
+
+// Adds "--tp N" (the tensor-parallel size of the data x tensor parallel mesh) to `command`,
+// stored in `*tp`.
+void add_tp_option(CLI::App* command, int* tp);
+
+// Splits the world into the mesh (world_size / tp, tp) and makes it the default mesh, so
+// that models built and restored by name are split over it. Collective. Throws
+// DistributedError naming both numbers when `tp` does not divide the world size.
+std::shared_ptr<Mesh> join_mesh(int tp);
+
+}  // namespace cli
+}  // namespace mto
