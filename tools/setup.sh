@@ -14,7 +14,8 @@ packages=(
   libopenmpi-dev openmpi-bin             # the MPI backend and mpirun
   libxxhash-dev                          # checksums
   nlohmann-json3-dev libcli11-dev        # JSON, the command line
-  dataset-fashion-mnist                  # the main job's data
+  dataset-fashion-mnist                  # the main job's images
+  fortunes                               # the main job's text (2.5 MB of English, BSD licence)
   libfuzzer-14-dev                       # clang-14 and libFuzzer for tests/fuzz
 )
 

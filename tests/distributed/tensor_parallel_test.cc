@@ -319,8 +319,13 @@ TEST_F(TensorParallelTest, SliceOfNamesWhereEachTensorSits) {
   nn::ColumnParallelLinear column(nn::ColumnParallelLinearOptions(4, 4 * n).tp(tp));
   column->as_module().register_buffer("_weight_mask", at::ones({4, 4}, at::kBool));
   column->add_transform(nn::Slot::kInput, "input_quantizer", std::make_shared<AmaxTransform>(at::ones({4})));
-  const auto check = [](std::optional<TensorSlice> slice, std::vector<int64_t> shape, int64_t dim,
-                        int64_t offset) {
+  // On a group of one rank every tensor is whole, whatever shape modes gave it since.
+  const auto check = [this](std::optional<TensorSlice> slice, std::vector<int64_t> shape, int64_t dim,
+                            int64_t offset) {
+    if (n == 1) {
+      EXPECT_FALSE(slice.has_value());
+      return;
+    }
     ASSERT_TRUE(slice.has_value());
     EXPECT_EQ(slice->global_shape, shape);
     EXPECT_EQ(slice->dim, dim);

@@ -57,7 +57,7 @@ TrainingSet fashion_training_set(const TrainOptions& options) {
   const data::Dataset train = data::load_fashion_mnist(data::Split::kTrain, data::default_fashion_mnist_root(),
                                                        options.train_samples);
   TrainingSet out;
-  out.description = absl::StrFormat("%d Fashion-MNIST images", train.size());
+  out.description = absl::StrFormat("%d images", train.size());
   out.size = train.size();
   out.unit = "images";
   out.loss = [train](torch::nn::Module& model, const at::Tensor& index) {

@@ -68,7 +68,11 @@ TextCorpus load_text_corpus(const std::string& root) {
       // A fortune ends at the next line that holds "%" alone (or at the end of the file).
       size_t end = text.find("\n%\n", begin);
       const size_t next = end == std::string::npos ? text.size() : end + 3;
-      if (end == std::string::npos) end = text.size();
+      if (end == std::string::npos) {
+        // The last fortune of a file without a closing "%": its own final newline goes too.
+        end = text.size();
+        if (end > begin && text[end - 1] == '\n') --end;
+      }
       if (text.compare(begin, 2, "%\n") == 0) begin += 2;  // a file that opens with "%"
       if (end > begin) {
         const bool held_out = index % kValidationEvery == kValidationEvery - 1;
@@ -91,7 +95,8 @@ at::Tensor token_windows(const at::Tensor& stream, int64_t length, int64_t limit
   int64_t count = stream.numel() > length ? (stream.numel() - 1) / length : 0;
   if (limit >= 0) count = std::min(count, limit);
   if (count == 0) return at::empty({0, length + 1}, at::kByte);
-  return stream.narrow(0, 0, count * length + 1).unfold(0, length + 1, length).contiguous();
+  // clone, not contiguous: one window is contiguous already and would share the stream.
+  return stream.narrow(0, 0, count * length + 1).unfold(0, length + 1, length).clone(at::MemoryFormat::Contiguous);
 }
 
 }  // namespace data
