@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# End-to-end tests of the `mto` command line's language-model path on real mpirun ranks and
+# the real text corpus (Debian package fortunes): train a tiny GPT on a (dp=2, tp=2) mesh,
+# evaluate it on (1, 1) and (1, 2) with the same numbers, quantize it on 2 ranks and
+# evaluate on 3, sample from it on one process and on a tp group with the same text, and the
+# errors a user meets, each one clear line.
+#   language_model_cli_test.sh MTO_BINARY
+# Writes one JUnit test case per check to $XML_OUTPUT_FILE.
+set -uo pipefail
+mto=$(realpath "$1")
+work="${TEST_TMPDIR:-$(mktemp -d)}/language_model_cli"
+mkdir -p "$work"
+export TMPDIR="${TEST_TMPDIR:-/tmp}" OMP_NUM_THREADS=1 MTO_COLLECTIVE_TIMEOUT=120
+ranks() { mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$1" -x OMP_NUM_THREADS -x TMPDIR \
+            -x MTO_COLLECTIVE_TIMEOUT "${@:2}"; }
+
+# A GPT small enough to train in a second on two shared cores.
+gpt_args='{"width": 32, "depth": 1, "heads": 2, "context": 16}'
+# Validation sequences of 16 bytes that every eval reads.
+eval_samples=64
+
+passed=0
+failed=0
+cases=""
+# check NAME COMMAND...: runs COMMAND (a shell function), records pass or fail.
+check() {
+  local name=$1
+  shift
+  local out
+  if out=$("$@" 2>&1); then
+    passed=$((passed + 1))
+    cases+="<testcase name=\"$name\"/>"
+    echo "PASS $name"
+  else
+    failed=$((failed + 1))
+    cases+="<testcase name=\"$name\"><failure message=\"failed\"/></testcase>"
+    echo "FAIL $name"
+    echo "$out" | sed 's/^/    /'
+  fi
+}
+# expect_error_line OUTPUT PATTERN: the command failed with one "mto: error:" line matching.
+expect_error_line() {
+  local out=$1 pattern=$2
+  [ "$(grep -c '^mto: error: ' <<<"$out")" = 1 ] || { echo "expected one error line, got:"; echo "$out"; return 1; }
+  grep -q "^mto: error: .*$pattern" <<<"$out" || { echo "error does not match '$pattern':"; echo "$out"; return 1; }
+}
+
+# field JSON NAME: the number NAME of a one-line `mto eval --json`; fails if it is missing.
+field() {
+  local value
+  value=$(sed -nE "s/.*\"$2\":([-0-9.eE+]+)[,}].*/\1/p" <<<"$1")
+  [ -n "$value" ] || { echo "no number \"$2\" in: $1" >&2; return 1; }
+  echo "$value"
+}
+# finite NUMBER: a decimal number (no nan, inf, or null).
+finite() { [[ $1 =~ ^-?[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?$ ]] || { echo "'$1' is not a finite number"; return 1; }; }
+# close A B TOLERANCE: A and B are finite and |A - B| <= TOLERANCE * |B|.
+close() {
+  finite "$1" && finite "$2" || return 1
+  awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { d = a - b; if (d < 0) d = -d; m = b < 0 ? -b : b; exit !(d <= t * m) }' ||
+    { echo "$1 and $2 differ by more than $3 (relative)"; return 1; }
+}
+
+train_on_2x2_mesh() {
+  out=$(ranks 4 "$mto" train --model gpt --tp 2 --model-args "$gpt_args" --train-samples 256 --batch-size 8 \
+        --lr 1e-2 --out "$work/gpt" 2>&1) || { echo "$out"; return 1; }
+  grep -q "training gpt on 256 sequences of 16 bytes of the text corpus, 4 rank(s) as (dp=2, tp=2)," <<<"$out" ||
+    { echo "$out"; return 1; }
+  grep -q "^saved $work/gpt in" <<<"$out" || { echo "$out"; return 1; }
+  # Progress and results come from rank 0 only.
+  [ "$(grep -c '^saved ' <<<"$out")" = 1 ] || { echo "$out"; return 1; }
+  [ -f "$work/gpt/MANIFEST" ] || { echo "no MANIFEST in $work/gpt"; return 1; }
+  out=$("$mto" inspect "$work/gpt") || { echo "$out"; return 1; }
+  for pattern in "model-like   gpt .*\"heads\":2" "mesh         (dp=2, tp=2)" "written by   mto .* on 4 rank(s)" \
+                 "lm_head.weight  *F32  *\[256, 32\]  *dim 0 / 2 " "pos_emb.weight  *F32  *\[16, 32\]  *whole "; do
+    grep -q "$pattern" <<<"$out" || { echo "missing '$pattern' in:"; echo "$out"; return 1; }
+  done
+  json=$("$mto" inspect "$work/gpt" --json --verify) || { echo "$json"; return 1; }
+  grep -q '"mesh": "(dp=2, tp=2)"' <<<"$json" && grep -q '"verified": true' <<<"$json" &&
+    grep -q '"factory": "gpt"' <<<"$json" || { echo "$json"; return 1; }
+}
+
+eval_same_on_any_mesh() {
+  one=$("$mto" eval "$work/gpt" --samples $eval_samples --json 2>&1) || { echo "$one"; return 1; }
+  two=$(ranks 2 "$mto" eval "$work/gpt" --tp 2 --samples $eval_samples --json 2>/dev/null) || { echo "$two"; return 1; }
+  echo "(1, 1): $one"
+  echo "(1, 2): $two"
+  grep -q '"ranks":1,"tp":1' <<<"$one" && grep -q '"ranks":2,"tp":2' <<<"$two" || return 1
+  # Every byte of the 64 sequences of 16 is predicted, on either mesh.
+  [ "$(field "$one" tokens)" = $((eval_samples * 16)) ] || { echo "not $((eval_samples * 16)) tokens"; return 1; }
+  [ "$(field "$two" tokens)" = $((eval_samples * 16)) ] || { echo "not $((eval_samples * 16)) tokens"; return 1; }
+  loss=$(field "$one" loss) || return 1
+  close "$(field "$two" loss)" "$loss" 1e-5 || return 1
+  close "$(field "$two" bits_per_byte)" "$(field "$one" bits_per_byte)" 1e-5 || return 1
+  # The derived numbers follow from the loss (nats per byte).
+  close "$(field "$one" bits_per_byte)" "$(awk -v l="$loss" 'BEGIN { printf "%.17g", l / log(2) }')" 1e-6 || return 1
+  close "$(field "$one" perplexity)" "$(awk -v l="$loss" 'BEGIN { printf "%.17g", exp(l) }')" 1e-6 || return 1
+  # A trained GPT beats the uniform guess of 8 bits per byte; the byte bigram of English
+  # text lies between 2 and 8.
+  bits=$(field "$one" bits_per_byte) && finite "$bits" || return 1
+  awk -v b="$bits" 'BEGIN { exit !(b > 0 && b < 8) }' ||
+    { echo "bits_per_byte is not in (0, 8)"; return 1; }
+  bigram=$(field "$one" bigram_bits_per_byte) && finite "$bigram" || return 1
+  awk -v b="$bigram" 'BEGIN { exit !(b > 2 && b < 8) }' ||
+    { echo "bigram_bits_per_byte is not in (2, 8)"; return 1; }
+}
+
+quantize_int8_eval_on_3() {
+  out=$(ranks 2 "$mto" optimize "$work/gpt" --mode quantize:int8 --calib-samples 32 --out "$work/int8" 2>&1) ||
+    { echo "$out"; return 1; }
+  grep -q "applied quantize + max_calibrate on 2 rank(s) (dp=2, tp=1) .* over 32 sequences of 16 bytes" <<<"$out" ||
+    { echo "$out"; return 1; }
+  float=$("$mto" eval "$work/gpt" --samples $eval_samples --json 2>&1) || { echo "$float"; return 1; }
+  int8=$(ranks 3 "$mto" eval "$work/int8" --samples $eval_samples --json 2>/dev/null) || { echo "$int8"; return 1; }
+  echo "float: $float"
+  echo "int8 on 3 ranks: $int8"
+  grep -q '"ranks":3' <<<"$int8" || return 1
+  [ "$(field "$float" tokens)" = "$(field "$int8" tokens)" ] || { echo "tokens differ"; return 1; }
+  close "$(field "$int8" loss)" "$(field "$float" loss)" 0.05 || return 1
+  # The presets leave the head in floating point: of the 5 linears' 15 quantizers, the
+  # weights and inputs of the 4 in the block are on, none of lm_head's.
+  out=$("$mto" inspect "$work/int8") || { echo "$out"; return 1; }
+  grep -q "8 of 15 quantizers enabled, 8 calibrated: 4 x int8 per-channel, 4 x int8 per-tensor" <<<"$out" ||
+    { echo "$out"; return 1; }
+  json=$("$mto" inspect "$work/int8" --json) || { echo "$json"; return 1; }
+  # Each quantizer's "enable" in every mode's metadata, as "NAME true|false" lines.
+  states=$(awk '/"[^"]*_quantizer": \{/ { match($0, /"[^"]*_quantizer"/); name = substr($0, RSTART + 1, RLENGTH - 2) }
+                /"enable": (true|false)/ && name != "" { print name, ($0 ~ /true/ ? "true" : "false"); name = "" }' <<<"$json")
+  for quantizer in weight_quantizer input_quantizer output_quantizer; do
+    [ "$(grep -c "^lm_head.$quantizer false$" <<<"$states")" = 2 ] ||
+      { echo "lm_head.$quantizer is not disabled in both modes:"; echo "$states"; return 1; }
+  done
+  grep -q "^lm_head.* true$" <<<"$states" && { echo "lm_head is quantized:"; echo "$states"; return 1; }
+  [ "$(grep -c "^blocks.0.fc1.weight_quantizer true$" <<<"$states")" = 2 ] ||
+    { echo "blocks.0.fc1.weight_quantizer is not enabled:"; echo "$states"; return 1; }
+}
+
+generate_is_deterministic() {
+  local prompt="The "
+  "$mto" generate "$work/gpt" --prompt "$prompt" --tokens 40 --seed 3 >"$work/seed3.a" || return 1
+  "$mto" generate "$work/gpt" --prompt "$prompt" --tokens 40 --seed 3 >"$work/seed3.b" || return 1
+  "$mto" generate "$work/gpt" --prompt "$prompt" --tokens 40 --seed 4 >"$work/seed4" || return 1
+  ranks 2 "$mto" generate "$work/gpt" --prompt "$prompt" --tokens 40 --seed 3 --tp 2 >"$work/seed3.tp2" 2>/dev/null ||
+    return 1
+  od -c "$work/seed3.a"
+  # The prompt, 40 sampled bytes and a newline.
+  [ "$(stat -c %s "$work/seed3.a")" = $((${#prompt} + 41)) ] || { echo "not prompt + 40 bytes + newline"; return 1; }
+  [ "$(head -c ${#prompt} "$work/seed3.a")" = "$prompt" ] || { echo "does not start with the prompt"; return 1; }
+  cmp "$work/seed3.a" "$work/seed3.b" || { echo "the same seed gave different text"; return 1; }
+  cmp -s "$work/seed3.a" "$work/seed4" && { echo "seeds 3 and 4 gave the same text"; return 1; }
+  # Every rank of the tp group samples the same bytes; rank 0 alone prints them.
+  cmp "$work/seed3.a" "$work/seed3.tp2" || { od -c "$work/seed3.tp2"; return 1; }
+}
+
+missing_corpus_names_the_package() {
+  out=$(MTO_TEXT_CORPUS_DIR=/nonexistent "$mto" train --model gpt --model-args "$gpt_args" --train-samples 16 \
+        --out "$work/x" 2>&1) && { echo "trained without a corpus"; return 1; }
+  expect_error_line "$out" "/nonexistent.*sudo apt-get install fortunes" || return 1
+  out=$(MTO_TEXT_CORPUS_DIR=/nonexistent ranks 2 -x MTO_TEXT_CORPUS_DIR "$mto" train --model gpt \
+        --model-args "$gpt_args" --train-samples 16 --out "$work/x" 2>&1) && { echo "trained without a corpus"; return 1; }
+  expect_error_line "$out" "/nonexistent.*sudo apt-get install fortunes" || return 1
+  [ ! -e "$work/x" ] || { echo "$work/x was written"; return 1; }
+}
+
+tensor_parallel_size_errors() {
+  out=$(ranks 4 "$mto" train --model gpt --tp 3 --model-args "$gpt_args" --train-samples 16 --out "$work/x" 2>&1) &&
+    { echo "--tp 3 on 4 ranks trained"; return 1; }
+  expect_error_line "$out" "the tensor-parallel size 3 does not divide the world size 4" || return 1
+  out=$(ranks 4 "$mto" train --model gpt --tp 4 --model-args "$gpt_args" --train-samples 16 --out "$work/x" 2>&1) &&
+    { echo "--tp 4 with 2 heads trained"; return 1; }
+  expect_error_line "$out" "the tensor-parallel size 4 does not divide the 2 heads of model 'gpt'" || return 1
+  # The same on restore: eval of the (dp=2, tp=2) checkpoint on a mesh that cannot split it.
+  out=$(ranks 4 "$mto" eval "$work/gpt" --tp 4 --samples 8 2>&1) && { echo "eval at --tp 4 with 2 heads ran"; return 1; }
+  expect_error_line "$out" "the tensor-parallel size 4 does not divide the 2 heads of model 'gpt'"
+}
+
+generate_needs_a_language_model() {
+  out=$("$mto" train --model fashion_cnn --model-args '{"channels": [4, 8], "hidden": 16}' --epochs 1 \
+        --train-samples 64 --out "$work/cnn" 2>&1) || { echo "$out"; return 1; }
+  out=$("$mto" generate "$work/cnn" --prompt "The " --tokens 4 2>&1) && { echo "generated from a classifier"; return 1; }
+  expect_error_line "$out" "$work/cnn holds no language model" || return 1
+  out=$("$mto" generate "$work/gpt" --prompt "" --tokens 4 2>&1) && { echo "generated from an empty prompt"; return 1; }
+  expect_error_line "$out" "--prompt must not be empty"
+}
+
+# Pruning cuts whole layers (tp = 1) and its checkpoint records the pruned shapes; 2:4
+# sparsity works split, and both fine-tune and evaluate on another mesh.
+prune_and_sparsify() {
+  out=$(ranks 2 "$mto" optimize "$work/gpt" --mode fastnas:params=0.8 --mode export_nas --val-samples 16 \
+        --calib-samples 16 --search-candidates 4 --out "$work/pruned" 2>&1) || { echo "$out"; return 1; }
+  grep -q "^best subnet: blocks.0.fc1=[0-9]*; .* validation loss [0-9.]* (full model: validation loss" <<<"$out" ||
+    { echo "$out"; return 1; }
+  out=$("$mto" inspect "$work/pruned") || { echo "$out"; return 1; }
+  grep -q "blocks.0.fc1.weight  *F32  *\[[0-9]*, 32\]  *whole " <<<"$out" || { echo "$out"; return 1; }
+  grep -q "blocks.0.fc1.weight  *F32  *\[128, 32\]" <<<"$out" && { echo "not pruned: $out"; return 1; }
+  out=$(ranks 2 "$mto" train --init "$work/pruned" --train-samples 64 --batch-size 8 --out "$work/pruned-ft" 2>&1) ||
+    { echo "$out"; return 1; }
+  one=$("$mto" eval "$work/pruned-ft" --samples 16 --json) || { echo "$one"; return 1; }
+  finite "$(field "$one" loss)" || return 1
+  out=$(ranks 2 "$mto" eval "$work/pruned-ft" --tp 2 --samples 16 2>&1) && { echo "restored split: $out"; return 1; }
+  expect_error_line "$out" "fastnas: layer blocks.0.attn.qkv is split over 2 tensor-parallel ranks" || return 1
+
+  out=$(ranks 2 "$mto" optimize "$work/gpt" --tp 2 --mode sparse_magnitude --out "$work/sparse" 2>&1) ||
+    { echo "$out"; return 1; }
+  out=$(ranks 2 "$mto" train --init "$work/sparse" --tp 2 --train-samples 64 --batch-size 8 --out "$work/sparse-ft" 2>&1) ||
+    { echo "$out"; return 1; }
+  one=$("$mto" eval "$work/sparse-ft" --samples 16 --json) || { echo "$one"; return 1; }
+  two=$(ranks 2 "$mto" eval "$work/sparse-ft" --tp 2 --samples 16 --json) || { echo "$two"; return 1; }
+  close "$(field "$one" loss)" "$(field "$two" loss)" 1e-5 || return 1
+  # The masks survive fine-tuning: half of every 4 weights of fc1 stay zero.
+  "$mto" inspect "$work/sparse-ft" | grep -q "blocks.0.fc1._weight_mask  *BOOL" || { echo "no mask"; return 1; }
+}
+
+help_mentions_tp() {
+  for command in train eval optimize generate; do
+    out=$("$mto" $command --help) || { echo "$out"; return 1; }
+    grep -q -- "--tp" <<<"$out" || { echo "'mto $command --help' does not mention --tp:"; echo "$out"; return 1; }
+  done
+  "$mto" train --help | grep -q "gpt" && "$mto" --help | grep -q "generate"
+}
+
+start=$(date +%s)
+check train_on_2x2_mesh train_on_2x2_mesh
+check eval_same_on_any_mesh eval_same_on_any_mesh
+check quantize_int8_eval_on_3 quantize_int8_eval_on_3
+check generate_is_deterministic generate_is_deterministic
+check missing_corpus_names_the_package missing_corpus_names_the_package
+check tensor_parallel_size_errors tensor_parallel_size_errors
+check generate_needs_a_language_model generate_needs_a_language_model
+check prune_and_sparsify prune_and_sparsify
+check help_mentions_tp help_mentions_tp
+
+if [ -n "${XML_OUTPUT_FILE:-}" ]; then
+  printf '<?xml version="1.0" encoding="UTF-8"?>\n<testsuites><testsuite name="language_model_cli_test" tests="%d" failures="%d">%s</testsuite></testsuites>\n' \
+    $((passed + failed)) "$failed" "$cases" >"$XML_OUTPUT_FILE"
+fi
+echo "$passed passed, $failed failed in $(($(date +%s) - start)) s"
+[ "$failed" = 0 ]
