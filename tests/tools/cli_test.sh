@@ -9,38 +9,10 @@ set -uo pipefail
 mto=$(realpath "$1")
 work="${TEST_TMPDIR:-$(mktemp -d)}/cli"
 mkdir -p "$work"
-export TMPDIR="${TEST_TMPDIR:-/tmp}" OMP_NUM_THREADS=1 MTO_COLLECTIVE_TIMEOUT=120
-ranks() { mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$1" -x OMP_NUM_THREADS -x TMPDIR \
-            -x MTO_COLLECTIVE_TIMEOUT "${@:2}"; }
-
-passed=0
-failed=0
-cases=""
-# check NAME COMMAND...: runs COMMAND (a shell function), records pass or fail.
-check() {
-  local name=$1
-  shift
-  local out
-  if out=$("$@" 2>&1); then
-    passed=$((passed + 1))
-    cases+="<testcase name=\"$name\"/>"
-    echo "PASS $name"
-  else
-    failed=$((failed + 1))
-    cases+="<testcase name=\"$name\"><failure message=\"failed\"/></testcase>"
-    echo "FAIL $name"
-    echo "$out" | sed 's/^/    /'
-  fi
-}
-# expect_error OUTPUT_FILE PATTERN: the command failed with one "mto: error:" line matching.
-expect_error_line() {
-  local out=$1 pattern=$2
-  [ "$(grep -c '^mto: error: ' <<<"$out")" = 1 ] || { echo "expected one error line, got:"; echo "$out"; return 1; }
-  grep -q "^mto: error: .*$pattern" <<<"$out" || { echo "error does not match '$pattern':"; echo "$out"; return 1; }
-}
+source "$(dirname "$0")/cli_harness.sh" cli_test
 
 help_works() {
-  for command in "" train optimize eval inspect; do
+  for command in "" train optimize eval inspect generate; do
     out=$("$mto" $command --help) || return 1
     grep -q "Usage" <<<"$out" || { echo "no usage for '$command'"; return 1; }
   done
@@ -173,9 +145,4 @@ check chain_that_cannot_apply chain_that_cannot_apply
 check prune_search_resume_fine_tune prune_search_resume_fine_tune
 check sparse_then_quantize sparse_then_quantize
 
-if [ -n "${XML_OUTPUT_FILE:-}" ]; then
-  printf '<?xml version="1.0" encoding="UTF-8"?>\n<testsuites><testsuite name="cli_test" tests="%d" failures="%d">%s</testsuite></testsuites>\n' \
-    $((passed + failed)) "$failed" "$cases" >"$XML_OUTPUT_FILE"
-fi
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ]
+finish

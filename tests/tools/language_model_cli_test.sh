@@ -10,40 +10,12 @@ set -uo pipefail
 mto=$(realpath "$1")
 work="${TEST_TMPDIR:-$(mktemp -d)}/language_model_cli"
 mkdir -p "$work"
-export TMPDIR="${TEST_TMPDIR:-/tmp}" OMP_NUM_THREADS=1 MTO_COLLECTIVE_TIMEOUT=120
-ranks() { mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$1" -x OMP_NUM_THREADS -x TMPDIR \
-            -x MTO_COLLECTIVE_TIMEOUT "${@:2}"; }
+source "$(dirname "$0")/cli_harness.sh" language_model_cli_test
 
 # A GPT small enough to train in a second on two shared cores.
 gpt_args='{"width": 32, "depth": 1, "heads": 2, "context": 16}'
 # Validation sequences of 16 bytes that every eval reads.
 eval_samples=64
-
-passed=0
-failed=0
-cases=""
-# check NAME COMMAND...: runs COMMAND (a shell function), records pass or fail.
-check() {
-  local name=$1
-  shift
-  local out
-  if out=$("$@" 2>&1); then
-    passed=$((passed + 1))
-    cases+="<testcase name=\"$name\"/>"
-    echo "PASS $name"
-  else
-    failed=$((failed + 1))
-    cases+="<testcase name=\"$name\"><failure message=\"failed\"/></testcase>"
-    echo "FAIL $name"
-    echo "$out" | sed 's/^/    /'
-  fi
-}
-# expect_error_line OUTPUT PATTERN: the command failed with one "mto: error:" line matching.
-expect_error_line() {
-  local out=$1 pattern=$2
-  [ "$(grep -c '^mto: error: ' <<<"$out")" = 1 ] || { echo "expected one error line, got:"; echo "$out"; return 1; }
-  grep -q "^mto: error: .*$pattern" <<<"$out" || { echo "error does not match '$pattern':"; echo "$out"; return 1; }
-}
 
 # field JSON NAME: the number NAME of a one-line `mto eval --json`; fails if it is missing.
 field() {
@@ -219,7 +191,6 @@ help_mentions_tp() {
   "$mto" train --help | grep -q "gpt" && "$mto" --help | grep -q "generate"
 }
 
-start=$(date +%s)
 check train_on_2x2_mesh train_on_2x2_mesh
 check eval_same_on_any_mesh eval_same_on_any_mesh
 check quantize_int8_eval_on_3 quantize_int8_eval_on_3
@@ -230,9 +201,4 @@ check generate_needs_a_language_model generate_needs_a_language_model
 check prune_and_sparsify prune_and_sparsify
 check help_mentions_tp help_mentions_tp
 
-if [ -n "${XML_OUTPUT_FILE:-}" ]; then
-  printf '<?xml version="1.0" encoding="UTF-8"?>\n<testsuites><testsuite name="language_model_cli_test" tests="%d" failures="%d">%s</testsuite></testsuites>\n' \
-    $((passed + failed)) "$failed" "$cases" >"$XML_OUTPUT_FILE"
-fi
-echo "$passed passed, $failed failed in $(($(date +%s) - start)) s"
-[ "$failed" = 0 ]
+finish
