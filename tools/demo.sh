@@ -92,11 +92,11 @@ gpt_job() {
     --out "$gpt/float" | tee "$gpt/float.log"
   echo "float	(2,2)	(2,1)" >"$gpt/meshes.tsv"
 
-  # int4_blockwise takes blocks of 128 input features: at tp = 2 each rank holds 64 of the
-  # 128 inputs of attn.proj, so a block would straddle two ranks; it is calibrated on (4, 1).
-  for format in int8 fp8 int4_blockwise; do
+  # The int4 formats take blocks of 128 input features: at tp = 2 each rank holds 64 of the
+  # 128 inputs of attn.proj, so a block would straddle two ranks; they are calibrated on (4, 1).
+  for format in int8 int8_smoothquant fp8 int4_blockwise int4_awq; do
     local tp=2
-    [ "$format" = int4_blockwise ] && tp=1
+    [[ "$format" = int4_* ]] && tp=1
     echo "== quantizing gpt with $format on 4 ranks, tp=$tp (calibration split over the replicas)"
     ranks 4 "$mto" optimize "$gpt/float" --tp "$tp" --mode "quantize:$format" --calib-samples 512 \
       --out "$gpt/$format" | tee "$gpt/$format.log"

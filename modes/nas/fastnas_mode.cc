@@ -62,7 +62,8 @@ class FastNasModeDescriptor : public ModeDescriptor {
     // As in the Python original, plus max_calibrate, which follows quantize while fastnas
     // is still on the export stack; only the modes linked in take part.
     return ModeRegistry::registered(
-        {"export_nas", "kd_loss", "quantize", "sparse_magnitude", "sparsegpt", "max_calibrate"});
+        {"export_nas", "kd_loss", "quantize", "sparse_magnitude", "sparsegpt", "max_calibrate",
+         "smoothquant_calibrate", "awq_lite_calibrate"});
   }
 
   SearcherFactory search_algorithm() const override {

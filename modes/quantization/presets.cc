@@ -28,8 +28,8 @@ constexpr char kDisabledByDefault[] = R"(
     "output.*": {"enable": false},
     "default": {"enable": false})";
 
-std::string preset(const std::string& rules) {
-  return absl::StrCat("{\"quant_cfg\": {", rules, ",", kDisabledByDefault, "},\n \"algorithm\": \"max\"}");
+std::string preset(const std::string& rules, const std::string& algorithm = "\"max\"") {
+  return absl::StrCat("{\"quant_cfg\": {", rules, ",", kDisabledByDefault, "},\n \"algorithm\": ", algorithm, "}");
 }
 
 const std::map<std::string, std::string>& presets() {
@@ -43,6 +43,14 @@ const std::map<std::string, std::string>& presets() {
       {"int4_blockwise", preset(R"(
     "*weight_quantizer": {"num_bits": 4, "block_sizes": {"-1": 128}, "enable": true},
     "*input_quantizer": {"enable": false})")},
+      {"int8_smoothquant", preset(R"(
+    "*weight_quantizer": {"num_bits": 8, "axis": 0},
+    "*input_quantizer": {"num_bits": 8, "axis": null})",
+                                  "\"smoothquant\"")},
+      {"int4_awq", preset(R"(
+    "*weight_quantizer": {"num_bits": 4, "block_sizes": {"-1": 128}, "enable": true},
+    "*input_quantizer": {"enable": false})",
+                          R"({"method": "awq_lite", "alpha_step": 0.1})")},
   };
   return *presets;
 }
@@ -52,6 +60,8 @@ const std::map<std::string, std::string>& python_names() {
       {"INT8_DEFAULT_CFG", "int8"},
       {"FP8_DEFAULT_CFG", "fp8"},
       {"INT4_BLOCKWISE_WEIGHT_ONLY_CFG", "int4_blockwise"},
+      {"INT8_SMOOTHQUANT_CFG", "int8_smoothquant"},
+      {"INT4_AWQ_CFG", "int4_awq"},
   };
   return *names;
 }
@@ -68,7 +78,9 @@ std::string quantize_preset(const std::string& name) {
   return it->second;
 }
 
-std::vector<std::string> quantize_preset_names() { return {"int8", "fp8", "int4_blockwise"}; }
+std::vector<std::string> quantize_preset_names() {
+  return {"int8", "fp8", "int4_blockwise", "int8_smoothquant", "int4_awq"};
+}
 
 }  // namespace quantization
 }  // namespace mto

@@ -6,6 +6,7 @@
 #include "absl/strings/match.h"
 #include "modes/quantization/presets.h"
 #include "modes/quantization/quantization.pb.h"
+#include "modes/quantization/quantize_config.h"
 #include "opt/registry.h"
 
 namespace mto {
@@ -21,8 +22,11 @@ std::vector<ModeWithConfig> quantize_modes(const std::string& config) {
     descriptor->config_from_json(json, parsed.get());
   }
   std::vector<ModeWithConfig> modes{json.empty() ? ModeWithConfig("quantize") : ModeWithConfig("quantize", json)};
-  if (message_as<QuantizeConfig>(*parsed, "config of mode 'quantize'").algorithm() == "max") {
+  const auto& quantize_config = message_as<QuantizeConfig>(*parsed, "config of mode 'quantize'");
+  if (quantize_config.algorithm() == "max") {
     modes.emplace_back("max_calibrate");
+  } else if (!quantize_config.algorithm().empty()) {
+    modes.emplace_back(quantize_config.algorithm() + "_calibrate", algorithm_json(quantize_config).dump());
   }
   return modes;
 }

@@ -213,17 +213,31 @@ void parse_quantize_config(std::string_view json, QuantizeConfig* config) {
         out.set_algorithm("");
       } else if (value.is_string()) {
         out.set_algorithm(value.get<std::string>());
-      } else if (value.is_object() && value.size() == 1 && value.contains("method") &&
-                 value["method"].is_string()) {
+      } else if (value.is_object() && value.contains("method") && value["method"].is_string()) {
         out.set_algorithm(value["method"].get<std::string>());
+        ordered_json options = value;
+        options.erase("method");
+        if (!options.empty()) *out.mutable_algorithm_options() = to_struct(options, "algorithm");
       } else {
-        fail("algorithm", absl::StrCat(" must be \"max\", {\"method\": \"max\"} or null, got ", value.dump()));
+        fail("algorithm", absl::StrCat(" must be a method name (\"max\", \"smoothquant\", \"awq_lite\"), "
+                                       "{\"method\": NAME, ...options} or null, got ", value.dump()));
       }
     } else {
       throw ConfigError(absl::StrCat(kWhat, ": unknown field '", key, "' (known: algorithm, quant_cfg)"));
     }
   }
   *config = std::move(out);
+}
+
+nlohmann::ordered_json algorithm_json(const QuantizeConfig& config) {
+  ordered_json out = {{"method", config.algorithm()}};
+  if (config.has_algorithm_options()) {
+    std::string text;
+    (void)google::protobuf::util::MessageToJsonString(config.algorithm_options(), &text);
+    const ordered_json options = ordered_json::parse(text);
+    for (const auto& [key, value] : options.items()) out[key] = value;
+  }
+  return out;
 }
 
 nlohmann::ordered_json quantize_config_to_json(const QuantizeConfig& config) {
@@ -241,6 +255,9 @@ nlohmann::ordered_json quantize_config_to_json(const QuantizeConfig& config) {
   ordered_json out = ordered_json::object();
   out["quant_cfg"] = std::move(rules);
   out["algorithm"] = config.algorithm().empty() ? ordered_json(nullptr) : ordered_json(config.algorithm());
+  if (config.has_algorithm_options() && !config.algorithm_options().fields().empty()) {
+    out["algorithm"] = algorithm_json(config);
+  }
   return out;
 }
 
@@ -251,9 +268,10 @@ void validate_quantize_config(const QuantizeConfig& config) {
     QuantizerAttributes scratch = rule_defaults();
     apply_rule_attributes(rule.attributes(), where, &scratch);
   }
-  if (!config.algorithm().empty() && config.algorithm() != "max") {
-    fail("algorithm", absl::StrCat(": unknown calibration algorithm '", config.algorithm(),
-                                   "' (known: \"max\", or null for none)"));
+  const std::string& algorithm = config.algorithm();
+  if (!algorithm.empty() && algorithm != "max" && algorithm != "smoothquant" && algorithm != "awq_lite") {
+    fail("algorithm", absl::StrCat(": unknown calibration algorithm '", algorithm,
+                                   "' (known: \"max\", \"smoothquant\", \"awq_lite\", or null for none)"));
   }
 }
 

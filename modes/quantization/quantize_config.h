@@ -24,6 +24,10 @@ void parse_quantize_config(std::string_view json, QuantizeConfig* config);
 // `config` in the form parse_quantize_config reads.
 nlohmann::ordered_json quantize_config_to_json(const QuantizeConfig& config);
 
+// The config's calibration algorithm with its options, {"method": "smoothquant",
+// "alpha": 0.5}: the config of the calibration mode that follows "quantize".
+nlohmann::ordered_json algorithm_json(const QuantizeConfig& config);
+
 // Throws ConfigError naming the rule and the attribute if a rule sets an unknown attribute,
 // a value of the wrong type or out of range (num_bits other than 2..8 or [4, 3], a block
 // size <= 0, ...), or if the algorithm is not "max" or empty.

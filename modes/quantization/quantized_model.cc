@@ -141,11 +141,16 @@ void check_attributes_fit(const QuantizerSlot& slot, const QuantizerAttributes& 
 
 namespace {
 
-// The slice of the global amax that `amax` is when `slot`'s layer is split over ranks.
-std::optional<TensorSlice> amax_slice(const QuantizerSlot& slot, const at::Tensor& amax) {
+// The slice of the global buffer `key` ("_amax") of `slot`'s quantizer that `local` is when
+// the layer is split over ranks.
+std::optional<TensorSlice> buffer_slice(const QuantizerSlot& slot, const std::string& key, const at::Tensor& local) {
   const auto* split = dynamic_cast<const SplitModule*>(slot.layer);
   if (split == nullptr) return std::nullopt;
-  return split->slice_of(slot.transform + "._amax", amax);
+  return split->slice_of(slot.transform + "." + key, local);
+}
+
+std::optional<TensorSlice> amax_slice(const QuantizerSlot& slot, const at::Tensor& amax) {
+  return buffer_slice(slot, "_amax", amax);
 }
 
 // The shape this rank's amax of `slot` has, from the layer's own (local) weight or features.
@@ -166,6 +171,12 @@ QuantizeMetadata quantizer_state(torch::nn::Module& model) {
       if (const auto slice = amax_slice(slot, slot.quantizer()->amax())) {
         state.clear_amax_shape();
         for (int64_t d : slice->global_shape) state.add_amax_shape(d);
+      }
+    }
+    if (slot.quantizer()->has_pre_quant_scale()) {
+      if (const auto slice = buffer_slice(slot, "_pre_quant_scale", slot.quantizer()->pre_quant_scale())) {
+        state.clear_pre_quant_scale_shape();
+        for (int64_t d : slice->global_shape) state.add_pre_quant_scale_shape(d);
       }
     }
     (*metadata.mutable_quantizer_state())[slot.name] = std::move(state);
@@ -223,6 +234,19 @@ void restore_quantizer_state(torch::nn::Module& model, const QuantizeMetadata& m
         }
       }
       quantizer->set_amax(at::zeros(shape, at::kFloat));
+    }
+    if (state.has_pre_quant_scale()) {
+      // One scale per input feature of a linear layer: [in_features], global on a split one.
+      const std::vector<int64_t> shape(state.pre_quant_scale_shape().begin(), state.pre_quant_scale_shape().end());
+      const std::vector<int64_t> local = {slot.feature_size()};
+      const auto slice = buffer_slice(slot, "_pre_quant_scale", at::empty(local));
+      const std::vector<int64_t> global = slice ? slice->global_shape : local;
+      if (slot.slot != nn::Slot::kInput || slot.layer_class != "nn.Linear" || shape != global) {
+        throw ApplyModeError(absl::StrCat(slot.name, ": the recorded pre_quant_scale shape [",
+                                          absl::StrJoin(shape, ", "), "] does not fit the layer (an nn.Linear "
+                                          "input quantizer takes [", absl::StrJoin(global, ", "), "])"));
+      }
+      quantizer->set_pre_quant_scale(at::ones(local, at::kFloat));
     }
   }
 }

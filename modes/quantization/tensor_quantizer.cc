@@ -37,16 +37,23 @@ TensorQuantizerImpl::TensorQuantizerImpl(std::string name, QuantizerAttributes a
                                          bool keepdim_amax)
     : name_(std::move(name)), attributes_(std::move(attributes)), keepdim_amax_(keepdim_amax) {}
 
-void TensorQuantizerImpl::set_amax(const at::Tensor& amax) {
-  at::Tensor value = amax.detach().to(at::kFloat).clone();
-  if (!amax_.defined()) {
-    amax_ = register_buffer("_amax", std::move(value));
+void TensorQuantizerImpl::set_amax(const at::Tensor& amax) { set_buffer("_amax", &amax_, amax); }
+
+void TensorQuantizerImpl::set_pre_quant_scale(const at::Tensor& scale) {
+  set_buffer("_pre_quant_scale", &pre_quant_scale_, scale);
+}
+
+// Replaces the registered buffer `name` (`*buffer`) with `value`, or registers it.
+void TensorQuantizerImpl::set_buffer(const char* name, at::Tensor* buffer, const at::Tensor& value) {
+  at::Tensor copy = value.detach().to(at::kFloat).clone();
+  if (!buffer->defined()) {
+    *buffer = register_buffer(name, std::move(copy));
     return;
   }
   // A module registers a name once: replace the registered tensor's contents and shape (a
-  // second calibration, or a restored chain that sets amax twice; found by
+  // second calibration, or a restored chain that sets it twice; found by
   // tests/fuzz/modelopt_state_fuzz).
-  amax_.set_(value);
+  buffer->set_(copy);
 }
 
 int64_t TensorQuantizerImpl::normalize_axis(int64_t axis, int64_t dim, const char* what) const {
@@ -133,7 +140,8 @@ at::Tensor TensorQuantizerImpl::quantize(const at::Tensor& x) const {
   return quantize_values(x, broadcast_amax(x.dim()));
 }
 
-at::Tensor TensorQuantizerImpl::forward(const at::Tensor& x) {
+at::Tensor TensorQuantizerImpl::forward(const at::Tensor& input) {
+  const at::Tensor x = pre_quant_scale_.defined() ? input * pre_quant_scale_ : input;
   if (!attributes_.enable()) return x;
   if (calibrating_) {
     const at::Tensor amax = compute_amax(x);
@@ -179,13 +187,19 @@ QuantizerState TensorQuantizerImpl::state() const {
   if (amax_.defined()) {
     for (int64_t size : amax_.sizes()) state.add_amax_shape(size);
   }
+  state.set_has_pre_quant_scale(pre_quant_scale_.defined());
+  if (pre_quant_scale_.defined()) {
+    for (int64_t size : pre_quant_scale_.sizes()) state.add_pre_quant_scale_shape(size);
+  }
   return state;
 }
 
 void TensorQuantizerImpl::pretty_print(std::ostream& stream) const {
   stream << "TensorQuantizer(";
   if (!attributes_.enable()) {
-    stream << "disabled)";
+    stream << "disabled";
+    if (pre_quant_scale_.defined()) stream << " pre_quant_scale=" << format_sizes(pre_quant_scale_.sizes());
+    stream << ")";
     return;
   }
   if (attributes_.exponent_bits() > 0) {
@@ -202,6 +216,7 @@ void TensorQuantizerImpl::pretty_print(std::ostream& stream) const {
   } else {
     stream << " uncalibrated";
   }
+  if (pre_quant_scale_.defined()) stream << " pre_quant_scale=" << format_sizes(pre_quant_scale_.sizes());
   stream << ")";
 }
 

@@ -16,7 +16,8 @@ namespace quantization {
 // original's TensorQuantizer does: integers of 2..8 bits or FP8 E4M3, with one scale per
 // tensor, per index of an axis, or per block. The scales come from the `_amax` buffer,
 // which calibration fills. Gradients pass straight through, so quantization-aware
-// fine-tuning works. Disabled, it returns its input unchanged.
+// fine-tuning works. Disabled, it returns its input unchanged (times its pre-quantization
+// scale, when it has one).
 class TensorQuantizerImpl : public nn::TransformImpl {
  public:
   // `name` is the quantizer's name in the model ("fc1.weight_quantizer"), for messages.
@@ -38,6 +39,14 @@ class TensorQuantizerImpl : public nn::TransformImpl {
   // Creates or replaces the `_amax` buffer with a float32 copy of `amax`.
   void set_amax(const at::Tensor& amax);
 
+  // The per-feature scale the input is multiplied by before anything else, even while the
+  // quantizer is disabled (SmoothQuant, AWQ): the `_pre_quant_scale` buffer, float32
+  // [features], broadcast along the last dimension (nn.Linear inputs).
+  bool has_pre_quant_scale() const { return pre_quant_scale_.defined(); }
+  const at::Tensor& pre_quant_scale() const { return pre_quant_scale_; }
+  // Creates or replaces the `_pre_quant_scale` buffer with a float32 copy of `scale`.
+  void set_pre_quant_scale(const at::Tensor& scale);
+
   // The amax of `x` for this quantizer's granularity, in the shape `_amax` has.
   at::Tensor compute_amax(const at::Tensor& x) const;
   // The shape compute_amax gives for a tensor of `sizes`, computed from the sizes alone.
@@ -54,6 +63,7 @@ class TensorQuantizerImpl : public nn::TransformImpl {
   QuantizerState state() const;
 
  private:
+  void set_buffer(const char* name, at::Tensor* buffer, const at::Tensor& value);
   at::Tensor quantize(const at::Tensor& x) const;
   at::Tensor quantize_blocks(const at::Tensor& x) const;
   // `x` padded with zeros along the block axis to whole blocks and viewed with that axis
@@ -68,6 +78,7 @@ class TensorQuantizerImpl : public nn::TransformImpl {
   QuantizerAttributes attributes_;
   bool keepdim_amax_;
   at::Tensor amax_;
+  at::Tensor pre_quant_scale_;
   bool calibrating_ = false;
   at::Tensor calibration_amax_;
 };

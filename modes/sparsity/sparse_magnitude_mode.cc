@@ -46,7 +46,8 @@ class SparseMagnitudeModeDescriptor : public ModeDescriptor {
     // The next modes of the Python original, plus max_calibrate: calibration is recorded as
     // its own entry after quantize and must pass the export stack, whose top is this mode.
     // Only the modes linked in take part, so that the relation names no missing mode.
-    return ModeRegistry::registered({"export_sparse", "kd_loss", "quantize", "max_calibrate"});
+    return ModeRegistry::registered({"export_sparse", "kd_loss", "quantize", "max_calibrate",
+                                      "smoothquant_calibrate", "awq_lite_calibrate"});
   }
 
   ConvertResult convert(ModulePtr model, const Message& message, const ModeKwargs&) const override {

@@ -21,7 +21,9 @@
 #include "opt/checkpoint.h"
 #include "opt/conversion.h"
 #include "modes/nas/search_space.h"
+#include "modes/quantization/awq_lite.h"
 #include "modes/quantization/quantize.h"
+#include "modes/quantization/smoothquant.h"
 #include "serialization/deterministic.h"
 #include "opt/errors.h"
 #include "opt/state_dict.h"
@@ -65,6 +67,7 @@ void expect_slices_of(const torch::nn::Module& model, const torch::nn::Module& r
     ASSERT_TRUE(whole.count(t.name)) << where << ": " << t.name;
     at::Tensor expected = whole[t.name];
     if (t.slice) expected = expected.narrow(t.slice->dim, t.slice->offset, t.tensor.size(t.slice->dim));
+    ASSERT_EQ(t.tensor.sizes(), expected.sizes()) << where << ": " << t.name;
     if (exact) {
       EXPECT_TRUE(at::equal(t.tensor, expected)) << where << ": " << t.name;
     } else {
@@ -248,6 +251,98 @@ TEST_F(GptParallelTest, Int4BlockwiseCalibratedAtTwoByTwoEqualsOneProcessAndRest
   // Blocks of 128 along the input features: row-parallel layers split them, so the width is
   // such that every rank's columns hold whole blocks at tp 2 and 4.
   expect_calibration_invariant("int4_blockwise", small_gpt(nullptr).width(512), base + "/int4");
+}
+
+// A calibration run on one mesh: the quantized model and, for AWQ-lite, the alpha of each
+// layer.
+struct Calibrated {
+  ModulePtr model;
+  std::vector<std::pair<std::string, double>> alphas;
+};
+
+// Quantizes a fresh GPT on `mesh` with the weight and input rules of `config` (no
+// calibration mode) and calibrates it with `algorithm` ("smoothquant" or "awq_lite"), every
+// replica running its contiguous share of 4 batches.
+Calibrated calibrate_on(const std::shared_ptr<Mesh>& mesh, const zoo::GptOptions& options, const std::string& config,
+                        const std::string& algorithm) {
+  zoo::Gpt gpt(zoo::GptOptions(options).mesh(mesh));
+  ModulePtr model = quantization::quantize(gpt.ptr(), config, nullptr, mesh->dp());
+  const int64_t per_replica = 4 / mesh->dp_size();
+  const int64_t first = mesh->dp_index() * per_replica;
+  quantization::ForwardLoop loop = [first, per_replica](torch::nn::Module& m) {
+    for (int64_t b = first; b < first + per_replica; ++b) {
+      dynamic_cast<zoo::GptImpl&>(m).forward(tokens(2).add(b * 5).remainder(32));
+    }
+  };
+  Calibrated out{model, {}};
+  if (algorithm == "smoothquant") {
+    quantization::calibrate_smoothquant(*model, &loop, mesh->dp().get(), 0.5);
+  } else {
+    out.alphas = quantization::calibrate_awq_lite(*model, &loop, mesh->dp().get(), 0.1).alphas;
+  }
+  return out;
+}
+
+// SmoothQuant and AWQ-lite on (1,1), (2,1), (4,1), (1,2), (1,4) and (2,2): any data-parallel
+// split of the same tp gives bit-identical state; across tp sizes the state (scales computed
+// from activations downstream of row-parallel sums) agrees within the forward's rounding,
+// AWQ picks the same alphas, and a checkpoint calibrated at (2,2) restores at tp 1 and 4.
+void expect_algorithm_invariant(const std::string& algorithm, const std::string& config,
+                                const zoo::GptOptions& options, const std::string& dir) {
+  const int rank = world()->rank();
+  const Calibrated reference = calibrate_on(solo(), options, config, algorithm);  // (1, 1)
+  // Two halves of the world, each its own job: (2,1) and (1,2).
+  const auto half = world()->split(rank / 2, rank);
+  for (int tp : {1, 2}) {
+    const Calibrated on_half = calibrate_on(Mesh::create(half, tp), options, config, algorithm);
+    const std::string where = algorithm + (tp == 1 ? " at (2,1)" : " at (1,2)");
+    expect_slices_of(*on_half.model, *reference.model, where, /*exact=*/tp == 1);
+    if (algorithm == "awq_lite") EXPECT_EQ(on_half.alphas, reference.alphas) << where;
+  }
+  const Calibrated one_two = calibrate_on(Mesh::create(half, 2), options, config, algorithm);
+  for (int tp : {1, 2, 4}) {
+    const auto mesh = Mesh::create(world(), tp);
+    const Calibrated calibrated = calibrate_on(mesh, options, config, algorithm);
+    const std::string where = algorithm + " at " + mesh->describe();
+    expect_slices_of(*calibrated.model, *reference.model, where, /*exact=*/tp == 1);
+    if (algorithm == "awq_lite") EXPECT_EQ(calibrated.alphas, reference.alphas) << where;
+    // At the same tp, another data-parallel split is bit-identical: (2,2) against (1,2), whose
+    // rank r holds the same slices (tp index r % 2).
+    if (tp == 2) {
+      std::map<std::string, at::Tensor> mine;
+      for (const auto& t : model_state_dict(*one_two.model)) mine[t.name] = t.tensor;
+      for (const auto& t : model_state_dict(*calibrated.model)) {
+        EXPECT_TRUE(mine.count(t.name) && at::equal(t.tensor, mine.at(t.name))) << where << " against (1,2): " << t.name;
+      }
+    }
+    if (tp != 2) continue;
+    save(*calibrated.model, dir);
+    for (int restore_tp : {1, 4}) {
+      zoo::Gpt target(zoo::GptOptions(options).seed(9).mesh(Mesh::create(world(), restore_tp)));
+      ModulePtr restored = restore(target, dir);
+      expect_slices_of(*restored, *reference.model, where + " restored at tp " + std::to_string(restore_tp),
+                       /*exact=*/false);
+      EXPECT_TRUE(at::allclose(std::dynamic_pointer_cast<zoo::GptImpl>(restored)->forward(tokens(2)),
+                               std::dynamic_pointer_cast<zoo::GptImpl>(calibrated.model)->forward(tokens(2)),
+                               kTolerance, kTolerance))
+          << where;
+    }
+  }
+}
+
+TEST_F(GptParallelTest, SmoothQuantIsInvariantToTheMesh) {
+  const std::string config = R"({"quant_cfg": {"*weight_quantizer": {"num_bits": 8, "axis": 0},
+      "*input_quantizer": {"num_bits": 8, "axis": null}, "*lm_head*": {"enable": false}, "default": {"enable": false}},
+      "algorithm": null})";
+  expect_algorithm_invariant("smoothquant", config, small_gpt(nullptr), base + "/smoothquant");
+}
+
+TEST_F(GptParallelTest, AwqLiteIsInvariantToTheMesh) {
+  // Blocks of 8 input features: at tp 4 every rank holds whole blocks of proj (32 / 4).
+  const std::string config = R"({"quant_cfg": {"*weight_quantizer": {"num_bits": 4, "block_sizes": {"-1": 8}},
+      "*input_quantizer": {"enable": false}, "*lm_head*": {"enable": false}, "default": {"enable": false}},
+      "algorithm": null})";
+  expect_algorithm_invariant("awq_lite", config, small_gpt(nullptr).width(32), base + "/awq");
 }
 
 TEST_F(GptParallelTest, BlocksStraddlingTwoRanksAndMixedSlicesAreRefused) {

@@ -108,7 +108,8 @@ std::vector<Step> parse_modes(const OptimizeOptions& options) {
     }
     std::vector<ModeWithConfig> quantize = quantization::quantize_modes(config);
     const bool calibration_follows =
-        i + 1 < options.modes.size() && options.modes[i + 1].rfind("max_calibrate", 0) == 0;
+        i + 1 < options.modes.size() &&
+        options.modes[i + 1].substr(0, options.modes[i + 1].find(':')).find("_calibrate") != std::string::npos;
     if (calibration_follows && quantize.size() > 1) quantize.pop_back();
     for (ModeWithConfig& mode : quantize) out.push_back({std::move(mode), std::nullopt});
   }

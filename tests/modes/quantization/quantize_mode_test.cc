@@ -162,14 +162,15 @@ TEST(QuantizeConfig, ErrorsNameTheCulprit) {
             "quantizers) are not supported");
   EXPECT_EQ(config_error(R"({"quant_config": {}})"),
             "config of mode 'quantize': unknown field 'quant_config' (known: algorithm, quant_cfg)");
-  EXPECT_EQ(config_error(R"({"algorithm": "awq_lite"})"),
-            "config of mode 'quantize': algorithm: unknown calibration algorithm 'awq_lite' (known: "
-            "\"max\", or null for none)");
+  EXPECT_EQ(config_error(R"({"algorithm": "awq_full"})"),
+            "config of mode 'quantize': algorithm: unknown calibration algorithm 'awq_full' (known: "
+            "\"max\", \"smoothquant\", \"awq_lite\", or null for none)");
   try {
     quantize_preset("int3");
     FAIL() << "expected an error";
   } catch (const ConfigError& e) {
-    EXPECT_STREQ(e.what(), "unknown quantization preset 'int3' (known: int8, fp8, int4_blockwise)");
+    EXPECT_STREQ(e.what(), "unknown quantization preset 'int3' (known: int8, fp8, int4_blockwise, int8_smoothquant, "
+                           "int4_awq)");
   }
 }
 

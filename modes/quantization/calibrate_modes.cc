@@ -1,0 +1,153 @@
+// The calibration modes, each recorded after "quantize" (Model Optimizer's
+// "<algorithm>_calibrate" entries): "max_calibrate", "smoothquant_calibrate" and
+// "awq_lite_calibrate". Each sets the quantizers' amax (and, for SmoothQuant and AWQ, the
+// input quantizers' pre-quantization scales and the smoothed weights) from the weights and a
+// forward loop over this rank's calibration data, synchronized over the ranks. Restore
+// needs no data: the metadata records every quantizer's buffers, the state dict their values.
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "distributed/mesh.h"
+#include "modes/quantization/awq_lite.h"
+#include "modes/quantization/calibrate.h"
+#include "modes/quantization/quantization.pb.h"
+#include "modes/quantization/quantized_model.h"
+#include "modes/quantization/smoothquant.h"
+#include "opt/registry.h"
+
+namespace mto {
+namespace quantization {
+namespace {
+
+// What every calibration mode shares: the mode arguments, the quantizer-state metadata, and
+// restore.
+class CalibrateModeDescriptor : public ModeDescriptor {
+ public:
+  MessagePtr metadata_class() const override { return std::make_unique<QuantizeMetadata>(); }
+
+  // Mode arguments: "forward_loop" (ForwardLoop), needed when activations are calibrated;
+  // "communicator" (std::shared_ptr<Communicator>), the ranks that share the calibration
+  // data: the default mesh's data-parallel group (the world when tp = 1).
+  ConvertResult convert(ModulePtr model, const Message& config, const ModeKwargs& mode_kwargs) const override {
+    if (quantized_slots(*model).empty()) {
+      throw ApplyModeError(absl::StrCat(name(), ": the model has no quantizers; apply the mode 'quantize' first"));
+    }
+    const ForwardLoop* forward_loop =
+        mode_kwargs.contains("forward_loop") ? &mode_kwargs.get<ForwardLoop>("forward_loop") : nullptr;
+    std::shared_ptr<Communicator> communicator;
+    if (synchronizes(config)) {
+      communicator = mode_kwargs.contains("communicator")
+                         ? mode_kwargs.get<std::shared_ptr<Communicator>>("communicator")
+                         : default_mesh()->dp();
+    }
+    calibrate(*model, config, forward_loop, communicator.get());
+    return {model, std::make_unique<QuantizeMetadata>(quantizer_state(*model))};
+  }
+
+  ModulePtr restore(ModulePtr model, const Message&, const Message& metadata) const override {
+    if (quantized_slots(*model).empty()) {
+      throw ApplyModeError(absl::StrCat(name(), ": the model has no quantizers to restore the calibration of"));
+    }
+    restore_quantizer_state(*model, message_as<QuantizeMetadata>(metadata, metadata_name().c_str()),
+                            /*insert=*/false);
+    return model;
+  }
+
+  void update_for_new_mode(torch::nn::Module& model, Message&, Message& metadata) const override {
+    message_as<QuantizeMetadata>(metadata, metadata_name().c_str()) = quantizer_state(model);
+  }
+  void update_for_save(torch::nn::Module& model, Message&, Message& metadata) const override {
+    message_as<QuantizeMetadata>(metadata, metadata_name().c_str()) = quantizer_state(model);
+  }
+
+ protected:
+  // Calibrates `model` as the mode's config says.
+  virtual void calibrate(torch::nn::Module& model, const Message& config, const ForwardLoop* forward_loop,
+                         Communicator* communicator) const = 0;
+  // Whether the statistics are synchronized over the ranks.
+  virtual bool synchronizes(const Message&) const { return true; }
+
+  std::string config_name() const { return absl::StrCat("config of mode '", name(), "'"); }
+  std::string metadata_name() const { return absl::StrCat("metadata of mode '", name(), "'"); }
+};
+
+class MaxCalibrateModeDescriptor : public CalibrateModeDescriptor {
+ public:
+  std::string name() const override { return "max_calibrate"; }
+  MessagePtr config_class() const override {
+    auto config = std::make_unique<MaxCalibrateConfig>();
+    config->set_distributed_sync(true);
+    return config;
+  }
+
+ protected:
+  void calibrate(torch::nn::Module& model, const Message&, const ForwardLoop* forward_loop,
+                 Communicator* communicator) const override {
+    calibrate_max(model, forward_loop, communicator);
+  }
+  bool synchronizes(const Message& config) const override {
+    return message_as<MaxCalibrateConfig>(config, config_name().c_str()).distributed_sync();
+  }
+};
+
+class SmoothQuantCalibrateModeDescriptor : public CalibrateModeDescriptor {
+ public:
+  std::string name() const override { return "smoothquant_calibrate"; }
+  MessagePtr config_class() const override {
+    auto config = std::make_unique<SmoothQuantCalibrateConfig>();
+    config->set_method("smoothquant");
+    config->set_alpha(1.0);
+    return config;
+  }
+  void validate_config(const Message& message) const override {
+    const auto& config = message_as<SmoothQuantCalibrateConfig>(message, config_name().c_str());
+    if (config.method() != "smoothquant") {
+      throw ConfigError(absl::StrCat(config_name(), ": method must be \"smoothquant\", got \"", config.method(), "\""));
+    }
+    if (!(config.alpha() >= 0 && config.alpha() <= 1)) {
+      throw ConfigError(absl::StrCat(config_name(), ": alpha must be in [0, 1], got ", config.alpha()));
+    }
+  }
+
+ protected:
+  void calibrate(torch::nn::Module& model, const Message& config, const ForwardLoop* forward_loop,
+                 Communicator* communicator) const override {
+    calibrate_smoothquant(model, forward_loop, communicator,
+                          message_as<SmoothQuantCalibrateConfig>(config, config_name().c_str()).alpha());
+  }
+};
+
+class AwqLiteCalibrateModeDescriptor : public CalibrateModeDescriptor {
+ public:
+  std::string name() const override { return "awq_lite_calibrate"; }
+  MessagePtr config_class() const override {
+    auto config = std::make_unique<AwqLiteCalibrateConfig>();
+    config->set_method("awq_lite");
+    config->set_alpha_step(0.1);
+    return config;
+  }
+  void validate_config(const Message& message) const override {
+    const auto& config = message_as<AwqLiteCalibrateConfig>(message, config_name().c_str());
+    if (config.method() != "awq_lite") {
+      throw ConfigError(absl::StrCat(config_name(), ": method must be \"awq_lite\", got \"", config.method(), "\""));
+    }
+    if (!(config.alpha_step() > 0 && config.alpha_step() <= 1)) {
+      throw ConfigError(absl::StrCat(config_name(), ": alpha_step must be in (0, 1], got ", config.alpha_step()));
+    }
+  }
+
+ protected:
+  void calibrate(torch::nn::Module& model, const Message& config, const ForwardLoop* forward_loop,
+                 Communicator* communicator) const override {
+    calibrate_awq_lite(model, forward_loop, communicator,
+                       message_as<AwqLiteCalibrateConfig>(config, config_name().c_str()).alpha_step());
+  }
+};
+
+MTO_REGISTER_MODE(quantization, MaxCalibrateModeDescriptor);
+MTO_REGISTER_MODE(quantization, SmoothQuantCalibrateModeDescriptor);
+MTO_REGISTER_MODE(quantization, AwqLiteCalibrateModeDescriptor);
+
+}  // namespace
+}  // namespace quantization
+}  // namespace mto
