@@ -94,7 +94,7 @@ unknown_mode_and_preset() {
   out=$(ranks 2 "$mto" optimize "$work/float" --mode quantise --out "$work/x" 2>&1) && return 1
   expect_error_line "$out" "quantise" || return 1
   out=$(ranks 2 "$mto" optimize "$work/float" --mode quantize:int3 --out "$work/x" 2>&1) && return 1
-  expect_error_line "$out" "unknown quantization preset 'int3' (known: int8, fp8, int4_blockwise)"
+  expect_error_line "$out" "unknown quantization preset 'int3' (known: int8, fp8, int4_blockwise, int8_smoothquant, int4_awq)"
 }
 
 chain_that_cannot_apply() {

@@ -106,7 +106,7 @@ TEST(SparseThenQuantize, RelationsWithQuantizationLinked) {
   } catch (const StateError& e) {
     EXPECT_STREQ(e.what(),
                  "Cannot add sparse_magnitude after sparse_magnitude! Next modes of sparse_magnitude are "
-                 "{'export_sparse', 'max_calibrate', 'quantize'}.");
+                 "{'awq_lite_calibrate', 'export_sparse', 'max_calibrate', 'quantize', 'smoothquant_calibrate'}.");
   }
 }
 
