@@ -345,6 +345,47 @@ TEST_F(GptParallelTest, AwqLiteIsInvariantToTheMesh) {
   expect_algorithm_invariant("awq_lite", config, small_gpt(nullptr).width(32), base + "/awq");
 }
 
+// A replica whose loop throws fails every rank with a message; a replica with no data
+// finishes with the others; nobody hangs.
+TEST_F(GptParallelTest, SmoothQuantAndAwqLiteNeverHangOnAFailingOrAnEmptyReplica) {
+  const auto mesh = Mesh::create(world(), 2);
+  const std::string int8 = R"({"quant_cfg": {"*weight_quantizer": {"num_bits": 8, "axis": 0},
+      "*input_quantizer": {"num_bits": 8, "axis": null}, "*lm_head*": {"enable": false}, "default": {"enable": false}},
+      "algorithm": null})";
+  const std::string int4 = R"({"quant_cfg": {"*weight_quantizer": {"num_bits": 4, "block_sizes": {"-1": 8}},
+      "*input_quantizer": {"enable": false}, "*lm_head*": {"enable": false}, "default": {"enable": false}},
+      "algorithm": null})";
+  for (const std::string algorithm : {"smoothquant", "awq_lite"}) {
+    const std::string& config = algorithm == "smoothquant" ? int8 : int4;
+    auto calibrate = [&](const quantization::ForwardLoop& loop) {
+      zoo::Gpt gpt(small_gpt(mesh).width(32));
+      ModulePtr model = quantization::quantize(gpt.ptr(), config, nullptr, mesh->dp());
+      if (algorithm == "smoothquant") {
+        quantization::calibrate_smoothquant(*model, &loop, mesh->dp().get(), 0.5);
+      } else {
+        quantization::calibrate_awq_lite(*model, &loop, mesh->dp().get(), 0.1);
+      }
+    };
+    try {
+      calibrate([&](torch::nn::Module& m) {
+        if (mesh->dp_index() == 0) throw std::runtime_error("no calibration data here");
+        dynamic_cast<zoo::GptImpl&>(m).forward(tokens(2));
+      });
+      ADD_FAILURE() << algorithm << ": no error on rank " << rank;
+    } catch (const std::exception& e) {
+      const std::string message = e.what();
+      const std::string expected = mesh->dp_index() == 0 ? "no calibration data here" : "failed on rank 0";
+      EXPECT_NE(message.find(expected), std::string::npos) << algorithm << ": " << message;
+    }
+    world()->barrier();
+    // The first replica has an empty slice of the data: the second one's statistics serve all.
+    EXPECT_NO_THROW(calibrate([&](torch::nn::Module& m) {
+      if (mesh->dp_index() == 1) dynamic_cast<zoo::GptImpl&>(m).forward(tokens(2));
+    })) << algorithm;
+    world()->barrier();
+  }
+}
+
 TEST_F(GptParallelTest, BlocksStraddlingTwoRanksAndMixedSlicesAreRefused) {
   const auto mesh = Mesh::create(world(), 4);
   zoo::Gpt gpt(small_gpt(mesh).width(256));  // proj holds 64 input features per rank
