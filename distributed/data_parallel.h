@@ -8,7 +8,7 @@
 #include <torch/nn/pimpl.h>
 
 #include "distributed/communicator.h"
-#include "distributed/world.h"
+#include "distributed/mesh.h"
 
 namespace mto {
 
@@ -28,7 +28,7 @@ class DataParallelImpl : public torch::nn::Module {
   // Wraps `module` and broadcasts rank 0's parameters and buffers to every rank.
   // Collective over `communicator`.
   explicit DataParallelImpl(std::shared_ptr<torch::nn::Module> module,
-                            std::shared_ptr<Communicator> communicator = world());
+                            std::shared_ptr<Communicator> communicator = default_mesh()->dp());
 
   const std::shared_ptr<torch::nn::Module>& module() const { return module_; }
 

@@ -14,7 +14,7 @@
 #include "distributed/bucketing.h"
 #include "distributed/data_parallel.h"
 #include "distributed/sharding.h"
-#include "distributed/world.h"
+#include "distributed/mesh.h"
 #include "opt/collective.h"
 #include "opt/state_dict.h"
 #include "opt/version.h"
@@ -269,7 +269,7 @@ Manifest assemble_manifest(const CheckpointPlan& plan, const std::vector<std::st
 // restore(), into `model` or, when it is null, the recorded model-like.
 ModulePtr restore_checkpoint(const ModelOrModelLike* model, const std::string& dir,
                              const RestoreOptions& options) {
-  std::shared_ptr<Communicator> comm = options.communicator ? options.communicator : world();
+  std::shared_ptr<Communicator> comm = options.communicator ? options.communicator : default_mesh()->world();
   ModulePtr target;
   std::string manifest_bytes;
   std::string state_bytes;
@@ -334,7 +334,7 @@ ModulePtr restore_checkpoint(const ModelOrModelLike* model, const std::string& d
 }  // namespace
 
 void save(torch::nn::Module& model_in, const std::string& dir, const SaveOptions& options) {
-  std::shared_ptr<Communicator> comm = options.communicator ? options.communicator : world();
+  std::shared_ptr<Communicator> comm = options.communicator ? options.communicator : default_mesh()->world();
   const int rank = comm->rank();
   const int world_size = comm->world_size();
   auto* wrapper = dynamic_cast<DataParallelImpl*>(&model_in);

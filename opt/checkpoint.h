@@ -30,14 +30,14 @@ enum class RestoreStrategy {
 
 // Options of save.
 struct SaveOptions {
-  // The ranks that save together. Null means world().
+  // The ranks that save together. Null means the default mesh's world.
   std::shared_ptr<Communicator> communicator;
 };
 
 // Options of restore.
 struct RestoreOptions {
   // The ranks that restore together; each ends with its own part of the weights (all of
-  // them for tensors it holds whole). Null means world().
+  // them for tensors it holds whole). Null means the default mesh's world.
   std::shared_ptr<Communicator> communicator;
   RestoreStrategy strategy = RestoreStrategy::kReadAll;
 };

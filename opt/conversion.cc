@@ -63,7 +63,7 @@ ModulePtr ModelOrModelLike::to_module() const {
 
 ModulePtr apply_mode(const ModelOrModelLike& model_in, const ModeList& mode,
                      const ModeRegistry* registry, std::optional<bool> init_state,
-                     const ModeKwargs& mode_kwargs) {
+                     const RuntimeContext& context) {
   ModulePtr model = model_in.to_module();
   refuse_wrapped(*model, "apply_mode");
   ModeloptStateManager manager(
@@ -75,7 +75,7 @@ ModulePtr apply_mode(const ModelOrModelLike& model_in, const ModeList& mode,
     manager.check_mode(*descriptor);
     MessagePtr config = ModeloptStateManager::get_config_class(*descriptor, item.config);
     model = check_init_modellike(model, descriptor.get());
-    ConvertResult result = descriptor->convert(model, *config, mode_kwargs);
+    ConvertResult result = descriptor->convert(model, *config, context);
     model = adopt(*descriptor, model, std::move(result.model), "convert");
     if (!result.metadata) result.metadata = descriptor->metadata_class();
     manager.add_mode(descriptor, *config, *result.metadata);

@@ -12,7 +12,7 @@
 
 #include "opt/config.h"
 #include "opt/mode.h"
-#include "opt/mode_kwargs.h"
+#include "opt/runtime_context.h"
 #include "opt/model_like.h"
 #include "serialization/modelopt_state.pb.h"
 
@@ -73,7 +73,7 @@ class ModeList {
 // Modes are looked up in `registry`, or in every registry when it is null. `init_state`
 // defaults to "the model is not converted yet"; true on a converted model throws
 // StateError. Before the first new mode, the last recorded mode's update_for_new_mode runs.
-// `mode_kwargs` go to every convert and are never saved.
+// `context` (the mesh, forward loops, ...) goes to every convert and is never saved.
 //
 // Throws ModeError (unknown mode), ConfigError (bad config), StateError (a chain the modes'
 // relations forbid, with the texts of the Python original, or a DataParallel model: apply
@@ -82,7 +82,7 @@ class ModeList {
 ModulePtr apply_mode(const ModelOrModelLike& model, const ModeList& mode,
                      const ModeRegistry* registry = nullptr,
                      std::optional<bool> init_state = std::nullopt,
-                     const ModeKwargs& mode_kwargs = {});
+                     const RuntimeContext& context = {});
 
 // The modelopt state of `model`: the mto version, the model-like it was built from (if
 // any) and every applied mode with its config and metadata, after the last mode's

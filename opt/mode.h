@@ -9,7 +9,7 @@
 #include <torch/nn/module.h>
 
 #include "opt/config.h"
-#include "opt/mode_kwargs.h"
+#include "opt/runtime_context.h"
 
 namespace mto {
 
@@ -63,11 +63,12 @@ class ModeDescriptor {
   virtual std::string config_to_json(const Message& config) const;
 
   // The mode's entrypoint for converting `model`. `config` has the mode's config type and
-  // passed validate_config; `mode_kwargs` holds C++ arguments that are never saved.
+  // passed validate_config; `context` holds the mesh and the C++ values (forward loops,
+  // tracing passes) the mode needs at run time, never saved.
   // Returns the converted model and the metadata restore needs. Throws ApplyModeError when
   // the conversion fails, so that callers can fall back.
   virtual ConvertResult convert(ModulePtr model, const Message& config,
-                                const ModeKwargs& mode_kwargs) const = 0;
+                                const RuntimeContext& context) const = 0;
 
   // The mode's entrypoint for restoring: modifies the unmodified `model` exactly as convert
   // did, using the recorded `config` and `metadata`, without data or randomness. Returns the

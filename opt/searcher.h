@@ -5,7 +5,7 @@
 
 #include <torch/nn/module.h>
 
-#include "opt/mode_kwargs.h"
+#include "opt/runtime_context.h"
 
 namespace mto {
 
@@ -17,7 +17,7 @@ struct SearchConfig {
   // Whether to print progress.
   bool verbose = false;
   // Data loaders, score functions and other C++ values; never saved.
-  ModeKwargs kwargs;
+  RuntimeContext context;
 };
 
 // Base of search algorithms, the search_algorithm of a mode. search() runs the steps below

@@ -19,7 +19,7 @@ class ExportNasModeDescriptor : public ModeDescriptor {
   MessagePtr metadata_class() const override { return std::make_unique<ExportNasMetadata>(); }
   bool is_export_mode() const override { return true; }
 
-  ConvertResult convert(ModulePtr model, const Message&, const ModeKwargs&) const override {
+  ConvertResult convert(ModulePtr model, const Message&, const RuntimeContext&) const override {
     SearchSpace space(*model);
     auto metadata = std::make_unique<ExportNasMetadata>();
     for (LayerWidth& entry : space.subnet_config()) *metadata->add_subnet_config() = std::move(entry);

@@ -71,9 +71,9 @@ class FastNasModeDescriptor : public ModeDescriptor {
   }
 
   // Mode argument: "dummy_forward" (DummyForward), one forward pass on a small input.
-  ConvertResult convert(ModulePtr model, const Message& config, const ModeKwargs& mode_kwargs) const override {
+  ConvertResult convert(ModulePtr model, const Message& config, const RuntimeContext& context) const override {
     refuse_split_layers(*model);
-    FastNasMetadata metadata = trace_search_space(*model, mode_kwargs.get<DummyForward>("dummy_forward"),
+    FastNasMetadata metadata = trace_search_space(*model, context.get(kDummyForward),
                                                   message_as<FastNasConfig>(config, kConfig));
     SearchSpace::install(*model, metadata);
     return {model, std::make_unique<FastNasMetadata>(std::move(metadata))};

@@ -16,7 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "distributed/sharding.h"
-#include "distributed/world.h"
+#include "distributed/mesh.h"
 #include "modes/nas/batch_norm.h"
 #include "opt/collective.h"
 #include "opt/errors.h"
@@ -47,6 +47,13 @@ std::string Constraint::to_string() const {
   return absl::StrCat(kind == Kind::kParams ? "params=" : "flops=", fraction);
 }
 
+namespace {
+
+// Where the searcher finds the options search() was given.
+constexpr ContextKey<SearchOptions> kSearchOptions{"options"};
+
+}  // namespace
+
 void FastNasSearcher::reset() {
   space_.reset();
   full_cost_ = 0;
@@ -57,12 +64,12 @@ void FastNasSearcher::reset() {
 }
 
 void FastNasSearcher::sanitize_search_config(SearchConfig& config) {
-  options_ = config.kwargs.get<SearchOptions>("options");
+  options_ = config.context.get(kSearchOptions);
   if (!options_.score) throw ConfigError("search: options.score is required");
   if (options_.num_candidates < 1) {
     throw ConfigError(absl::StrCat("search: num_candidates must be positive, got ", options_.num_candidates));
   }
-  if (!options_.communicator) options_.communicator = world();
+  if (!options_.communicator) options_.communicator = default_mesh()->world();
   config.checkpoint = options_.checkpoint;
   config.verbose = options_.verbose;
 }
@@ -206,7 +213,7 @@ void FastNasSearcher::after_search() {
 SearchResult search(const std::shared_ptr<torch::nn::Module>& model, const SearchOptions& options) {
   FastNasSearcher searcher;
   SearchConfig config;
-  config.kwargs.set("options", options);
+  config.context.set(kSearchOptions, options);
   searcher.search(model, config);
   return searcher.result();
 }

@@ -50,7 +50,7 @@ struct SearchOptions {
   // Optional: batches for re-measuring batch-norm statistics before each score (on every
   // rank the same data, like `score`).
   ForwardLoop calibrate_loop;
-  // The ranks that share the candidates; null means world().
+  // The ranks that share the candidates; null means the default mesh's world.
   std::shared_ptr<Communicator> communicator;
   // This rank's search checkpoint (a file); empty for none. An interrupted search resumes
   // from it and scores only what it had not scored.

@@ -9,6 +9,7 @@
 #include <torch/nn/module.h>
 
 #include "modes/nas/nas.pb.h"
+#include "opt/runtime_context.h"
 
 namespace mto {
 namespace nas {
@@ -16,6 +17,9 @@ namespace nas {
 // Runs the model once on a small input and returns its output; the trace of the search
 // space follows the autograd graph of this one forward pass.
 using DummyForward = std::function<at::Tensor(torch::nn::Module& model)>;
+
+// Where fastnas finds its tracing forward pass in the RuntimeContext.
+inline constexpr ContextKey<DummyForward> kDummyForward{"dummy_forward"};
 
 // Finds the widths of `model` that can shrink: the output channels of an mto::nn::Conv2d or
 // the output features of an mto::nn::Linear whose only readers are other mto::nn layers,

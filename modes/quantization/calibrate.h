@@ -5,14 +5,18 @@
 #include <torch/nn/module.h>
 
 #include "distributed/communicator.h"
+#include "opt/runtime_context.h"
 
 namespace mto {
 namespace quantization {
 
 // Runs the model over calibration data, e.g. every batch of this rank's slice:
 //   [&](torch::nn::Module& m) { for (auto& batch : slice) forward(m, batch); }
-// Passed to "max_calibrate" as the mode argument "forward_loop"; never saved.
+// Passed to the calibration modes in the RuntimeContext under kForwardLoop; never saved.
 using ForwardLoop = std::function<void(torch::nn::Module& model)>;
+
+// Where the calibration modes find their forward loop in the RuntimeContext.
+inline constexpr ContextKey<ForwardLoop> kForwardLoop{"forward_loop"};
 
 // Sets the `_amax` of every enabled quantizer of `model` to the absolute maximum of what it
 // quantizes: weight quantizers from the weights, input and output quantizers from what

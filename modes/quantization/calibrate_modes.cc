@@ -7,7 +7,6 @@
 #include <memory>
 
 #include "absl/strings/str_cat.h"
-#include "distributed/mesh.h"
 #include "modes/quantization/awq_lite.h"
 #include "modes/quantization/calibrate.h"
 #include "modes/quantization/quantization.pb.h"
@@ -25,21 +24,16 @@ class CalibrateModeDescriptor : public ModeDescriptor {
  public:
   MessagePtr metadata_class() const override { return std::make_unique<QuantizeMetadata>(); }
 
-  // Mode arguments: "forward_loop" (ForwardLoop), needed when activations are calibrated;
-  // "communicator" (std::shared_ptr<Communicator>), the ranks that share the calibration
-  // data: the default mesh's data-parallel group (the world when tp = 1).
-  ConvertResult convert(ModulePtr model, const Message& config, const ModeKwargs& mode_kwargs) const override {
+  // From the context: kForwardLoop, needed when activations are calibrated, and the data
+  // parallel group, the ranks that share the calibration data (the mesh's dp group unless
+  // set).
+  ConvertResult convert(ModulePtr model, const Message& config, const RuntimeContext& context) const override {
     if (quantized_slots(*model).empty()) {
       throw ApplyModeError(absl::StrCat(name(), ": the model has no quantizers; apply the mode 'quantize' first"));
     }
-    const ForwardLoop* forward_loop =
-        mode_kwargs.contains("forward_loop") ? &mode_kwargs.get<ForwardLoop>("forward_loop") : nullptr;
+    const ForwardLoop* forward_loop = context.find(kForwardLoop);
     std::shared_ptr<Communicator> communicator;
-    if (synchronizes(config)) {
-      communicator = mode_kwargs.contains("communicator")
-                         ? mode_kwargs.get<std::shared_ptr<Communicator>>("communicator")
-                         : default_mesh()->dp();
-    }
+    if (synchronizes(config)) communicator = context.data_parallel_group();
     calibrate(*model, config, forward_loop, communicator.get());
     return {model, std::make_unique<QuantizeMetadata>(quantizer_state(*model))};
   }

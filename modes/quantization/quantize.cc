@@ -33,10 +33,10 @@ std::vector<ModeWithConfig> quantize_modes(const std::string& config) {
 
 ModulePtr quantize(ModulePtr model, const std::string& config, ForwardLoop forward_loop,
                    std::shared_ptr<Communicator> communicator) {
-  ModeKwargs kwargs;
-  if (forward_loop) kwargs.set("forward_loop", std::move(forward_loop));
-  if (communicator) kwargs.set("communicator", std::move(communicator));
-  return apply_mode(model, ModeList(quantize_modes(config)), nullptr, std::nullopt, kwargs);
+  RuntimeContext context;
+  if (forward_loop) context.set(kForwardLoop, std::move(forward_loop));
+  if (communicator) context.set_data_parallel_group(std::move(communicator));
+  return apply_mode(model, ModeList(quantize_modes(config)), nullptr, std::nullopt, context);
 }
 
 }  // namespace quantization

@@ -51,7 +51,7 @@ class QuantizeModeDescriptor : public ModeDescriptor {
     return ModeRegistry::registered({"sparse_magnitude", "sparsegpt", "fastnas", "autonas"});
   }
 
-  ConvertResult convert(ModulePtr model, const Message& message, const ModeKwargs&) const override {
+  ConvertResult convert(ModulePtr model, const Message& message, const RuntimeContext&) const override {
     const auto& config = message_as<QuantizeConfig>(message, "config of mode 'quantize'");
     const std::vector<QuantizerSlot> slots = quantizer_slots(*model);
     if (slots.empty()) {

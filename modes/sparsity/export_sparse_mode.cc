@@ -24,7 +24,7 @@ class ExportSparseModeDescriptor : public ModeDescriptor {
   MessagePtr config_class() const override { return std::make_unique<ExportSparseConfig>(); }
   bool is_export_mode() const override { return true; }
 
-  ConvertResult convert(ModulePtr model, const Message&, const ModeKwargs&) const override {
+  ConvertResult convert(ModulePtr model, const Message&, const RuntimeContext&) const override {
     if (fold_all(*model) == 0) throw ApplyModeError("export_sparse: the model has no sparse layers");
     return {model, metadata_class()};
   }

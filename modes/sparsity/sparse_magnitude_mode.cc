@@ -50,7 +50,7 @@ class SparseMagnitudeModeDescriptor : public ModeDescriptor {
                                       "smoothquant_calibrate", "awq_lite_calibrate"});
   }
 
-  ConvertResult convert(ModulePtr model, const Message& message, const ModeKwargs&) const override {
+  ConvertResult convert(ModulePtr model, const Message& message, const RuntimeContext&) const override {
     const auto& config = message_as<SparseMagnitudeConfig>(message, kConfig);
     std::vector<std::pair<nn::NamedDynamicLayer, at::Tensor>> masks;
     for (const nn::NamedDynamicLayer& layer : nn::named_dynamic_layers(*model)) {

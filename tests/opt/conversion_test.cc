@@ -1,5 +1,5 @@
 // apply_mode, modelopt_state and restore_from_modelopt_state: the forms of their arguments,
-// model-likes, mode kwargs, the update hooks, version warnings and restore refusals.
+// model-likes, the runtime context, the update hooks, version warnings and restore refusals.
 #include <gtest/gtest.h>
 
 #include <c10/util/Exception.h>
@@ -115,19 +115,29 @@ TEST(ApplyModeTest, InitStateDefaultsToNotConverted) {
                StateError);
 }
 
-TEST(ApplyModeTest, ModeKwargsReachConvertAndAreNeverSaved) {
-  ModeKwargs kwargs;
-  kwargs.set("tag", std::string("calibration-loop"));
-  ModulePtr model = apply_mode(ModelLike("test_mlp").build(), "test_hooks", nullptr, std::nullopt, kwargs);
+TEST(ApplyModeTest, RuntimeContextValuesReachConvertAndAreNeverSaved) {
+  RuntimeContext context;
+  context.set(test::kTestTag, std::string("calibration-loop"));
+  ModulePtr model = apply_mode(ModelLike("test_mlp").build(), "test_hooks", nullptr, std::nullopt, context);
   ModeloptState state = modelopt_state(*model);
   google::protobuf::Struct metadata;
   ASSERT_TRUE(state.modelopt_state_dict(0).metadata().UnpackTo(&metadata));
   EXPECT_TRUE(metadata.fields().at("kwarg_seen").bool_value());
   EXPECT_EQ(state.SerializeAsString().find("calibration-loop"), std::string::npos);
 
-  EXPECT_EQ(kwargs.get<std::string>("tag"), "calibration-loop");
-  EXPECT_THROW(kwargs.get<int>("tag"), ApplyModeError);
-  EXPECT_THROW(kwargs.get<std::string>("missing"), ApplyModeError);
+  EXPECT_EQ(context.get(test::kTestTag), "calibration-loop");
+  // A key names its type: the same name read as another type is no value, never a wrong one.
+  constexpr ContextKey<int> tag_as_int{"tag"};
+  EXPECT_EQ(context.find(tag_as_int), nullptr);
+  try {
+    context.get(ContextKey<std::string>{"missing"});
+    ADD_FAILURE() << "no error";
+  } catch (const ApplyModeError& e) {
+    EXPECT_STREQ(e.what(), "missing mode argument 'missing'");
+  }
+  // Without a mesh of its own, the context has the default mesh and its dp group.
+  EXPECT_EQ(context.mesh(), default_mesh());
+  EXPECT_EQ(context.data_parallel_group(), default_mesh()->dp());
 }
 
 TEST(ApplyModeTest, UpdateHooksRunAtTheRightMoments) {

@@ -23,7 +23,7 @@ class FakeMode : public ModeDescriptor {
   MessagePtr config_class() const override { return std::make_unique<google::protobuf::Struct>(); }
   std::optional<ModeSet> next_modes() const override { return next_; }
   std::optional<std::string> export_mode() const override { return export_; }
-  ConvertResult convert(ModulePtr model, const Message&, const ModeKwargs&) const override {
+  ConvertResult convert(ModulePtr model, const Message&, const RuntimeContext&) const override {
     return {model, nullptr};
   }
   ModulePtr restore(ModulePtr model, const Message&, const Message&) const override { return model; }

@@ -20,6 +20,8 @@ namespace mto {
 namespace {
 
 using Score = std::function<double(int candidate)>;
+constexpr ContextKey<Score> kScore{"score"};
+constexpr ContextKey<int> kStopAfter{"stop_after"};
 
 // Scores candidates 0..9 with the "score" kwarg, keeps the best, and checkpoints after each
 // candidate so that an interrupted search resumes where it stopped.
@@ -38,7 +40,7 @@ class BestCandidateSearcher : public Searcher {
   }
   void sanitize_search_config(SearchConfig& config) override {
     steps.push_back("sanitize_search_config");
-    if (!config.kwargs.contains("score")) throw ConfigError("search needs a 'score' function");
+    if (!config.context.contains(kScore)) throw ConfigError("search needs a 'score' function");
   }
   bool load_search_checkpoint() override {
     steps.push_back("load_search_checkpoint");
@@ -55,7 +57,7 @@ class BestCandidateSearcher : public Searcher {
   void before_search() override { steps.push_back("before_search"); }
   void run_search() override {
     steps.push_back("run_search");
-    const Score& score = config().kwargs.get<Score>("score");
+    const Score& score = config().context.get(kScore);
     while (next_ < 10) {
       const int candidate = next_++;
       evaluated.push_back(candidate);
@@ -65,7 +67,7 @@ class BestCandidateSearcher : public Searcher {
         best = candidate;
       }
       save_search_checkpoint();
-      if (config().kwargs.contains("stop_after") && candidate == config().kwargs.get<int>("stop_after")) {
+      if (config().context.contains(kStopAfter) && candidate == config().context.get(kStopAfter)) {
         throw std::runtime_error("interrupted");
       }
     }
@@ -84,7 +86,7 @@ class FakeSearchMode : public ModeDescriptor {
   SearcherFactory search_algorithm() const override {
     return [] { return std::make_unique<BestCandidateSearcher>(); };
   }
-  ConvertResult convert(ModulePtr model, const Message&, const ModeKwargs&) const override {
+  ConvertResult convert(ModulePtr model, const Message&, const RuntimeContext&) const override {
     return {model, nullptr};
   }
   ModulePtr restore(ModulePtr model, const Message&, const Message&) const override { return model; }
@@ -94,7 +96,7 @@ MTO_REGISTER_MODE(test_search, FakeSearchMode);
 
 SearchConfig config_with(Score score) {
   SearchConfig config;
-  config.kwargs.set("score", std::move(score));
+  config.context.set(kScore, std::move(score));
   return config;
 }
 
@@ -120,7 +122,7 @@ TEST(SearcherTest, InterruptedSearchResumesFromItsCheckpoint) {
   Score score = [](int c) { return c == 2 ? 10.0 : static_cast<double>(c); };
   SearchConfig first = config_with(score);
   first.checkpoint = checkpoint;
-  first.kwargs.set("stop_after", 4);
+  first.context.set(kStopAfter, 4);
   BestCandidateSearcher interrupted;
   EXPECT_THROW(interrupted.search(ModelLike("test_mlp").build(), first), std::runtime_error);
   EXPECT_TRUE(std::filesystem::exists(checkpoint));

@@ -297,7 +297,9 @@ void expect_algorithm_invariant(const std::string& algorithm, const std::string&
     const Calibrated on_half = calibrate_on(Mesh::create(half, tp), options, config, algorithm);
     const std::string where = algorithm + (tp == 1 ? " at (2,1)" : " at (1,2)");
     expect_slices_of(*on_half.model, *reference.model, where, /*exact=*/tp == 1);
-    if (algorithm == "awq_lite") EXPECT_EQ(on_half.alphas, reference.alphas) << where;
+    if (algorithm == "awq_lite") {
+      EXPECT_EQ(on_half.alphas, reference.alphas) << where;
+    }
   }
   const Calibrated one_two = calibrate_on(Mesh::create(half, 2), options, config, algorithm);
   for (int tp : {1, 2, 4}) {
@@ -305,7 +307,9 @@ void expect_algorithm_invariant(const std::string& algorithm, const std::string&
     const Calibrated calibrated = calibrate_on(mesh, options, config, algorithm);
     const std::string where = algorithm + " at " + mesh->describe();
     expect_slices_of(*calibrated.model, *reference.model, where, /*exact=*/tp == 1);
-    if (algorithm == "awq_lite") EXPECT_EQ(calibrated.alphas, reference.alphas) << where;
+    if (algorithm == "awq_lite") {
+      EXPECT_EQ(calibrated.alphas, reference.alphas) << where;
+    }
     // At the same tp, another data-parallel split is bit-identical: (2,2) against (1,2), whose
     // rank r holds the same slices (tp index r % 2).
     if (tp == 2) {
@@ -432,12 +436,12 @@ TEST_F(GptParallelTest, ACalibrationLoopFailingOnOneReplicaFailsEveryRankOfTheMe
 
 TEST_F(GptParallelTest, FastnasRefusesALayerSplitOverRanks) {
   zoo::Gpt gpt(small_gpt(Mesh::create(world(), 2)));
-  ModeKwargs kwargs;
-  kwargs.set("dummy_forward", nas::DummyForward([](torch::nn::Module& m) {
+  RuntimeContext context;
+  context.set(nas::kDummyForward, nas::DummyForward([](torch::nn::Module& m) {
                return dynamic_cast<zoo::GptImpl&>(m).forward(tokens(1));
              }));
   try {
-    apply_mode(gpt, "fastnas", nullptr, std::nullopt, kwargs);
+    apply_mode(gpt, "fastnas", nullptr, std::nullopt, context);
     ADD_FAILURE() << "no error";
   } catch (const ApplyModeError& e) {
     EXPECT_STREQ(e.what(), "fastnas: layer blocks.0.attn.qkv is split over 2 tensor-parallel ranks; fastnas "

@@ -254,16 +254,16 @@ void run_optimize(const OptimizeOptions& options) {
   const int64_t context = zoo::language_model_context(*model);
   const OptimizeData data =
       context > 0 ? text_data(options, *mesh, context, searches) : fashion_data(options, *mesh, searches);
-  ModeKwargs kwargs;
-  kwargs.set("forward_loop", data.calibrate_loop);
   // Calibration statistics are reduced over the replicas; a split layer's over its tp group.
-  kwargs.set("communicator", mesh->dp());
-  kwargs.set("dummy_forward", data.trace);
+  RuntimeContext runtime;
+  runtime.set(quantization::kForwardLoop, data.calibrate_loop);
+  runtime.set(nas::kDummyForward, data.trace);
+  runtime.set_mesh(mesh);
 
   for (const auto* axis : {&comm, &mesh->dp(), &mesh->tp()}) (*axis)->reset_stats();
   start = std::chrono::steady_clock::now();
   for (const Step& step : steps) {
-    model = apply_mode(model, ModeList({step.mode}), nullptr, std::nullopt, kwargs);
+    model = apply_mode(model, ModeList({step.mode}), nullptr, std::nullopt, runtime);
     if (step.constraint) run_search(model, *step.constraint, data, options, comm);
   }
   const double apply_seconds = seconds_since(start);

@@ -36,14 +36,14 @@ at::Tensor images(int64_t n, int seed) {
   return at::randn({n, 1, 8, 8});
 }
 
-ModeKwargs trace_kwargs(const at::Tensor& input) {
-  ModeKwargs kwargs;
-  kwargs.set("dummy_forward", DummyForward([input](torch::nn::Module& m) { return run(m, input); }));
-  return kwargs;
+RuntimeContext trace_context(const at::Tensor& input) {
+  RuntimeContext context;
+  context.set(kDummyForward, [input](torch::nn::Module& m) { return run(m, input); });
+  return context;
 }
 
 ModulePtr fastnas(ModulePtr model, const at::Tensor& input) {
-  return apply_mode(model, "fastnas", nullptr, std::nullopt, trace_kwargs(input));
+  return apply_mode(model, "fastnas", nullptr, std::nullopt, trace_context(input));
 }
 
 // Scores a subnet by how close its outputs stay to `teacher`'s on fixed images.
@@ -118,7 +118,7 @@ TEST(SearchSpaceTest, AModelWithNothingToPruneIsRefused) {
   auto single = std::make_shared<mto::nn::LinearImpl>(4, 3);
   EXPECT_NE(error_of([&] {
               apply_mode(single, "fastnas", nullptr, std::nullopt,
-                         ModeKwargs().set("dummy_forward", DummyForward([](torch::nn::Module& m) {
+                         RuntimeContext().set(kDummyForward, DummyForward([](torch::nn::Module& m) {
                                             return dynamic_cast<mto::nn::LinearImpl&>(m).forward(at::randn({2, 4}));
                                           })));
             }).find("fastnas: no searchable width"),

@@ -30,9 +30,9 @@ at::Tensor images(int64_t n, int seed) {
 
 ModulePtr searchable(bool batch_norm) {
   const at::Tensor input = images(2, 0);
-  ModeKwargs kwargs;
-  kwargs.set("dummy_forward", DummyForward([input](torch::nn::Module& m) { return test::run(m, input); }));
-  return apply_mode(test::cnn_like(batch_norm).build(), "fastnas", nullptr, std::nullopt, kwargs);
+  RuntimeContext context;
+  context.set(kDummyForward, DummyForward([input](torch::nn::Module& m) { return test::run(m, input); }));
+  return apply_mode(test::cnn_like(batch_norm).build(), "fastnas", nullptr, std::nullopt, context);
 }
 
 SearchOptions options_for(bool batch_norm, std::shared_ptr<Communicator> comm) {

@@ -198,7 +198,7 @@ TEST(QuantizeMode, ProhibitsSparsityAfterIt) {
    public:
     std::string name() const override { return "sparse_magnitude"; }
     MessagePtr config_class() const override { return std::make_unique<google::protobuf::Struct>(); }
-    ConvertResult convert(ModulePtr model, const Message&, const ModeKwargs&) const override {
+    ConvertResult convert(ModulePtr model, const Message&, const RuntimeContext&) const override {
       return {model, metadata_class()};
     }
     ModulePtr restore(ModulePtr model, const Message&, const Message&) const override { return model; }
@@ -228,13 +228,13 @@ TEST(MaxCalibrate, ErrorsNameTheQuantizers) {
 
 TEST(MaxCalibrate, AFailingForwardLoopLeavesNoQuantizerCalibrating) {
   ModulePtr model = apply_mode(mlp_like().build(), {{"quantize", quantize_preset("int8")}});
-  ModeKwargs kwargs;
-  kwargs.set("forward_loop", ForwardLoop([](torch::nn::Module& m) {
+  RuntimeContext context;
+  context.set(kForwardLoop, ForwardLoop([](torch::nn::Module& m) {
                test::test_forward(m.shared_from_this(), at::ones({2, 8}));
                throw std::runtime_error("data loader broke");
              }));
   try {
-    apply_mode(model, "max_calibrate", nullptr, std::nullopt, kwargs);
+    apply_mode(model, "max_calibrate", nullptr, std::nullopt, context);
     FAIL() << "expected an error";
   } catch (const std::runtime_error& e) {
     EXPECT_STREQ(e.what(), "data loader broke");

@@ -68,9 +68,9 @@ TEST(SmoothQuantTest, ThePresetRecordsSmoothQuantCalibrationAfterQuantize) {
   ASSERT_EQ(inline_modes.size(), 2u);
   EXPECT_EQ(inline_modes[1].mode, "smoothquant_calibrate");
   ModulePtr model = apply_mode(mlp_like().build(), ModeList(inline_modes), nullptr, std::nullopt, [] {
-    ModeKwargs kwargs;
-    kwargs.set("forward_loop", loop_over(3));
-    return kwargs;
+    RuntimeContext context;
+    context.set(kForwardLoop, loop_over(3));
+    return context;
   }());
   const ModeloptState state = modelopt_state(*model);
   ASSERT_EQ(state.modelopt_state_dict_size(), 2);

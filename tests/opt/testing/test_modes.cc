@@ -68,7 +68,7 @@ class TestQuantizeMode : public ModeDescriptor {
   std::optional<ModeSet> next_prohibited_modes() const override {
     return ModeSet{"test_sparse", "test_nas"};
   }
-  ConvertResult convert(ModulePtr model, const Message& message, const ModeKwargs&) const override {
+  ConvertResult convert(ModulePtr model, const Message& message, const RuntimeContext&) const override {
     log_convert(name());
     const auto& config = message_as<QuantizeTestConfig>(message, name());
     auto metadata = std::make_unique<QuantizeTestMetadata>();
@@ -174,7 +174,7 @@ class TestNasMode : public ModeDescriptor {
   std::optional<ModeSet> next_modes() const override {
     return ModeSet{"test_export_nas", "test_kd", "test_quantize", "test_sparse"};
   }
-  ConvertResult convert(ModulePtr model, const Message& message, const ModeKwargs&) const override {
+  ConvertResult convert(ModulePtr model, const Message& message, const RuntimeContext&) const override {
     log_convert(name());
     const auto& config = message_as<NasTestConfig>(message, name());
     std::mt19937_64 rng(static_cast<uint64_t>(config.seed()));
@@ -224,7 +224,7 @@ class TestExportNasMode : public ModeDescriptor {
   std::string name() const override { return "test_export_nas"; }
   MessagePtr config_class() const override { return std::make_unique<EmptyTestConfig>(); }
   bool is_export_mode() const override { return true; }
-  ConvertResult convert(ModulePtr model, const Message&, const ModeKwargs&) const override {
+  ConvertResult convert(ModulePtr model, const Message&, const RuntimeContext&) const override {
     log_convert(name());
     export_widths(*model);
     return {model, nullptr};
@@ -265,7 +265,7 @@ class TestSparseMode : public ModeDescriptor {
   std::optional<ModeSet> next_modes() const override {
     return ModeSet{"test_export_sparse", "test_kd", "test_quantize"};
   }
-  ConvertResult convert(ModulePtr model, const Message& message, const ModeKwargs&) const override {
+  ConvertResult convert(ModulePtr model, const Message& message, const RuntimeContext&) const override {
     log_convert(name());
     const auto& config = message_as<SparsityTestConfig>(message, name());
     torch::NoGradGuard no_grad;
@@ -297,7 +297,7 @@ class TestExportSparseMode : public ModeDescriptor {
   std::string name() const override { return "test_export_sparse"; }
   MessagePtr config_class() const override { return std::make_unique<EmptyTestConfig>(); }
   bool is_export_mode() const override { return true; }
-  ConvertResult convert(ModulePtr model, const Message&, const ModeKwargs&) const override {
+  ConvertResult convert(ModulePtr model, const Message&, const RuntimeContext&) const override {
     log_convert(name());
     torch::NoGradGuard no_grad;
     for (const auto& [layer_name, layer] : nn::named_dynamic_layers(*model)) {
@@ -321,7 +321,7 @@ class TestKdMode : public ModeDescriptor {
   std::string name() const override { return "test_kd"; }
   MessagePtr config_class() const override { return std::make_unique<KdTestConfig>(); }
   std::optional<std::string> export_mode() const override { return "test_export_student"; }
-  ConvertResult convert(ModulePtr model, const Message& message, const ModeKwargs&) const override {
+  ConvertResult convert(ModulePtr model, const Message& message, const RuntimeContext&) const override {
     log_convert(name());
     auto metadata = std::make_unique<Struct>();
     (*metadata->mutable_fields())["teacher"].set_string_value(
@@ -336,7 +336,7 @@ class TestExportStudentMode : public ModeDescriptor {
   std::string name() const override { return "test_export_student"; }
   MessagePtr config_class() const override { return std::make_unique<EmptyTestConfig>(); }
   bool is_export_mode() const override { return true; }
-  ConvertResult convert(ModulePtr model, const Message&, const ModeKwargs&) const override {
+  ConvertResult convert(ModulePtr model, const Message&, const RuntimeContext&) const override {
     log_convert(name());
     return {model, nullptr};
   }
@@ -348,7 +348,7 @@ class TestTerminalMode : public ModeDescriptor {
   std::string name() const override { return "test_terminal"; }
   MessagePtr config_class() const override { return std::make_unique<EmptyTestConfig>(); }
   std::optional<ModeSet> next_modes() const override { return ModeSet{}; }
-  ConvertResult convert(ModulePtr model, const Message&, const ModeKwargs&) const override {
+  ConvertResult convert(ModulePtr model, const Message&, const RuntimeContext&) const override {
     log_convert(name());
     return {model, nullptr};
   }
@@ -360,7 +360,7 @@ class TestModelLikeMode : public ModeDescriptor {
   std::string name() const override { return "test_modellike"; }
   MessagePtr config_class() const override { return std::make_unique<EmptyTestConfig>(); }
   bool require_model_like() const override { return true; }
-  ConvertResult convert(ModulePtr model, const Message&, const ModeKwargs&) const override {
+  ConvertResult convert(ModulePtr model, const Message&, const RuntimeContext&) const override {
     log_convert(name());
     auto like = std::dynamic_pointer_cast<ModelLikeModule>(model);
     auto metadata = std::make_unique<Struct>();
@@ -379,11 +379,11 @@ class TestHooksMode : public ModeDescriptor {
  public:
   std::string name() const override { return "test_hooks"; }
   MessagePtr config_class() const override { return std::make_unique<EmptyTestConfig>(); }
-  ConvertResult convert(ModulePtr model, const Message&, const ModeKwargs& kwargs) const override {
+  ConvertResult convert(ModulePtr model, const Message&, const RuntimeContext& context) const override {
     log_convert(name());
     auto metadata = std::make_unique<Struct>();
     (*metadata->mutable_fields())["new_mode_updates"].set_number_value(0);
-    if (kwargs.contains("tag")) {
+    if (context.contains(kTestTag)) {
       (*metadata->mutable_fields())["kwarg_seen"].set_bool_value(true);
     }
     return {model, std::move(metadata)};
@@ -404,7 +404,7 @@ class TestFailMode : public ModeDescriptor {
  public:
   std::string name() const override { return "test_fail"; }
   MessagePtr config_class() const override { return std::make_unique<EmptyTestConfig>(); }
-  ConvertResult convert(ModulePtr, const Message&, const ModeKwargs&) const override {
+  ConvertResult convert(ModulePtr, const Message&, const RuntimeContext&) const override {
     throw ApplyModeError("test_fail cannot convert this model");
   }
   ModulePtr restore(ModulePtr model, const Message&, const Message&) const override { return model; }

@@ -27,6 +27,7 @@
 
 #include "opt/nn/conv2d.h"
 #include "opt/nn/linear.h"
+#include "opt/runtime_context.h"
 
 namespace mto {
 namespace test {
@@ -34,6 +35,9 @@ namespace test {
 // Every update_for_new_mode and update_for_save call of test_hooks, as
 // "update_for_new_mode" / "update_for_save", and every convert as "convert:<mode>".
 std::vector<std::string>& test_events();
+
+// A runtime value that test_hooks looks for: its metadata records "kwarg_seen" when set.
+inline constexpr ContextKey<std::string> kTestTag{"tag"};
 
 // Linear(8, hidden) -> relu -> Linear(hidden, hidden) -> relu -> Linear(hidden, 4).
 class TestMlpImpl : public torch::nn::Module {
