@@ -183,8 +183,28 @@ prune_and_sparsify() {
   "$mto" inspect "$work/sparse-ft" | grep -q "blocks.0.fc1._weight_mask  *BOOL" || { echo "no mask"; return 1; }
 }
 
+# A plain safetensors set (the weights of a checkpoint without its MANIFEST and modelopt
+# state) imported on 2 ranks at tp 2 evaluates as the original does.
+import_plain_safetensors() {
+  local plain="$work/plain"
+  mkdir -p "$plain" && cp "$work/gpt"/*.safetensors "$work/gpt/model.safetensors.index.json" "$plain/" || return 1
+  out=$(ranks 2 "$mto" import "$plain" --model-like "gpt:$gpt_args" --tp 2 --out "$work/imported" 2>&1) ||
+    { echo "$out"; return 1; }
+  grep -q "^read [0-9]* tensors of gpt:.* from $plain on 2 rank(s) (dp=1, tp=2)" <<<"$out" || { echo "$out"; return 1; }
+  grep -q "no checksums" <<<"$out" || { echo "$out"; return 1; }
+  "$mto" inspect "$work/imported" --verify >/dev/null || return 1
+  one=$("$mto" eval "$work/gpt" --samples 16 --json) || { echo "$one"; return 1; }
+  two=$("$mto" eval "$work/imported" --samples 16 --json) || { echo "$two"; return 1; }
+  close "$(field "$one" loss)" "$(field "$two" loss)" 1e-6 || return 1
+  # A model the set does not fit names what differs, on one line.
+  out=$("$mto" import "$plain" --model-like 'gpt:{"width": 32, "depth": 2, "heads": 2, "context": 16}' \
+        --out "$work/bad" 2>&1) && { echo "imported a deeper model: $out"; return 1; }
+  expect_error_line "$out" "missing from the set: blocks.1" || return 1
+  [ ! -e "$work/bad" ] || { echo "a failed import wrote $work/bad"; return 1; }
+}
+
 help_mentions_tp() {
-  for command in train eval optimize generate; do
+  for command in train eval optimize generate import; do
     out=$("$mto" $command --help) || { echo "$out"; return 1; }
     grep -q -- "--tp" <<<"$out" || { echo "'mto $command --help' does not mention --tp:"; echo "$out"; return 1; }
   done
@@ -199,6 +219,7 @@ check missing_corpus_names_the_package missing_corpus_names_the_package
 check tensor_parallel_size_errors tensor_parallel_size_errors
 check generate_needs_a_language_model generate_needs_a_language_model
 check prune_and_sparsify prune_and_sparsify
+check import_plain_safetensors import_plain_safetensors
 check help_mentions_tp help_mentions_tp
 
 finish

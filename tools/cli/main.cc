@@ -48,6 +48,7 @@ int main(int argc, char** argv) {
   add_eval_command(app);
   add_inspect_command(app);
   add_generate_command(app);
+  add_import_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

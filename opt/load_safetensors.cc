@@ -1,0 +1,132 @@
+#include "opt/load_safetensors.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/grad_mode.h>
+
+#include <map>
+#include <memory>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "opt/state_dict.h"
+#include "serialization/checkpoint_error.h"
+#include "serialization/file.h"
+#include "serialization/safetensors_set.h"
+
+namespace mto {
+namespace {
+
+std::string shape_text(at::IntArrayRef shape) { return absl::StrCat("[", absl::StrJoin(shape, ", "), "]"); }
+
+// `name` after the first rule whose prefix it starts with... every rule, in order.
+std::string renamed(std::string name, const LoadSafetensorsOptions& options) {
+  for (const auto& [from, to] : options.rename_prefixes) {
+    if (name.compare(0, from.size(), from) == 0) name = to + name.substr(from.size());
+  }
+  return name;
+}
+
+// Reads the part of the tensor at `location` that `target` holds (all of it, or the slice)
+// into a tensor of the source dtype shaped like `target`; returns it and counts the bytes.
+at::Tensor read_part(const File& file, const SafetensorsLocation& location, const StateTensor& target,
+                     c10::ScalarType source, uint64_t* bytes_read) {
+  const std::vector<int64_t>& global = location.entry.shape;
+  at::Tensor out = at::empty(target.tensor.sizes(), at::TensorOptions().dtype(source));
+  const uint64_t element = c10::elementSize(source);
+  const uint64_t first = location.data_begin + location.entry.begin;
+  auto* data = static_cast<char*>(out.data_ptr());
+  if (!target.slice) {
+    const uint64_t size = out.numel() * element;
+    if (size > 0) file.read_at(data, size, first);
+    *bytes_read += size;
+    return out;
+  }
+  // [outer, size along the split dimension, inner]: each outer index is one run of bytes.
+  const int64_t dim = target.slice->dim;
+  int64_t outer = 1, inner = 1;
+  for (int64_t d = 0; d < dim; ++d) outer *= global[d];
+  for (size_t d = dim + 1; d < global.size(); ++d) inner *= global[d];
+  const int64_t length = target.tensor.size(dim);
+  const uint64_t run = static_cast<uint64_t>(length * inner) * element;
+  for (int64_t i = 0; i < outer; ++i) {
+    const uint64_t from = first + static_cast<uint64_t>((i * global[dim] + target.slice->offset) * inner) * element;
+    if (run > 0) file.read_at(data + i * run, run, from);
+  }
+  *bytes_read += run * outer;
+  return out;
+}
+
+}  // namespace
+
+LoadSafetensorsReport load_safetensors(torch::nn::Module& model, const std::string& dir,
+                                       const LoadSafetensorsOptions& options) {
+  const std::map<std::string, SafetensorsLocation> set = read_safetensors_set(dir);
+  std::map<std::string, const SafetensorsLocation*> sources;
+  for (const auto& [name, location] : set) {
+    const std::string mapped = renamed(name, options);
+    auto [it, inserted] = sources.emplace(mapped, &location);
+    if (!inserted) {
+      throw CheckpointError(absl::StrCat(dir, ": tensors ", it->second->entry.name, " and ", name,
+                                         " both map to ", mapped));
+    }
+  }
+
+  // Check everything before changing anything.
+  const std::vector<StateTensor> tensors = model_state_slices(model);
+  std::vector<std::pair<const StateTensor*, const SafetensorsLocation*>> plan;
+  std::vector<std::string> missing, mismatched;
+  std::set<std::string> used;
+  for (const StateTensor& t : tensors) {
+    auto it = sources.find(t.name);
+    if (it == sources.end()) {
+      missing.push_back(t.name);
+      continue;
+    }
+    used.insert(t.name);
+    const SafetensorsEntry& entry = it->second->entry;
+    const std::vector<int64_t> global = t.slice ? t.slice->global_shape : t.tensor.sizes().vec();
+    const c10::ScalarType source = scalar_type_from_safetensors(entry.dtype, it->second->file);
+    const c10::ScalarType wanted = t.tensor.scalar_type();
+    if (entry.shape != global) {
+      mismatched.push_back(absl::StrCat(t.name, " is ", shape_text(entry.shape), " in ", it->second->file,
+                                        ", the model's is ", shape_text(global)));
+    } else if (at::isFloatingType(source) != at::isFloatingType(wanted) ||
+               (!at::isFloatingType(source) && source != wanted)) {
+      mismatched.push_back(absl::StrCat(t.name, " is ", entry.dtype, " in ", it->second->file,
+                                        ", the model's is ", c10::toString(wanted)));
+    } else {
+      plan.emplace_back(&t, it->second);
+    }
+  }
+  std::vector<std::string> unexpected;
+  for (const auto& [name, location] : sources) {
+    if (!used.count(name)) unexpected.push_back(name == location->entry.name ? name : name + " (from " + location->entry.name + ")");
+  }
+  std::vector<std::string> problems;
+  if (!missing.empty() && !options.allow_missing) {
+    problems.push_back(absl::StrCat("missing from the set: ", absl::StrJoin(missing, ", ")));
+  }
+  if (!unexpected.empty()) problems.push_back(absl::StrCat("unexpected (the model has no such tensor): ",
+                                                           absl::StrJoin(unexpected, ", ")));
+  if (!mismatched.empty()) problems.push_back(absl::StrCat("mismatched: ", absl::StrJoin(mismatched, "; ")));
+  if (!problems.empty()) {
+    throw CheckpointError(absl::StrCat("cannot load the safetensors set ", dir, " into the model: ",
+                                       absl::StrJoin(problems, "; ")));
+  }
+
+  LoadSafetensorsReport report;
+  report.missing = missing;
+  std::map<std::string, std::unique_ptr<File>> files;
+  torch::NoGradGuard no_grad;
+  for (const auto& [target, location] : plan) {
+    std::unique_ptr<File>& file = files[location->file];
+    if (!file) file = std::make_unique<File>(File::open(location->file));
+    const c10::ScalarType source = scalar_type_from_safetensors(location->entry.dtype, location->file);
+    target->tensor.detach().copy_(read_part(*file, *location, *target, source, &report.bytes_read));
+    ++report.loaded;
+  }
+  return report;
+}
+
+}  // namespace mto
