@@ -23,81 +23,14 @@
 #include "opt/load_safetensors.h"
 #include "opt/state_dict.h"
 #include "serialization/checkpoint_error.h"
+#include "tests/opt/testing/plain_safetensors.h"
 #include "tools/zoo/gpt.h"
 
 namespace mto {
 namespace {
 
 namespace fs = std::filesystem;
-
-// ---- An independent safetensors writer (the format, not mto's encoder). ----
-
-struct Named {
-  std::string name;
-  at::Tensor tensor;
-};
-
-std::string dtype_name(at::ScalarType type) {
-  switch (type) {
-    case at::kFloat: return "F32";
-    case at::kHalf: return "F16";
-    case at::kBFloat16: return "BF16";
-    default: throw std::invalid_argument("test writer: unsupported dtype");
-  }
-}
-
-// Writes `tensors` as one safetensors file: the 8-byte little-endian header length, the JSON
-// header padded with spaces to a multiple of 8, then the raw bytes back to back. Returns
-// the data bytes.
-uint64_t write_safetensors(const std::string& path, const std::vector<Named>& tensors) {
-  nlohmann::ordered_json header = nlohmann::ordered_json::object();
-  std::string data;
-  for (const auto& t : tensors) {
-    const at::Tensor c = t.tensor.detach().contiguous();
-    const uint64_t bytes = static_cast<uint64_t>(c.numel()) * c.element_size();
-    const uint64_t begin = data.size();
-    nlohmann::ordered_json entry = nlohmann::ordered_json::object();
-    entry["dtype"] = dtype_name(c.scalar_type());
-    entry["shape"] = c.sizes().vec();
-    entry["data_offsets"] = nlohmann::ordered_json::array({begin, begin + bytes});
-    header[t.name] = entry;
-    data.append(static_cast<const char*>(c.data_ptr()), bytes);
-  }
-  header["__metadata__"] = {{"format", "pt"}};
-  std::string json = header.dump();
-  json.append((8 - json.size() % 8) % 8, ' ');
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  const uint64_t length = json.size();
-  for (int i = 0; i < 8; ++i) out.put(static_cast<char>((length >> (8 * i)) & 0xff));
-  out.write(json.data(), json.size());
-  out.write(data.data(), data.size());
-  if (!out) throw std::runtime_error("test writer: cannot write " + path);
-  return data.size();
-}
-
-std::string shard_name(int i, int n) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "model-%05d-of-%05d.safetensors", i, n);
-  return buf;
-}
-
-// Writes `tensors` over `n` shards (contiguous runs) and model.safetensors.index.json;
-// returns the data bytes of all shards.
-uint64_t write_sharded(const std::string& dir, const std::vector<Named>& tensors, int n) {
-  std::map<std::string, std::string> weight_map;
-  uint64_t total = 0;
-  const size_t per = (tensors.size() + n - 1) / n;
-  for (int i = 0; i < n; ++i) {
-    std::vector<Named> part;
-    for (size_t j = i * per; j < std::min(tensors.size(), (i + 1) * per); ++j) part.push_back(tensors[j]);
-    const std::string file = shard_name(i + 1, n);
-    total += write_safetensors(dir + "/" + file, part);
-    for (const auto& t : part) weight_map[t.name] = file;
-  }
-  nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-  std::ofstream(dir + "/model.safetensors.index.json") << index.dump(2);
-  return total;
-}
+using namespace test;  // the independent writer
 
 // ---- The model. ----
 
