@@ -20,7 +20,6 @@ std::string dtype_name(at::ScalarType type) {
   }
 }
 
-// The header and the raw little-endian bytes of `tensors`, back to back in order.
 Encoded encode(const std::vector<Named>& tensors) {
   Encoded out;
   for (const auto& t : tensors) {
@@ -38,8 +37,6 @@ Encoded encode(const std::vector<Named>& tensors) {
   return out;
 }
 
-// Writes `json` (padded with spaces to a multiple of 8) after its 8-byte little-endian
-// length, then `data`.
 void write_raw(const std::string& path, std::string json, const std::string& data) {
   json.append((8 - json.size() % 8) % 8, ' ');
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -54,7 +51,6 @@ void write_encoded(const std::string& path, const Encoded& encoded) {
   write_raw(path, encoded.header.dump(), encoded.data);
 }
 
-// Writes `tensors` as one safetensors file; returns its data bytes.
 uint64_t write_safetensors(const std::string& path, const std::vector<Named>& tensors) {
   const Encoded e = encode(tensors);
   write_encoded(path, e);
@@ -66,7 +62,6 @@ void write_text(const std::string& path, const std::string& text) {
   out << text;
 }
 
-// Writes model.safetensors.index.json.
 void write_index(const std::string& dir, const std::map<std::string, std::string>& weight_map,
                  uint64_t total_size) {
   nlohmann::json index = {{"metadata", {{"total_size", total_size}}}, {"weight_map", weight_map}};
@@ -79,8 +74,6 @@ std::string shard_name(int i, int n) {
   return buf;
 }
 
-// Writes `tensors` over `n` shards (contiguous runs, Hugging Face's naming) and the index;
-// returns the data bytes of all shards.
 uint64_t write_sharded(const std::string& dir, const std::vector<Named>& tensors, int n) {
   std::map<std::string, std::string> weight_map;
   uint64_t total = 0;
