@@ -163,6 +163,9 @@ int die(const std::string& op, const std::string& dir, int64_t gen, int victim) 
   if (comm->rank() == victim) {
     const std::string shard = shard_file_name(victim, comm->world_size());
     const std::string parent = fs::path(dir).parent_path().string();
+    // Reads count from here, not from whenever the watcher first runs: on a loaded machine
+    // that can be after this thread has read everything.
+    const uint64_t reads_before = bytes_read();
     std::thread([=] {
       if (op == "save") {
         for (;;) {
@@ -171,15 +174,15 @@ int die(const std::string& op, const std::string& dir, int64_t gen, int victim) 
           }
         }
       }
-      const uint64_t start = bytes_read();
       // Early enough that a rank reading only its slices is still at it when the watcher,
       // which shares two cores with every rank, gets to run.
       const uint64_t half = std::min<uint64_t>(own_bytes / 2, uint64_t{1} << 20);
-      while (bytes_read() - start < half) std::this_thread::sleep_for(std::chrono::microseconds(50));
+      while (bytes_read() - reads_before < half) std::this_thread::sleep_for(std::chrono::microseconds(50));
       std::_Exit(3);
     }).detach();
     // The watcher must see the moment come before this thread, sharing two cores with every
-    // rank, finishes the operation: give this thread the lowest priority (Linux: per thread).
+    // rank, finishes the operation: give this thread the lowest priority (Linux: per thread;
+    // after starting the watcher, which would inherit it).
     ::setpriority(PRIO_PROCESS, 0, 19);
   }
   const auto start = Clock::now();
