@@ -20,11 +20,13 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -32,7 +34,6 @@
 #include "distributed/distributed_error.h"
 #include "distributed/world.h"
 #include "opt/checkpoint.h"
-#include "opt/state_dict.h"
 #include "serialization/checkpoint_layout.h"
 #include "tests/reliability/reliability_model.h"
 
@@ -140,26 +141,32 @@ int check(const std::string& dir, int64_t old_gen, int64_t new_gen, int64_t next
   return 0;
 }
 
-// Bytes this process has read so far (rchar of /proc/self/io: pread included).
+// Bytes this process has read so far (rchar of /proc/self/io: pread included), less what
+// this function read of /proc/self/io itself, so that polling it does not count.
 uint64_t bytes_read() {
+  static std::atomic<uint64_t> own_reads{0};
   std::ifstream io("/proc/self/io");
+  std::stringstream text;
+  text << io.rdbuf();
+  const std::string content = text.str();
+  const uint64_t before_this_read = own_reads.fetch_add(content.size());
+  std::istringstream fields(content);
   std::string key;
   uint64_t value = 0;
-  while (io >> key >> value) {
-    if (key == "rchar:") return value;
+  while (fields >> key >> value) {
+    if (key == "rchar:") return value - before_this_read;
   }
   return 0;
 }
 
 // Rank `victim` dies in the middle of `op`: during a save once its own shard file appears in
-// the staging directory (SIGKILL), during a restore once it has read half of its own weights
-// (all of them, or its slices of a split model) or 1 MiB, whichever is less (_exit). The others must throw a
-// DistributedError within the collective timeout.
+// the staging directory (SIGKILL), during a restore as soon as it has read anything of the
+// checkpoint (_exit): then collectives are still to come whatever its share of the weights,
+// however fast it reads them. The others must throw a DistributedError within the collective
+// timeout.
 int die(const std::string& op, const std::string& dir, int64_t gen, int victim) {
   const auto comm = world();
   const ModulePtr model = make_model(gen + 1);
-  uint64_t own_bytes = 0;
-  for (const auto& t : model_state_dict(*model)) own_bytes += t.tensor.nbytes();
   if (comm->rank() == victim) {
     const std::string shard = shard_file_name(victim, comm->world_size());
     const std::string parent = fs::path(dir).parent_path().string();
@@ -174,10 +181,10 @@ int die(const std::string& op, const std::string& dir, int64_t gen, int victim) 
           }
         }
       }
-      // Early enough that a rank reading only its slices is still at it when the watcher,
-      // which shares two cores with every rank, gets to run.
-      const uint64_t half = std::min<uint64_t>(own_bytes / 2, uint64_t{1} << 20);
-      while (bytes_read() - reads_before < half) std::this_thread::sleep_for(std::chrono::microseconds(50));
+      // At the first bytes of the manifest: the last read of a rank holding a small slice can
+      // end its part of the restore before the watcher, sharing two cores with every rank,
+      // gets to run again.
+      while (bytes_read() == reads_before) std::this_thread::sleep_for(std::chrono::microseconds(50));
       std::_Exit(3);
     }).detach();
     // The watcher must see the moment come before this thread, sharing two cores with every

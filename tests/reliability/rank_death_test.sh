@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A rank that dies in the middle of a collective save (SIGKILL while its shard is being
-# written) or restore (_exit once it has read half of the weights): the survivors must fail on their own within
+# written) or restore (_exit once it has read the first bytes of the checkpoint): the survivors must fail on their own within
 # the collective timeout with a DistributedError naming the operation and their rank, the job
 # must end instead of hanging, and the previous checkpoint must stay intact with nothing left
 # next to it once a save has run again.
