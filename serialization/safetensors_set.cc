@@ -55,6 +55,7 @@ std::map<std::string, std::string> read_index(const std::string& dir) {
     }
     out[tensor] = name;
   }
+  if (out.empty()) fail(path, "has an empty \"weight_map\": it lists no tensor");
   return out;
 }
 

@@ -25,7 +25,7 @@ struct SafetensorsLocation {
 //
 // Throws CheckpointError naming the directory or file when: the directory holds no
 // safetensors file, or several without an index; the index is not valid JSON, names a file
-// outside the directory or one that does not exist; a header is invalid; a tensor appears in
+// outside the directory or one that does not exist, or lists no tensor; a header is invalid; a tensor appears in
 // two files (naming both); the index maps a tensor to a file that does not hold it, or a file
 // holds a tensor the index does not list.
 std::map<std::string, SafetensorsLocation> read_safetensors_set(const std::string& dir);

@@ -407,6 +407,13 @@ TEST_F(LoadSafetensorsTest, AnIndexThatIsNotJsonIsRefused) {
   expect_error(dir_, {"model.safetensors.index.json"});
 }
 
+TEST_F(LoadSafetensorsTest, AnIndexThatListsNoTensorIsRefused) {
+  // Not an empty model: an index that lists nothing is a broken download or a wrong file.
+  write_sharded(dir_, whole_, 3);
+  write_text(dir_ + "/model.safetensors.index.json", "{\"metadata\": {}, \"weight_map\": {}}");
+  expect_error(dir_, {"model.safetensors.index.json", "empty"});
+}
+
 TEST_F(LoadSafetensorsTest, ADamagedShardFailsAfterTheOthersWereReadableAndChangesNothing) {
   write_sharded(dir_, whole_, 3);
   // The last shard is the one damaged: the first two are fine.
