@@ -74,7 +74,13 @@ LoadSafetensorsReport load_safetensors(torch::nn::Module& model, const std::stri
 
   // Check everything before changing anything.
   const std::vector<StateTensor> tensors = model_state_slices(model);
-  std::vector<std::pair<const StateTensor*, const SafetensorsLocation*>> plan;
+  // What to read into each tensor: where, and in which dtype it is stored.
+  struct Read {
+    const StateTensor* target;
+    const SafetensorsLocation* location;
+    c10::ScalarType source;
+  };
+  std::vector<Read> plan;
   std::vector<std::string> missing, mismatched;
   std::set<std::string> used;
   for (const StateTensor& t : tensors) {
@@ -96,7 +102,7 @@ LoadSafetensorsReport load_safetensors(torch::nn::Module& model, const std::stri
       mismatched.push_back(absl::StrCat(t.name, " is ", entry.dtype, " in ", it->second->file,
                                         ", the model's is ", c10::toString(wanted)));
     } else {
-      plan.emplace_back(&t, it->second);
+      plan.push_back({&t, it->second, source});
     }
   }
   std::vector<std::string> unexpected;
@@ -119,11 +125,10 @@ LoadSafetensorsReport load_safetensors(torch::nn::Module& model, const std::stri
   report.missing = missing;
   std::map<std::string, std::unique_ptr<File>> files;
   torch::NoGradGuard no_grad;
-  for (const auto& [target, location] : plan) {
-    std::unique_ptr<File>& file = files[location->file];
-    if (!file) file = std::make_unique<File>(File::open(location->file));
-    const c10::ScalarType source = scalar_type_from_safetensors(location->entry.dtype, location->file);
-    target->tensor.detach().copy_(read_part(*file, *location, *target, source, &report.bytes_read));
+  for (const Read& read : plan) {
+    std::unique_ptr<File>& file = files[read.location->file];
+    if (!file) file = std::make_unique<File>(File::open(read.location->file));
+    read.target->tensor.detach().copy_(read_part(*file, *read.location, *read.target, read.source, &report.bytes_read));
     ++report.loaded;
   }
   return report;

@@ -42,16 +42,16 @@ class CalibrateModeDescriptor : public ModeDescriptor {
     if (quantized_slots(*model).empty()) {
       throw ApplyModeError(absl::StrCat(name(), ": the model has no quantizers to restore the calibration of"));
     }
-    restore_quantizer_state(*model, message_as<QuantizeMetadata>(metadata, metadata_name().c_str()),
+    restore_quantizer_state(*model, message_as<QuantizeMetadata>(metadata, metadata_name()),
                             /*insert=*/false);
     return model;
   }
 
   void update_for_new_mode(torch::nn::Module& model, Message&, Message& metadata) const override {
-    message_as<QuantizeMetadata>(metadata, metadata_name().c_str()) = quantizer_state(model);
+    message_as<QuantizeMetadata>(metadata, metadata_name()) = quantizer_state(model);
   }
   void update_for_save(torch::nn::Module& model, Message&, Message& metadata) const override {
-    message_as<QuantizeMetadata>(metadata, metadata_name().c_str()) = quantizer_state(model);
+    message_as<QuantizeMetadata>(metadata, metadata_name()) = quantizer_state(model);
   }
 
  protected:
@@ -80,7 +80,7 @@ class MaxCalibrateModeDescriptor : public CalibrateModeDescriptor {
     calibrate_max(model, forward_loop, communicator);
   }
   bool synchronizes(const Message& config) const override {
-    return message_as<MaxCalibrateConfig>(config, config_name().c_str()).distributed_sync();
+    return message_as<MaxCalibrateConfig>(config, config_name()).distributed_sync();
   }
 };
 
@@ -94,7 +94,7 @@ class SmoothQuantCalibrateModeDescriptor : public CalibrateModeDescriptor {
     return config;
   }
   void validate_config(const Message& message) const override {
-    const auto& config = message_as<SmoothQuantCalibrateConfig>(message, config_name().c_str());
+    const auto& config = message_as<SmoothQuantCalibrateConfig>(message, config_name());
     if (config.method() != "smoothquant") {
       throw ConfigError(absl::StrCat(config_name(), ": method must be \"smoothquant\", got \"", config.method(), "\""));
     }
@@ -107,7 +107,7 @@ class SmoothQuantCalibrateModeDescriptor : public CalibrateModeDescriptor {
   void calibrate(torch::nn::Module& model, const Message& config, const ForwardLoop* forward_loop,
                  Communicator* communicator) const override {
     calibrate_smoothquant(model, forward_loop, communicator,
-                          message_as<SmoothQuantCalibrateConfig>(config, config_name().c_str()).alpha());
+                          message_as<SmoothQuantCalibrateConfig>(config, config_name()).alpha());
   }
 };
 
@@ -121,7 +121,7 @@ class AwqLiteCalibrateModeDescriptor : public CalibrateModeDescriptor {
     return config;
   }
   void validate_config(const Message& message) const override {
-    const auto& config = message_as<AwqLiteCalibrateConfig>(message, config_name().c_str());
+    const auto& config = message_as<AwqLiteCalibrateConfig>(message, config_name());
     if (config.method() != "awq_lite") {
       throw ConfigError(absl::StrCat(config_name(), ": method must be \"awq_lite\", got \"", config.method(), "\""));
     }
@@ -134,7 +134,7 @@ class AwqLiteCalibrateModeDescriptor : public CalibrateModeDescriptor {
   void calibrate(torch::nn::Module& model, const Message& config, const ForwardLoop* forward_loop,
                  Communicator* communicator) const override {
     calibrate_awq_lite(model, forward_loop, communicator,
-                       message_as<AwqLiteCalibrateConfig>(config, config_name().c_str()).alpha_step());
+                       message_as<AwqLiteCalibrateConfig>(config, config_name()).alpha_step());
   }
 };
 

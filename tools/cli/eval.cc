@@ -67,8 +67,9 @@ void evaluate_text(torch::nn::Module& model, int64_t context, const EvalOptions&
                    double restore_seconds) {
   const data::TextCorpus corpus = data::load_text_corpus();
   const at::Tensor windows = data::token_windows(corpus.validation, context, options.samples);
-  const double bigram = data::BigramModel(corpus.train).bits_per_byte(windows);
   const bool rank0 = mesh.world()->rank() == 0;
+  // Only rank 0 prints the reference point.
+  const double bigram = rank0 ? data::BigramModel(corpus.train).bits_per_byte(windows) : 0.0;
   const auto start = std::chrono::steady_clock::now();
   const LanguageModelEvaluation evaluation =
       evaluate_language_model(model, windows, *mesh.dp(), options.batch_size, rank0 && !options.json);

@@ -8,6 +8,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_format.h"
 #include "opt/checkpoint.h"
@@ -42,8 +43,9 @@ std::string sample(torch::nn::Module& model, int64_t context, const GenerateOpti
   std::string text = options.prompt;
   for (int64_t i = 0; i < options.tokens; ++i) {
     const int64_t begin = std::max<int64_t>(0, static_cast<int64_t>(text.size()) - context);
-    at::Tensor tokens = at::empty({1, static_cast<int64_t>(text.size()) - begin}, at::kLong);
-    for (int64_t t = 0; t < tokens.size(1); ++t) tokens[0][t] = static_cast<int64_t>(static_cast<uint8_t>(text[begin + t]));
+    const std::vector<int64_t> window(reinterpret_cast<const uint8_t*>(text.data()) + begin,
+                                      reinterpret_cast<const uint8_t*>(text.data()) + text.size());
+    const at::Tensor tokens = at::tensor(window, at::kLong).unsqueeze(0);
     at::Tensor logits = zoo::forward(model, tokens).select(1, tokens.size(1) - 1).squeeze(0).to(at::kDouble);
     logits = logits / options.temperature;
     if (options.top_k > 0 && options.top_k < logits.size(0)) {

@@ -69,12 +69,9 @@ void run_import(const ImportOptions& options) {
   } catch (...) {
     failure = std::current_exception();
   }
-  at::Tensor outcome = at::tensor({failure ? static_cast<double>(world->rank() + 1) : 0.0,
-                                   static_cast<double>(report.bytes_read)},
-                                  at::kDouble);
-  at::Tensor failed = outcome.narrow(0, 0, 1).clone();
+  at::Tensor failed = at::full({1}, failure ? world->rank() + 1.0 : 0.0, at::kDouble);
   world->all_reduce(failed, ReduceOp::kMax);
-  at::Tensor bytes = outcome.narrow(0, 1, 1).clone();
+  at::Tensor bytes = at::full({1}, static_cast<double>(report.bytes_read), at::kDouble);
   world->all_reduce(bytes, ReduceOp::kSum);
   if (failure) std::rethrow_exception(failure);
   if (failed.item<double>() > 0) {
