@@ -17,6 +17,7 @@
 #include "distributed/mesh.h"
 #include "opt/collective.h"
 #include "opt/state_dict.h"
+#include "opt/state_manager.h"
 #include "opt/version.h"
 #include "serialization/block_io.h"
 #include "serialization/checkpoint_error.h"
@@ -57,6 +58,48 @@ Rect rect_of_state(const StateTensor& t) {
   return rect;
 }
 
+// The dtypes that the modes recorded on `model` store some of its tensors as
+// (ModeDescriptor::stored_dtypes), by state-dict key. Throws CheckpointError naming the key
+// and the mode for a key that is none of `tensors`, whose tensor's type cannot hold the
+// dtype, or that two modes store as different dtypes.
+std::map<std::string, std::string> stored_dtypes_of(torch::nn::Module& model,
+                                                    const std::vector<StateTensor>& tensors) {
+  std::map<std::string, std::string> dtypes;
+  if (!ModeloptStateManager::is_converted(model)) return dtypes;
+  std::unordered_map<std::string, c10::ScalarType> types;
+  for (const auto& t : tensors) types.emplace(t.name, t.tensor.scalar_type());
+  std::map<std::string, std::string> chosen_by;
+  const ModeloptStateManager manager(model.shared_from_this());
+  for (const auto& m : manager.modes_with_states()) {
+    const std::string mode = m.mode->name();
+    for (const auto& [key, dtype] : m.mode->stored_dtypes(m.config, m.metadata)) {
+      const std::string says = absl::StrCat("mode ", mode, " stores tensor ", key, " as ", dtype);
+      auto type = types.find(key);
+      if (type == types.end()) {
+        throw CheckpointError(absl::StrCat(says, ", but the model has no tensor ", key));
+      }
+      if (!dtype_holds(dtype, type->second)) {
+        throw CheckpointError(absl::StrCat(says, ", which a ", c10::toString(type->second),
+                                           " tensor cannot hold"));
+      }
+      auto [it, inserted] = dtypes.emplace(key, dtype);
+      if (!inserted && it->second != dtype) {
+        throw CheckpointError(absl::StrCat(says, ", but mode ", chosen_by[key], " stores it as ",
+                                           it->second));
+      }
+      chosen_by.emplace(key, mode);
+    }
+  }
+  return dtypes;
+}
+
+// The safetensors dtype a checkpoint stores `t` as: the one its modes chose in `dtypes`
+// (stored_dtypes_of), else its own.
+std::string stored_dtype(const StateTensor& t, const std::map<std::string, std::string>& dtypes) {
+  auto it = dtypes.find(t.name);
+  return it != dtypes.end() ? it->second : safetensors_dtype(t.tensor.scalar_type(), t.name);
+}
+
 // A tensor of the model, the record of the checkpoint that fills it and the part it is.
 struct Destination {
   at::Tensor tensor;
@@ -65,13 +108,16 @@ struct Destination {
 };
 
 // Pairs every tensor of `model` with its record, in state-dict order. Throws
-// CheckpointError for a tensor missing on either side or of another dtype or global shape.
+// CheckpointError for a tensor missing on either side, of another global shape, or recorded
+// as another dtype than its modes store it as (stored_dtypes_of).
 std::vector<Destination> match_tensors(torch::nn::Module& model, const Manifest& manifest,
                                        const std::string& dir) {
   std::unordered_map<std::string, const TensorRecord*> records;
   for (const auto& record : manifest.tensors()) records[record.name()] = &record;
+  const std::vector<StateTensor> tensors = model_state_slices(model);
+  const std::map<std::string, std::string> dtypes = stored_dtypes_of(model, tensors);
   std::vector<Destination> out;
-  for (const auto& t : model_state_slices(model)) {
+  for (const auto& t : tensors) {
     auto it = records.find(t.name);
     if (it == records.end()) {
       throw CheckpointError(absl::StrCat("checkpoint ", dir, " has no tensor ", t.name,
@@ -80,11 +126,12 @@ std::vector<Destination> match_tensors(torch::nn::Module& model, const Manifest&
     const TensorRecord& record = *it->second;
     const std::vector<int64_t> shape = global_shape(t);
     const std::vector<int64_t> stored(record.shape().begin(), record.shape().end());
-    if (record.dtype() != safetensors_dtype(t.tensor.scalar_type(), t.name) || shape != stored) {
+    const std::string dtype = stored_dtype(t, dtypes);
+    if (record.dtype() != dtype || shape != stored) {
       throw CheckpointError(absl::StrCat(
           "tensor ", t.name, ": the checkpoint holds ", record.dtype(), " [", absl::StrJoin(stored, ", "),
-          "] but the model has ", safetensors_dtype(t.tensor.scalar_type(), t.name), " [",
-          absl::StrJoin(shape, ", "), "]", t.slice ? " (global shape of its slices)" : ""));
+          "] but the model has ", dtype, " [", absl::StrJoin(shape, ", "), "]",
+          t.slice ? " (global shape of its slices)" : ""));
     }
     if (!t.tensor.device().is_cpu()) {
       throw CheckpointError(absl::StrCat("tensor ", t.name, " is on ", t.tensor.device().str(),
@@ -135,8 +182,10 @@ ModulePtr unwrapped_or_refuse(const ModelOrModelLike* model) {
 
 // What this rank holds, for the other ranks to plan with: a Manifest whose modelopt_state
 // carries the digest of the rank's modelopt state and whose tensors carry each tensor's
-// dtype, global shape and the rectangle held (as one block).
-std::string describe_holdings(const ModeloptState& state, const std::vector<StateTensor>& tensors) {
+// stored dtype (`dtypes`, see stored_dtype), global shape and the rectangle held (as one
+// block).
+std::string describe_holdings(const ModeloptState& state, const std::vector<StateTensor>& tensors,
+                              const std::map<std::string, std::string>& dtypes) {
   Manifest held;
   const std::string state_bytes = serialize_deterministic(state);
   held.mutable_modelopt_state()->set_xxh3(xxh3_64(state_bytes.data(), state_bytes.size()));
@@ -147,7 +196,7 @@ std::string describe_holdings(const ModeloptState& state, const std::vector<Stat
     }
     TensorRecord* record = held.add_tensors();
     record->set_name(t.name);
-    record->set_dtype(safetensors_dtype(t.tensor.scalar_type(), t.name));
+    record->set_dtype(stored_dtype(t, dtypes));
     for (int64_t d : global_shape(t)) record->add_shape(d);
     *record->add_blocks() = block_of(rect_of_state(t), 0);
   }
@@ -279,6 +328,7 @@ ModulePtr restore_checkpoint(const ModelOrModelLike* model, const std::string& d
     const Manifest manifest = read_checkpoint_manifest(dir);
     state_bytes = read_checked_file(dir, manifest.modelopt_state());
     check_index(dir, manifest, read_checked_file(dir, manifest.index()));
+    check_extra_files(dir, manifest);
     manifest_bytes = manifest.SerializeAsString();
   });
   comm->broadcast(manifest_bytes, 0);
@@ -348,8 +398,11 @@ void save(torch::nn::Module& model_in, const std::string& dir, const SaveOptions
   run_on_every_rank(*comm, [&] {
     state = modelopt_state(model);
     tensors = model_state_slices(model);
-    holdings = describe_holdings(state, tensors);
+    holdings = describe_holdings(state, tensors, stored_dtypes_of(model, tensors));
     if (rank == 0) {
+      for (const auto& [name, contents] : options.extra_files) {
+        check_extra_file(name, contents.size(), "save: options.extra_files");
+      }
       staging = std::make_unique<StagingDirectory>(dir);
       staging_path = staging->path();
     }
@@ -396,6 +449,9 @@ void save(torch::nn::Module& model_in, const std::string& dir, const SaveOptions
     }
     *manifest.mutable_index() = write_recorded_file(
         staging_path, kIndexFileName, encode_safetensors_index(weight_map, total_size));
+    for (const auto& [name, contents] : options.extra_files) {
+      *manifest.add_extra_files() = write_recorded_file(staging_path, name, contents);
+    }
     validate_manifest(manifest, path_in(staging_path, kManifestFileName));
     write_manifest(staging_path, manifest);
     staging->commit();

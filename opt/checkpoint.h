@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -32,6 +33,12 @@ enum class RestoreStrategy {
 struct SaveOptions {
   // The ranks that save together. Null means the default mesh's world.
   std::shared_ptr<Communicator> communicator;
+  // Small files written once, by rank 0, beside the weights (a deployment's
+  // hf_quant_config.json and config.json): name -> contents. Recorded in the manifest with
+  // their sizes and checksums, so verify and restore check them like every other file. Only
+  // rank 0's map is used. Each name must be a plain, visible file name that is none of the
+  // checkpoint's own (check_extra_file in serialization/checkpoint_layout.h). Empty by default.
+  std::map<std::string, std::string> extra_files;
 };
 
 // Options of restore.
@@ -56,17 +63,23 @@ struct RestoreOptions {
 //                                         bytes, whole and with global shapes; rank i writes
 //                                         the header, the writers of the parts their bytes
 //   model.safetensors.index.json          weight_map, so other tools load the checkpoint
+//   config.json, ...                      options.extra_files, written by rank 0
 //   MANIFEST                              every file with its size and XXH3-64, every tensor
 //                                         with its split and the XXH3-64 of each block of
 //                                         at most 1 MiB (serialization/tensor_blocks.h),
 //                                         written last by rank 0
 //
+// A tensor that a recorded mode stores as another dtype (ModeDescriptor::stored_dtypes, FP8
+// codes in a uint8 tensor) is written and recorded as that dtype.
+//
 // The ranks write into a hidden sibling directory made by rank 0 and fsync their files;
 // rank 0 then writes the manifest and swaps the directory into place with one atomic rename
 // and fsyncs the parent. A crash at any moment leaves the previous checkpoint at `dir`
 // intact and the new one complete or absent. If any rank fails, every rank throws (the
-// failing rank's error, named) and `dir` is unchanged: CheckpointError for I/O failures or a
-// `dir` that exists and is not an mto checkpoint.
+// failing rank's error, named) and `dir` is unchanged: CheckpointError for I/O failures, a
+// `dir` that exists and is not an mto checkpoint, an extra file name that check_extra_file
+// refuses, or a mode's stored dtype for a tensor the model lacks or whose type cannot hold
+// it (naming the tensor and the mode).
 void save(torch::nn::Module& model, const std::string& dir, const SaveOptions& options = {});
 
 // Restores the checkpoint `dir`, written by any number of ranks split in any way, into the
@@ -78,9 +91,9 @@ void save(torch::nn::Module& model, const std::string& dir, const SaveOptions& o
 // split over ranks is always read that way). Refuses a DataParallel model with a StateError:
 // restore, then wrap. If any rank fails, every rank throws: CheckpointError naming the file
 // and the tensor for a missing, truncated or corrupt file, a file that is a symbolic link or
-// not a regular file, a manifest or index that names a file outside `dir`, or a state dict
-// that does not match (names, dtypes, global shapes), plus the errors of
-// restore_from_modelopt_state.
+// not a regular file (extra files included), a manifest or index that names a file outside
+// `dir`, or a state dict that does not match (names, dtypes as the restored modes store them,
+// global shapes), plus the errors of restore_from_modelopt_state.
 ModulePtr restore(const ModelOrModelLike& model, const std::string& dir,
                   const RestoreOptions& options = {});
 

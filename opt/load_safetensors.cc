@@ -12,6 +12,7 @@
 #include "opt/state_dict.h"
 #include "serialization/checkpoint_error.h"
 #include "serialization/file.h"
+#include "serialization/safetensors.h"
 #include "serialization/safetensors_set.h"
 
 namespace mto {
@@ -97,8 +98,10 @@ LoadSafetensorsReport load_safetensors(torch::nn::Module& model, const std::stri
     if (entry.shape != global) {
       mismatched.push_back(absl::StrCat(t.name, " is ", shape_text(entry.shape), " in ", it->second->file,
                                         ", the model's is ", shape_text(global)));
-    } else if (at::isFloatingType(source) != at::isFloatingType(wanted) ||
-               (!at::isFloatingType(source) && source != wanted)) {
+    } else if (!(at::isFloatingType(source) && at::isFloatingType(wanted)) &&
+               !dtype_holds(entry.dtype, wanted)) {
+      // Only floating sources are cast: FP8 codes go into uint8 tensors alone, since a cast
+      // into a float tensor would take each code for an integer.
       mismatched.push_back(absl::StrCat(t.name, " is ", entry.dtype, " in ", it->second->file,
                                         ", the model's is ", c10::toString(wanted)));
     } else {

@@ -30,13 +30,15 @@ struct LoadSafetensorsReport {
 // buffers of `model`, on any mesh: each rank reads only the byte ranges of the slices it holds
 // (a tensor split over a tensor-parallel group is read in parts), straight into its tensors;
 // F16 and BF16 sources are cast on read into F32 tensors (any floating source into any
-// floating tensor). Not collective: every rank reads on its own. The files carry no
-// checksums, so nothing beyond the headers can be verified.
+// floating tensor); other sources must have the tensor's dtype, and FP8 sources (F8_E4M3,
+// F8_E5M2) a uint8 tensor that holds their codes. Not collective: every rank reads on its
+// own. The files carry no checksums, so nothing beyond the headers can be verified.
 //
 // Throws CheckpointError naming every offender, before changing any tensor, when model
 // tensors are missing from the set (unless allow_missing), the set holds tensors the model
-// has not ("unexpected"), or a tensor's shape (its global shape for a slice) or dtype kind
-// differs; and as read_safetensors_set does.
+// has not ("unexpected"), or a tensor's shape (its global shape for a slice) or dtype
+// differs beyond those casts (an FP8 source for a float tensor); and as read_safetensors_set
+// does.
 LoadSafetensorsReport load_safetensors(torch::nn::Module& model, const std::string& dir,
                                        const LoadSafetensorsOptions& options = {});
 

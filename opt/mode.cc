@@ -25,6 +25,10 @@ void ModeDescriptor::update_for_new_mode(torch::nn::Module&, Message&, Message&)
 
 void ModeDescriptor::update_for_save(torch::nn::Module&, Message&, Message&) const {}
 
+std::map<std::string, std::string> ModeDescriptor::stored_dtypes(const Message&, const Message&) const {
+  return {};
+}
+
 void ModeDescriptor::assert_compatibility_as_next_mode_of(const ModeDescriptor& other) const {
   const std::string self = name();
   const std::string previous = other.name();

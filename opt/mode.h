@@ -1,6 +1,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
@@ -106,6 +107,14 @@ class ModeDescriptor {
   // nothing by default.
   virtual void update_for_save(torch::nn::Module& model, Message& config,
                                Message& metadata) const;
+
+  // State-dict keys whose tensors hold the codes of a type LibTorch lacks, with the
+  // safetensors dtype checkpoints store them as ("fc1.weight" -> "F8_E4M3" for FP8 E4M3
+  // codes in a uint8 tensor). save records that dtype and restore expects it; each key must
+  // name a tensor whose type holds the dtype (dtype_holds in serialization/safetensors.h).
+  // Empty by default.
+  virtual std::map<std::string, std::string> stored_dtypes(const Message& config,
+                                                           const Message& metadata) const;
 
   // Throws StateError unless this mode may follow `other`: it must be in other's
   // next_modes (when set) and not in other's next_prohibited_modes.

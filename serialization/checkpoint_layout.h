@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 namespace mto {
@@ -10,6 +11,8 @@ namespace mto {
 //   model-00001-of-00004.safetensors  one shard of weights per writing rank
 //   model.safetensors.index.json      {"metadata": {"total_size": N}, "weight_map": {...}}
 //   MANIFEST                          written last: files, tensors and their checksums
+//   hf_quant_config.json, ...         extra files the saver passed (small, plain names), in
+//                                     the manifest with their sizes and checksums
 //
 // MANIFEST is the 8 bytes kManifestMagic, the payload length (8 bytes, little-endian), the
 // XXH3-64 of the payload (8 bytes, little-endian) and the payload, a serialized mto.Manifest.
@@ -24,7 +27,8 @@ inline constexpr char kManifestMagic[] = "MTOMANI1";  // 8 bytes, no terminator 
 inline constexpr unsigned kCheckpointFormatVersion = 2;
 inline constexpr unsigned kOldestCheckpointFormatVersion = 1;
 
-// Largest metadata file (state, manifest, index, safetensors header) a reader accepts.
+// Largest metadata file (state, manifest, index, extra file, safetensors header) a reader
+// accepts.
 inline constexpr unsigned long long kMaxMetadataBytes = 256ull << 20;
 
 // "model-00001-of-00004.safetensors" for index 0 of 4.
@@ -33,6 +37,13 @@ std::string shard_file_name(int index, int count);
 // Throws CheckpointError unless `name` is a plain file name: not empty, no '/', not "." or
 // "..", no NUL. `what` says where the name came from, e.g. "manifest in /ckpt".
 void check_plain_file_name(const std::string& name, const std::string& what);
+
+// Throws CheckpointError unless a checkpoint may hold an extra file `name` of `size` bytes: a
+// plain file name (check_plain_file_name), not hidden (no leading '.'), none of the
+// checkpoint's own names (MANIFEST, the modelopt state, the index, any
+// "model-XXXXX-of-XXXXX.safetensors") and at most kMaxMetadataBytes. `what` says where the
+// name came from, as for check_plain_file_name.
+void check_extra_file(const std::string& name, uint64_t size, const std::string& what);
 
 // `dir` + "/" + `name`.
 std::string path_in(const std::string& dir, const std::string& name);

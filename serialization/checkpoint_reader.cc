@@ -41,6 +41,10 @@ std::string read_checked_file(const std::string& dir, const FileRecord& record) 
   return contents;
 }
 
+void check_extra_files(const std::string& dir, const Manifest& manifest) {
+  for (const auto& record : manifest.extra_files()) read_checked_file(dir, record);
+}
+
 void check_index(const std::string& dir, const Manifest& manifest, const std::string& contents) {
   const std::string path = path_in(dir, manifest.index().file());
   const nlohmann::json index = nlohmann::json::parse(contents, nullptr, /*allow_exceptions=*/false);
@@ -105,6 +109,7 @@ CheckpointContents read_checkpoint_contents(const std::string& dir) {
 void verify_checkpoint(const std::string& dir,
                        const std::function<void(uint64_t done, uint64_t total)>& progress) {
   const Manifest manifest = read_checkpoint_contents(dir).manifest;
+  check_extra_files(dir, manifest);
   uint64_t total = 0, done = 0;
   for (const auto& record : manifest.tensors()) total += record.length();
   std::map<uint32_t, File> shards;

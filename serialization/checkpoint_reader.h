@@ -23,6 +23,10 @@ Manifest read_checkpoint_manifest(const std::string& dir);
 // CheckpointError naming the file (truncated, corrupt).
 std::string read_checked_file(const std::string& dir, const FileRecord& record);
 
+// Reads every extra file of `dir` (Manifest.extra_files) and checks its size and XXH3-64.
+// Throws CheckpointError naming the first file that is missing, truncated or corrupt.
+void check_extra_files(const std::string& dir, const Manifest& manifest);
+
 // Checks the index text `contents` of `dir`, which other tools follow to the shards: a
 // weight_map naming only the manifest's shard files, each tensor in the file the manifest
 // puts it in. Throws CheckpointError naming the index.
@@ -48,8 +52,9 @@ struct CheckpointContents {
 // sizes and checksums (tensor data is not read). Throws CheckpointError naming the file.
 CheckpointContents read_checkpoint_contents(const std::string& dir);
 
-// Reads every byte of every shard of `dir` through one small buffer and checks it against
-// the manifest: sizes, safetensors headers, every block's XXH3-64. Calls `progress` with the
+// Checks the metadata files of `dir` (read_checkpoint_contents) and its extra files, then
+// reads every byte of every shard through one small buffer and checks it against the
+// manifest: sizes, safetensors headers, every block's XXH3-64. Calls `progress` with the
 // bytes checked so far and the total after each tensor. Throws CheckpointError naming the
 // file, the tensor and the block of the first mismatch.
 void verify_checkpoint(const std::string& dir,

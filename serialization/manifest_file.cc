@@ -116,6 +116,12 @@ void validate_manifest(const Manifest& manifest, const std::string& where) {
                                        " bytes"));
     }
   }
+  for (const auto& extra : manifest.extra_files()) {
+    check_extra_file(extra.file(), extra.size(), in);
+    if (!files.insert(extra.file()).second) {
+      bad_manifest(where, absl::StrCat("the file ", extra.file(), " is listed twice"));
+    }
+  }
   // Per shard, the tensors' byte ranges in file order.
   std::vector<std::vector<std::pair<uint64_t, const TensorRecord*>>> ranges(manifest.shards_size());
   absl::flat_hash_set<std::string> names;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <iterator>
 #include <limits>
 
 #include <nlohmann/json.hpp>
@@ -19,12 +20,15 @@ struct DtypeName {
   const char* name;
 };
 
+// Every safetensors dtype name with the scalar type that holds it. A type's first name is
+// its own (safetensors_dtype): U8 comes before the FP8 names whose codes Byte also holds.
 constexpr DtypeName kDtypes[] = {
-    {c10::ScalarType::Double, "F64"}, {c10::ScalarType::Float, "F32"},
-    {c10::ScalarType::Half, "F16"},   {c10::ScalarType::BFloat16, "BF16"},
-    {c10::ScalarType::Long, "I64"},   {c10::ScalarType::Int, "I32"},
-    {c10::ScalarType::Short, "I16"},  {c10::ScalarType::Char, "I8"},
-    {c10::ScalarType::Byte, "U8"},    {c10::ScalarType::Bool, "BOOL"},
+    {c10::ScalarType::Double, "F64"},   {c10::ScalarType::Float, "F32"},
+    {c10::ScalarType::Half, "F16"},     {c10::ScalarType::BFloat16, "BF16"},
+    {c10::ScalarType::Long, "I64"},     {c10::ScalarType::Int, "I32"},
+    {c10::ScalarType::Short, "I16"},    {c10::ScalarType::Char, "I8"},
+    {c10::ScalarType::Byte, "U8"},      {c10::ScalarType::Bool, "BOOL"},
+    {c10::ScalarType::Byte, "F8_E4M3"}, {c10::ScalarType::Byte, "F8_E5M2"},
 };
 
 [[noreturn]] void bad_header(const std::string& file, const std::string& what) {
@@ -51,6 +55,11 @@ c10::ScalarType scalar_type_from_safetensors(const std::string& dtype, const std
     if (dtype == d.name) return d.type;
   }
   throw CheckpointError(absl::StrCat(where, ": unknown dtype \"", dtype, "\""));
+}
+
+bool dtype_holds(const std::string& stored, c10::ScalarType type) {
+  return std::any_of(std::begin(kDtypes), std::end(kDtypes),
+                     [&](const DtypeName& d) { return d.type == type && stored == d.name; });
 }
 
 std::string encode_safetensors_header(const std::vector<SafetensorsEntry>& entries,

@@ -15,13 +15,19 @@ namespace mto {
 // padded with spaces so the data starts 8-byte aligned, then the raw little-endian bytes.
 // Offsets are relative to the start of the data.
 
-// safetensors' name for `type` ("F32", "BF16", ...); throws CheckpointError for dtypes the
-// format cannot hold (complex, quantized), naming `tensor`.
+// safetensors' name for `type` ("F32", "BF16", "U8" for Byte, ...); throws CheckpointError for
+// dtypes the format cannot hold (complex, quantized), naming `tensor`.
 std::string safetensors_dtype(c10::ScalarType type, const std::string& tensor);
 
 // The scalar type for a safetensors dtype name; throws CheckpointError naming `where` for
-// an unknown name.
+// an unknown name. The FP8 names F8_E4M3 and F8_E5M2 give Byte: LibTorch 1.13 has no 8-bit
+// float type, so their codes travel in uint8 tensors.
 c10::ScalarType scalar_type_from_safetensors(const std::string& dtype, const std::string& where);
+
+// Whether a tensor of `type` may be written as, or read from, the safetensors dtype `stored`:
+// `stored` is safetensors_dtype(type), or an FP8 name and `type` is Byte, holding its codes.
+// False for unknown names.
+bool dtype_holds(const std::string& stored, c10::ScalarType type);
 
 // One tensor as a safetensors header describes it.
 struct SafetensorsEntry {

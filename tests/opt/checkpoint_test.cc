@@ -3,15 +3,23 @@
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
+#include <google/protobuf/struct.pb.h>
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <vector>
 
 #include "opt/checkpoint.h"
 #include "opt/conversion.h"
+#include "opt/registry.h"
 #include "serialization/checkpoint_error.h"
 #include "serialization/checkpoint_layout.h"
+#include "serialization/checkpoint_reader.h"
 #include "serialization/file.h"
 #include "serialization/manifest_file.h"
 #include "serialization/safetensors.h"
@@ -22,6 +30,57 @@ namespace mto {
 namespace {
 
 namespace fs = std::filesystem;
+using google::protobuf::Struct;
+
+// A test-only mode that gives the model a [16, 16] uint8 buffer "fp8_codes" (every byte value
+// once) and reports one tensor as stored in another dtype: config {"key": state-dict key,
+// default "fp8_codes"; "dtype": default "F8_E4M3"}. Applied twice, it keeps the one buffer.
+class TestFp8CodesMode : public ModeDescriptor {
+ public:
+  std::string name() const override { return "test_fp8_codes"; }
+  MessagePtr config_class() const override { return std::make_unique<Struct>(); }
+  ConvertResult convert(ModulePtr model, const Message&, const RuntimeContext&) const override {
+    codes_of(*model).copy_(at::arange(256).to(at::kByte).reshape({16, 16}));
+    return {model, nullptr};
+  }
+  ModulePtr restore(ModulePtr model, const Message&, const Message&) const override {
+    codes_of(*model);
+    return model;
+  }
+  std::map<std::string, std::string> stored_dtypes(const Message& config, const Message&) const override {
+    const auto& fields = message_as<Struct>(config, name()).fields();
+    auto field = [&](const std::string& key, const std::string& fallback) {
+      auto it = fields.find(key);
+      return it == fields.end() ? fallback : it->second.string_value();
+    };
+    return {{field("key", "fp8_codes"), field("dtype", "F8_E4M3")}};
+  }
+
+ private:
+  // The buffer fp8_codes of `model`, registered as zeros if it has none.
+  static at::Tensor codes_of(torch::nn::Module& model) {
+    if (const at::Tensor* codes = model.named_buffers(/*recurse=*/false).find("fp8_codes")) return *codes;
+    return model.register_buffer("fp8_codes", at::zeros({16, 16}, at::kByte));
+  }
+};
+
+MTO_REGISTER_MODE(test_checkpoint, TestFp8CodesMode);
+
+// The config of test_fp8_codes.
+Struct fp8_config(const std::string& key, const std::string& dtype) {
+  Struct config;
+  (*config.mutable_fields())["key"].set_string_value(key);
+  (*config.mutable_fields())["dtype"].set_string_value(dtype);
+  return config;
+}
+
+// The record of tensor `name` in `manifest`.
+const TensorRecord& record_of(const Manifest& manifest, const std::string& name) {
+  for (const auto& t : manifest.tensors()) {
+    if (t.name() == name) return t;
+  }
+  throw std::runtime_error("no record of " + name);
+}
 
 class CheckpointTest : public ::testing::Test {
  protected:
@@ -254,6 +313,195 @@ TEST_F(CheckpointTest, StateDictMismatchNamesTheTensor) {
   } catch (const CheckpointError& e) {
     EXPECT_EQ(std::string(e.what()), "checkpoint " + dir_ + " has no tensor step, which the model has");
   }
+}
+
+// ---- A dtype that a mode chooses (ModeDescriptor::stored_dtypes). ----
+
+TEST_F(CheckpointTest, AModesStoredDtypeIsRecordedAndRestoresTheSameBytes) {
+  ModulePtr model = apply_mode(ModelLike("test_mlp", {{"seed", 1}}).build(), "test_fp8_codes");
+  save(*model, dir_);
+  const std::string shard = dir_ + "/model-00001-of-00001.safetensors";
+  for (const auto& e : read_safetensors_header(shard).entries) {
+    EXPECT_EQ(e.dtype, e.name == "fp8_codes" ? "F8_E4M3" : "F32") << e.name;
+  }
+  const Manifest manifest = read_manifest(dir_);
+  EXPECT_EQ(record_of(manifest, "fp8_codes").dtype(), "F8_E4M3");
+  EXPECT_EQ(record_of(manifest, "fp8_codes").length(), 256u);
+  EXPECT_EQ(record_of(manifest, "fc1.weight").dtype(), "F32");
+  verify_checkpoint(dir_);
+
+  const at::Tensor codes = model->named_buffers()["fp8_codes"];
+  for (ModulePtr restored : {restore(ModelLike("test_mlp", {{"seed", 2}}), dir_), restore(dir_)}) {
+    const at::Tensor back = restored->named_buffers()["fp8_codes"];
+    EXPECT_EQ(back.scalar_type(), at::kByte);
+    EXPECT_TRUE(back.equal(codes));
+    EXPECT_TRUE(test::test_forward(restored, x_).equal(test::test_forward(model, x_)));
+  }
+}
+
+TEST_F(CheckpointTest, AStoredDtypeTheModelCannotHoldFailsTheSaveNamingTheModeAndTensor) {
+  save(*model_, dir_);
+  auto save_error = [&](const ModeList& modes) {
+    ModulePtr model = apply_mode(ModelLike("test_mlp", {{"seed", 5}}).build(), modes);
+    try {
+      save(*model, dir_);
+    } catch (const CheckpointError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_EQ(save_error({{"test_fp8_codes", fp8_config("fc1.weight", "F8_E4M3")}}),
+            "mode test_fp8_codes stores tensor fc1.weight as F8_E4M3, which a Float tensor cannot hold");
+  EXPECT_EQ(save_error({{"test_fp8_codes", fp8_config("fc9.weight", "F8_E4M3")}}),
+            "mode test_fp8_codes stores tensor fc9.weight as F8_E4M3, but the model has no tensor fc9.weight");
+  EXPECT_EQ(save_error({{"test_fp8_codes", fp8_config("fp8_codes", "F8_E4M3")},
+                        {"test_fp8_codes", fp8_config("fp8_codes", "F8_E5M2")}}),
+            "mode test_fp8_codes stores tensor fp8_codes as F8_E5M2, but mode test_fp8_codes stores it as F8_E4M3");
+  EXPECT_TRUE(hidden_entries().empty());
+  EXPECT_TRUE(test::test_forward(restore(dir_), x_).equal(expected_));
+}
+
+TEST_F(CheckpointTest, ARecordOfAnotherDtypeThanTheModeStoresIsNamed) {
+  ModulePtr model = apply_mode(ModelLike("test_mlp").build(), {{"test_fp8_codes", fp8_config("fp8_codes", "F8_E5M2")}});
+  save(*model, dir_);
+  EXPECT_EQ(record_of(read_manifest(dir_), "fp8_codes").dtype(), "F8_E5M2");
+  for (const std::string other : {"U8", "F8_E4M3"}) {
+    Manifest manifest = read_manifest(dir_);
+    for (auto& t : *manifest.mutable_tensors()) {
+      if (t.name() == "fp8_codes") t.set_dtype(other);
+    }
+    write_manifest(dir_, manifest);
+    EXPECT_EQ(restore_error(), "tensor fp8_codes: the checkpoint holds " + other +
+                                   " [16, 16] but the model has F8_E5M2 [16, 16]");
+  }
+
+  // A uint8 buffer no mode speaks for is U8, and an F8 record does not fill it.
+  ModulePtr plain = apply_mode(ModelLike("test_mlp").build(), "test_kd");
+  plain->register_buffer("fp8_codes", at::zeros({16, 16}, at::kByte));
+  save(*plain, dir_);
+  EXPECT_EQ(record_of(read_manifest(dir_), "fp8_codes").dtype(), "U8");
+  Manifest manifest = read_manifest(dir_);
+  for (auto& t : *manifest.mutable_tensors()) {
+    if (t.name() == "fp8_codes") t.set_dtype("F8_E4M3");
+  }
+  write_manifest(dir_, manifest);
+  ModulePtr target = ModelLike("test_mlp").build();
+  target->register_buffer("fp8_codes", at::zeros({16, 16}, at::kByte));
+  try {
+    restore(target, dir_);
+    FAIL() << "no error";
+  } catch (const CheckpointError& e) {
+    EXPECT_STREQ(e.what(), "tensor fp8_codes: the checkpoint holds F8_E4M3 [16, 16] but the model has U8 [16, 16]");
+  }
+}
+
+// ---- Extra files. ----
+
+const std::map<std::string, std::string> kExtraFiles = {
+    {"config.json", "{\"architectures\": [\"TestMlp\"]}\n"},
+    {"hf_quant_config.json", "{\"quantization\": {\"quant_algo\": \"FP8\"}}\n"},
+};
+
+TEST_F(CheckpointTest, ExtraFilesAreWrittenRecordedAndVerified) {
+  SaveOptions options;
+  options.extra_files = kExtraFiles;
+  save(*model_, dir_, options);
+  std::set<std::string> files;
+  for (const auto& e : fs::directory_iterator(dir_)) files.insert(e.path().filename());
+  EXPECT_EQ(files, (std::set<std::string>{"MANIFEST", "config.json", "hf_quant_config.json",
+                                          "model-00001-of-00001.safetensors", "model.safetensors.index.json",
+                                          "modelopt_state.pb"}));
+  for (const auto& [name, contents] : kExtraFiles) EXPECT_EQ(read_file(dir_ + "/" + name, 1 << 20), contents);
+
+  const Manifest manifest = read_manifest(dir_);
+  ASSERT_EQ(manifest.extra_files_size(), 2);
+  EXPECT_EQ(manifest.extra_files(0).file(), "config.json");
+  EXPECT_EQ(manifest.extra_files(0).size(), kExtraFiles.at("config.json").size());
+  EXPECT_EQ(manifest.extra_files(1).file(), "hf_quant_config.json");
+  EXPECT_EQ(manifest.extra_files(1).size(), kExtraFiles.at("hf_quant_config.json").size());
+  EXPECT_NE(manifest.extra_files(0).xxh3(), manifest.extra_files(1).xxh3());
+  verify_checkpoint(dir_);
+  EXPECT_TRUE(test::test_forward(restore(dir_), x_).equal(expected_));
+
+  // A save without extra files leaves none behind.
+  save(*model_, dir_);
+  EXPECT_FALSE(fs::exists(dir_ + "/config.json"));
+  EXPECT_EQ(read_manifest(dir_).extra_files_size(), 0);
+}
+
+TEST_F(CheckpointTest, ADamagedExtraFileFailsVerifyAndRestoreNamingIt) {
+  SaveOptions options;
+  options.extra_files = kExtraFiles;
+  save(*model_, dir_, options);
+  const std::string path = dir_ + "/config.json";
+  auto verify_error = [&] {
+    try {
+      verify_checkpoint(dir_);
+    } catch (const CheckpointError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+
+  flip_byte("config.json", 3);
+  EXPECT_EQ(verify_error(), "checksum mismatch in " + path + " (corrupt file)");
+  EXPECT_EQ(restore_error(), "checksum mismatch in " + path + " (corrupt file)");
+  flip_byte("config.json", 3);
+  EXPECT_EQ(verify_error(), "no error");
+
+  const uint64_t size = fs::file_size(path);
+  fs::resize_file(path, size - 1);
+  const std::string truncated = "file " + path + " is " + std::to_string(size - 1) +
+                                " bytes but the manifest says " + std::to_string(size) + " (truncated)";
+  EXPECT_EQ(verify_error(), truncated);
+  EXPECT_EQ(restore_error(), truncated);
+
+  fs::remove(path);
+  EXPECT_EQ(verify_error(), "cannot open " + path + ": No such file or directory");
+  EXPECT_EQ(restore_error(), "cannot open " + path + ": No such file or directory");
+}
+
+TEST_F(CheckpointTest, ExtraFilesWithReservedOrNonPlainNamesAreRefusedBeforeWriting) {
+  save(*model_, dir_);
+  ModulePtr other = apply_mode(ModelLike("test_mlp", {{"seed", 5}}).build(), "test_kd");
+  for (const std::string name : {"MANIFEST", "modelopt_state.pb", "model.safetensors.index.json",
+                                 "model-00001-of-00001.safetensors", "model-00002-of-00002.safetensors",
+                                 "sub/config.json", "/etc/config.json", ".config.json", "..", ""}) {
+    SaveOptions options;
+    options.extra_files = {{"config.json", "{}"}, {name, "{}"}};
+    try {
+      save(*other, dir_, options);
+      ADD_FAILURE() << "no error for \"" << name << "\"";
+    } catch (const CheckpointError& e) {
+      const std::string message = e.what();
+      EXPECT_EQ(message.rfind("save: options.extra_files names ", 0), 0u) << message;
+      EXPECT_NE(message.find("\"" + name + "\""), std::string::npos) << message;
+    }
+  }
+  SaveOptions options;
+  options.extra_files = {{"MANIFEST", "{}"}};
+  try {
+    save(*other, dir_, options);
+    FAIL() << "no error";
+  } catch (const CheckpointError& e) {
+    EXPECT_STREQ(e.what(), "save: options.extra_files names the extra file \"MANIFEST\", which is a name of the "
+                           "checkpoint's own files");
+  }
+  options.extra_files = {{"sub/config.json", "{}"}};
+  try {
+    save(*other, dir_, options);
+    FAIL() << "no error";
+  } catch (const CheckpointError& e) {
+    EXPECT_STREQ(e.what(), "save: options.extra_files names the file \"sub/config.json\", which is not a plain "
+                           "file name inside the checkpoint directory");
+  }
+
+  EXPECT_TRUE(hidden_entries().empty());
+  EXPECT_FALSE(fs::exists(dir_ + "/config.json"));
+  EXPECT_EQ(read_manifest(dir_).extra_files_size(), 0);
+  ModulePtr restored = restore(dir_);
+  EXPECT_TRUE(test::test_forward(restored, x_).equal(expected_));
+  EXPECT_EQ(modelopt_state(*restored).modelopt_state_dict(0).mode(), "test_sparse");
 }
 
 }  // namespace

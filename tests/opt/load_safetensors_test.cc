@@ -300,6 +300,32 @@ TEST_F(LoadSafetensorsTest, AnIntegerSourceForAFloatTensorIsRefused) {
   expect_error(dir_, {"ln_f.weight"});
 }
 
+TEST_F(LoadSafetensorsTest, AnFp8SourceForAFloatTensorIsRefused) {
+  // ln_f.weight as 16 FP8 E4M3 codes: 16 bytes, which a float tensor must not take for numbers.
+  std::vector<Named> tensors = whole_;
+  for (auto& t : tensors) {
+    if (t.name == "ln_f.weight") t.tensor = at::zeros({4}, at::kInt);
+  }
+  Encoded e = encode(tensors);
+  e.header["ln_f.weight"]["dtype"] = "F8_E4M3";
+  e.header["ln_f.weight"]["shape"] = nlohmann::ordered_json::array({16});
+  write_encoded(dir_ + "/model.safetensors", e);
+  const std::string message = expect_error(dir_, {"F8_E4M3", "model.safetensors"});
+  EXPECT_TRUE(names(message, "ln_f.weight")) << message;
+}
+
+TEST(LoadSafetensorsFp8Test, Fp8CodesLoadIntoAUint8Tensor) {
+  const std::string dir = test::make_temp_dir();
+  const at::Tensor codes = at::arange(256).to(at::kByte);
+  write_raw(dir + "/model.safetensors",
+            R"({"codes": {"dtype": "F8_E5M2", "shape": [256], "data_offsets": [0, 256]}})",
+            std::string(static_cast<const char*>(codes.data_ptr()), 256));
+  torch::nn::Module model;
+  const at::Tensor target = model.register_buffer("codes", at::zeros({256}, at::kByte));
+  EXPECT_EQ(load_safetensors(model, dir).loaded, 1);
+  EXPECT_TRUE(target.equal(codes));
+}
+
 // ---- Damaged headers. ----
 
 TEST_F(LoadSafetensorsTest, OverlappingDataOffsetsAreRefused) {

@@ -3,6 +3,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <string>
+#include <vector>
 
 #include "serialization/checkpoint_error.h"
 #include "serialization/checkpoint_layout.h"
@@ -159,6 +161,55 @@ TEST(ManifestFileTest, ValidationRejectsInconsistentManifests) {
   m = valid_manifest();
   *m.add_shards() = m.shards(0);
   EXPECT_EQ(validation_error(m), prefix + "the file model-00001-of-00001.safetensors is listed twice");
+}
+
+TEST(ManifestFileTest, Fp8TensorsAreOneByteAnElement) {
+  Manifest m = valid_manifest();
+  m.mutable_tensors(0)->set_dtype("F8_E4M3");
+  m.mutable_tensors(0)->set_shape(0, 8);
+  m.mutable_tensors(0)->mutable_blocks(0)->set_row_end(8);
+  EXPECT_EQ(validation_error(m), "no error");
+  m.mutable_tensors(0)->set_dtype("F8_E5M2");
+  EXPECT_EQ(validation_error(m), "no error");
+  m.mutable_tensors(0)->set_shape(0, 2);
+  m.mutable_tensors(0)->mutable_blocks(0)->set_row_end(2);
+  EXPECT_EQ(validation_error(m), "invalid manifest M: tensor a is 8 bytes but its dtype and shape need 2");
+}
+
+TEST(ManifestFileTest, ExtraFilesHavePlainVisibleNamesOfTheirOwn) {
+  auto with_extra = [](const std::vector<std::string>& names) {
+    Manifest m = valid_manifest();
+    for (const auto& name : names) {
+      FileRecord* record = m.add_extra_files();
+      record->set_file(name);
+      record->set_size(2);
+    }
+    return m;
+  };
+  EXPECT_EQ(validation_error(with_extra({"config.json", "hf_quant_config.json"})), "no error");
+  EXPECT_EQ(validation_error(with_extra({"config.json", "config.json"})),
+            "invalid manifest M: the file config.json is listed twice");
+  EXPECT_EQ(validation_error(with_extra({"../config.json"})),
+            "manifest M names the file \"../config.json\", which is not a plain file name inside the "
+            "checkpoint directory");
+  EXPECT_EQ(validation_error(with_extra({""})),
+            "manifest M names the file \"\", which is not a plain file name inside the checkpoint directory");
+  EXPECT_EQ(validation_error(with_extra({".config.json"})),
+            "manifest M names the extra file \".config.json\", which would be hidden (its name starts with '.')");
+  for (const std::string own : {"MANIFEST", "modelopt_state.pb", "model.safetensors.index.json",
+                                "model-00001-of-00001.safetensors", "model-00002-of-00004.safetensors"}) {
+    EXPECT_EQ(validation_error(with_extra({own})),
+              "manifest M names the extra file \"" + own + "\", which is a name of the checkpoint's own files");
+  }
+  // Names that only look like a shard's are the caller's.
+  EXPECT_EQ(validation_error(with_extra({"model-1-of-x.safetensors", "model.safetensors", "model-of-.safetensors"})),
+            "no error");
+
+  Manifest m = with_extra({"config.json"});
+  m.mutable_extra_files(0)->set_size(kMaxMetadataBytes + 1);
+  EXPECT_EQ(validation_error(m), "manifest M gives the extra file \"config.json\" " +
+                                     std::to_string(kMaxMetadataBytes + 1) + " bytes, more than the " +
+                                     std::to_string(kMaxMetadataBytes) + " a reader accepts");
 }
 
 }  // namespace

@@ -43,6 +43,30 @@ TEST(SafetensorsTest, DtypeNamesMapBothWays) {
   EXPECT_THROW(scalar_type_from_safetensors("F8_E4M3X", "here"), CheckpointError);
 }
 
+TEST(SafetensorsTest, Fp8NamesTravelAsUint8Codes) {
+  EXPECT_EQ(scalar_type_from_safetensors("F8_E4M3", "here"), c10::kByte);
+  EXPECT_EQ(scalar_type_from_safetensors("F8_E5M2", "here"), c10::kByte);
+  EXPECT_EQ(safetensors_dtype(c10::kByte, "t"), "U8");
+
+  EXPECT_TRUE(dtype_holds("F32", c10::kFloat));
+  EXPECT_TRUE(dtype_holds("U8", c10::kByte));
+  EXPECT_TRUE(dtype_holds("F8_E4M3", c10::kByte));
+  EXPECT_TRUE(dtype_holds("F8_E5M2", c10::kByte));
+  EXPECT_FALSE(dtype_holds("F8_E4M3", c10::kFloat));
+  EXPECT_FALSE(dtype_holds("F8_E5M2", c10::kChar));
+  EXPECT_FALSE(dtype_holds("F16", c10::kFloat));
+  EXPECT_FALSE(dtype_holds("U8", c10::kChar));
+  EXPECT_FALSE(dtype_holds("F8_E4M3X", c10::kByte));
+
+  // One byte an element.
+  EXPECT_EQ(parse_error(R"({"a": {"dtype": "F8_E4M3", "shape": [2, 3], "data_offsets": [0, 6]},
+                            "b": {"dtype": "F8_E5M2", "shape": [2], "data_offsets": [6, 8]}})", 8),
+            "no error");
+  EXPECT_EQ(parse_error(R"({"a": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 8]}})", 8),
+            "invalid safetensors header in f.safetensors: tensor \"a\": data_offsets span 8 bytes but "
+            "dtype and shape need 2");
+}
+
 TEST(SafetensorsTest, UntrustedHeadersAreCheckedFieldByField) {
   const std::string prefix = "invalid safetensors header in f.safetensors: ";
   EXPECT_EQ(parse_error("{\"a\": ", 0), prefix + "not JSON (byte 7 of the header)");
