@@ -11,11 +11,27 @@
 namespace mto {
 namespace quantization {
 
+namespace {
+
+double int_bound(int bits, bool is_unsigned) { return std::ldexp(1.0, bits - 1 + (is_unsigned ? 1 : 0)) - 1; }
+
+}  // namespace
+
+at::Tensor int_scale(const at::Tensor& amax, int bits, bool is_unsigned) {
+  return amax.to(at::kFloat).clamp_min(kMinAmax).div_(int_bound(bits, is_unsigned));
+}
+
+at::Tensor quantize_int(const at::Tensor& x, const at::Tensor& scale, int bits, bool is_unsigned) {
+  const double bound = int_bound(bits, is_unsigned);
+  // round gives -0 for values in (-0.5, 0); adding +0 makes it +0, as an integer code has no
+  // sign of zero, so that fake quantization equals the deployed codes * scale bit for bit.
+  return at::round(x.to(at::kFloat) / scale).clamp_(is_unsigned ? 0.0 : -bound, bound).add_(0.0);
+}
+
 at::Tensor fake_quant_int(const at::Tensor& x, const at::Tensor& amax, int bits,
                           bool is_unsigned) {
-  const double bound = std::ldexp(1.0, bits - 1 + (is_unsigned ? 1 : 0)) - 1;
-  const at::Tensor scale = bound / amax.clamp_min(kMinAmax);
-  return at::round(x * scale).clamp_(is_unsigned ? 0.0 : -bound, bound).div_(scale);
+  const at::Tensor scale = int_scale(amax, bits, is_unsigned);
+  return quantize_int(x, scale, bits, is_unsigned).mul_(scale).to(x.scalar_type());
 }
 
 namespace {
@@ -54,11 +70,17 @@ at::Tensor round_to_e4m3(const at::Tensor& x) {
   return out.to(x.scalar_type());
 }
 
-at::Tensor fake_quant_e4m3(const at::Tensor& x, const at::Tensor& amax) {
-  const at::Tensor scale = kE4M3Max / amax.clamp_min(kMinAmax);
-  at::Tensor scaled = (x * scale).to(at::kFloat).contiguous();
+at::Tensor e4m3_scale(const at::Tensor& amax) { return amax.to(at::kFloat).clamp_min(kMinAmax).div_(kE4M3Max); }
+
+at::Tensor quantize_e4m3(const at::Tensor& x, const at::Tensor& scale) {
+  at::Tensor scaled = (x.to(at::kFloat) / scale).contiguous();
   round_to_e4m3_(scaled);
-  return scaled.div_(scale).to(x.scalar_type());
+  return scaled;
+}
+
+at::Tensor fake_quant_e4m3(const at::Tensor& x, const at::Tensor& amax) {
+  const at::Tensor scale = e4m3_scale(amax);
+  return quantize_e4m3(x, scale).mul_(scale).to(x.scalar_type());
 }
 
 }  // namespace quantization

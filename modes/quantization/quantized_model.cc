@@ -173,7 +173,7 @@ QuantizeMetadata quantizer_state(torch::nn::Module& model) {
         for (int64_t d : slice->global_shape) state.add_amax_shape(d);
       }
     }
-    if (slot.quantizer()->has_pre_quant_scale()) {
+    if (state.has_pre_quant_scale()) {
       if (const auto slice = buffer_slice(slot, "_pre_quant_scale", slot.quantizer()->pre_quant_scale())) {
         state.clear_pre_quant_scale_shape();
         for (int64_t d : slice->global_shape) state.add_pre_quant_scale_shape(d);

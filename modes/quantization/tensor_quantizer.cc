@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "modes/quantization/fake_quant.h"
+#include "modes/quantization/real_quant.h"
 
 namespace mto {
 namespace quantization {
@@ -140,9 +141,28 @@ at::Tensor TensorQuantizerImpl::quantize(const at::Tensor& x) const {
   return quantize_values(x, broadcast_amax(x.dim()));
 }
 
+at::Tensor TensorQuantizerImpl::exported_forward(const at::Tensor& x) const {
+  if (keepdim_amax_) return decode_weight(x, scale_, attributes_, weight_sizes_);
+  const at::Tensor codes = attributes_.exponent_bits() > 0
+                               ? quantize_e4m3(x, scale_)
+                               : quantize_int(x, scale_, attributes_.num_bits(), attributes_.is_unsigned());
+  return codes.mul_(scale_).to(x.scalar_type());
+}
+
+std::shared_ptr<TensorQuantizerImpl> TensorQuantizerImpl::exported(at::Tensor scale, at::Tensor pre_quant_scale,
+                                                                   std::vector<int64_t> weight_sizes) const {
+  auto copy = std::make_shared<TensorQuantizerImpl>(name_, attributes_, keepdim_amax_);
+  copy->exported_ = true;
+  copy->scale_ = std::move(scale);
+  copy->pre_quant_scale_ = std::move(pre_quant_scale);
+  copy->weight_sizes_ = std::move(weight_sizes);
+  return copy;
+}
+
 at::Tensor TensorQuantizerImpl::forward(const at::Tensor& input) {
   const at::Tensor x = pre_quant_scale_.defined() ? input * pre_quant_scale_ : input;
   if (!attributes_.enable()) return x;
+  if (exported_) return exported_forward(x);
   if (calibrating_) {
     const at::Tensor amax = compute_amax(x);
     if (!calibration_amax_.defined()) {
@@ -187,8 +207,9 @@ QuantizerState TensorQuantizerImpl::state() const {
   if (amax_.defined()) {
     for (int64_t size : amax_.sizes()) state.add_amax_shape(size);
   }
-  state.set_has_pre_quant_scale(pre_quant_scale_.defined());
-  if (pre_quant_scale_.defined()) {
+  // An exported quantizer's scales are its layer's tensors, recorded by export_quantize.
+  state.set_has_pre_quant_scale(pre_quant_scale_.defined() && !exported_);
+  if (state.has_pre_quant_scale()) {
     for (int64_t size : pre_quant_scale_.sizes()) state.add_pre_quant_scale_shape(size);
   }
   return state;
@@ -211,7 +232,9 @@ void TensorQuantizerImpl::pretty_print(std::ostream& stream) const {
   if (attributes_.block_size() > 0) {
     stream << " block_sizes={" << attributes_.block_axis() << ": " << attributes_.block_size() << "}";
   }
-  if (amax_.defined()) {
+  if (exported_) {
+    stream << " exported scale=" << format_sizes(scale_.sizes());
+  } else if (amax_.defined()) {
     stream << " amax=" << format_sizes(amax_.sizes());
   } else {
     stream << " uncalibrated";

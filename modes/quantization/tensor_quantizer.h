@@ -1,7 +1,9 @@
 #pragma once
 
 #include <ostream>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 #include <torch/nn/pimpl.h>
@@ -62,6 +64,18 @@ class TensorQuantizerImpl : public nn::TransformImpl {
   // This quantizer as the metadata records it.
   QuantizerState state() const;
 
+  // A copy of this quantizer for a deployed layer (mode "export_quantize"), with no buffers
+  // of its own: it quantizes with the fixed `scale` (quantizer_scale of its amax, in any
+  // shape holding the same values in order) and multiplies by `pre_quant_scale` (when
+  // defined), tensors that the layer owns under their deployment names ("weight_scale",
+  // "input_scale", "pre_quant_scale"). A weight quantizer then takes the weight's codes
+  // (real_quant.h encode_weight) and returns the float weight of `weight_sizes` they stand
+  // for; an input quantizer fake-quantizes as before. Either way, the outputs equal this
+  // quantizer's, bit for bit.
+  std::shared_ptr<TensorQuantizerImpl> exported(at::Tensor scale, at::Tensor pre_quant_scale,
+                                                std::vector<int64_t> weight_sizes) const;
+  bool is_exported() const { return exported_; }
+
  private:
   void set_buffer(const char* name, at::Tensor* buffer, const at::Tensor& value);
   at::Tensor quantize(const at::Tensor& x) const;
@@ -70,13 +84,19 @@ class TensorQuantizerImpl : public nn::TransformImpl {
   // split in two: [..., blocks, block_size, ...].
   at::Tensor blocked(const at::Tensor& x) const;
   at::Tensor quantize_values(const at::Tensor& x, const at::Tensor& amax) const;
+  // forward of an exported quantizer, after the pre-quantization scale.
+  at::Tensor exported_forward(const at::Tensor& x) const;
   // `amax_` shaped to broadcast against a tensor of `dim` dimensions.
   at::Tensor broadcast_amax(int64_t dim) const;
   int64_t normalize_axis(int64_t axis, int64_t dim, const char* what) const;
 
   std::string name_;
   QuantizerAttributes attributes_;
+  // Set for weight quantizers (see the constructor).
   bool keepdim_amax_;
+  bool exported_ = false;
+  at::Tensor scale_;
+  std::vector<int64_t> weight_sizes_;
   at::Tensor amax_;
   at::Tensor pre_quant_scale_;
   bool calibrating_ = false;

@@ -77,17 +77,22 @@ at::Tensor ColumnParallelLinearImpl::forward(const at::Tensor& x) {
 
 std::optional<TensorSlice> ColumnParallelLinearImpl::slice_of(const std::string& key,
                                                               const at::Tensor& local) const {
-  // Rows of the weight, its per-row transform tensors and the output's per-feature ones;
-  // the input is whole on every rank, and so are its transforms.
+  // Rows of the weight (whatever its dtype and packing), its per-row transform tensors and
+  // the output's per-feature ones; the input is whole on every rank, and so are its
+  // transforms.
   if (parallel_options.tp()->world_size() == 1) return std::nullopt;
   const int64_t rows = options.out_features();
-  const bool split = key == "weight" || key == "bias" ||
-                     (!is_transform_key(Slot::kInput, key) && local.dim() >= 1 && local.size(0) == rows &&
-                      (rows > 1 || local.sizes().equals(weight.sizes())));
+  bool split = key == "weight" || key == "bias";
+  if (const std::optional<Extent> extent = layer_tensor_extent(key)) {
+    split = *extent == Extent::kWeight || *extent == Extent::kOutputFeatures;
+  } else if (!split) {
+    split = !is_transform_key(Slot::kInput, key) && local.dim() >= 1 && local.size(0) == rows &&
+            (rows > 1 || local.sizes().equals(weight.sizes()));
+  }
   if (!split) return std::nullopt;
   std::vector<int64_t> global_shape = local.sizes().vec();
-  global_shape[0] = parallel_options.out_features();
-  return TensorSlice{std::move(global_shape), 0, parallel_options.tp()->rank() * rows};
+  global_shape[0] = local.size(0) * parallel_options.tp()->world_size();
+  return TensorSlice{std::move(global_shape), 0, parallel_options.tp()->rank() * local.size(0)};
 }
 
 }  // namespace nn

@@ -19,6 +19,33 @@ void DynamicLayer::add_transform(Slot slot, const std::string& name,
   transforms_.push_back(Entry{slot, name, std::move(transform)});
 }
 
+void DynamicLayer::replace_transform(const std::string& name, std::shared_ptr<TransformImpl> transform) {
+  auto it = std::find_if(transforms_.begin(), transforms_.end(),
+                         [&](const Entry& e) { return e.name == name; });
+  if (it == transforms_.end()) {
+    throw std::invalid_argument("layer " + as_module().name() + " has no transform '" + name + "'");
+  }
+  as_module().unregister_module(name);
+  as_module().register_module(name, transform);
+  it->transform = std::move(transform);
+}
+
+at::Tensor DynamicLayer::register_layer_tensor(const std::string& name, const at::Tensor& tensor, Extent extent) {
+  torch::nn::Module& module = as_module();
+  if (module.named_parameters(/*recurse=*/false).contains(name) ||
+      module.named_buffers(/*recurse=*/false).contains(name)) {
+    throw std::invalid_argument("layer " + module.name() + " already has a tensor '" + name + "'");
+  }
+  layer_tensors_[name] = extent;
+  return module.register_buffer(name, tensor);
+}
+
+std::optional<Extent> DynamicLayer::layer_tensor_extent(const std::string& key) const {
+  auto it = layer_tensors_.find(key);
+  if (it == layer_tensors_.end()) return std::nullopt;
+  return it->second;
+}
+
 std::shared_ptr<TransformImpl> DynamicLayer::remove_transform(const std::string& name) {
   auto it = std::find_if(transforms_.begin(), transforms_.end(),
                          [&](const Entry& e) { return e.name == name; });

@@ -1,6 +1,8 @@
 #pragma once
 
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,6 +29,17 @@ class TransformImpl : public torch::nn::Module {
   virtual at::Tensor forward(const at::Tensor& x) = 0;
 };
 
+// How a tensor that a mode keeps on a layer itself (a deployed checkpoint's "weight_scale")
+// follows the layer's features, so that a layer split over ranks knows which part of the
+// global tensor a rank holds.
+enum class Extent {
+  kWhole,           // the same on every rank (a per-tensor scale)
+  kWeight,          // indexed like the weight: dim 0 by output features, dim 1 by input
+                    // features (a block-wise scale [out, in / block])
+  kOutputFeatures,  // dim 0 by output features (a per-channel scale)
+  kInputFeatures,   // dim 0 by input features (a pre-quantization scale)
+};
+
 // The slots of a dynamic layer (mto::nn::Linear, mto::nn::Conv2d): ordered lists of
 // transforms applied to its input, weight and output. With no transforms the layer computes
 // exactly what its torch::nn counterpart does. Not safe to modify while a forward runs.
@@ -38,6 +51,19 @@ class DynamicLayer {
   // std::invalid_argument if the layer already has a submodule of that name.
   void add_transform(Slot slot, const std::string& name,
                      std::shared_ptr<TransformImpl> transform);
+
+  // Puts `transform` in the place (slot and position) of the transform `name` and registers
+  // it under that name. Throws std::invalid_argument if there is no such transform.
+  void replace_transform(const std::string& name, std::shared_ptr<TransformImpl> transform);
+
+  // Registers `tensor` as the buffer `name` of the layer itself, following `extent`, and
+  // returns the registered tensor. Throws std::invalid_argument if the layer has a
+  // parameter or buffer of that name.
+  at::Tensor register_layer_tensor(const std::string& name, const at::Tensor& tensor, Extent extent);
+
+  // The extent of a tensor that register_layer_tensor registered; std::nullopt for any other
+  // key.
+  std::optional<Extent> layer_tensor_extent(const std::string& key) const;
 
   // Unregisters the transform `name` and returns it; nullptr if there is none.
   std::shared_ptr<TransformImpl> remove_transform(const std::string& name);
@@ -66,6 +92,7 @@ class DynamicLayer {
     std::shared_ptr<TransformImpl> transform;
   };
   std::vector<Entry> transforms_;
+  std::map<std::string, Extent> layer_tensors_;
 };
 
 // A dynamic layer of a model under its dotted name ("block.0.fc1").

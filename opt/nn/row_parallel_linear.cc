@@ -78,19 +78,26 @@ std::optional<TensorSlice> RowParallelLinearImpl::slice_of(const std::string& ke
   const int tp = parallel_options.tp()->world_size();
   if (tp == 1) return std::nullopt;
   const int64_t index = parallel_options.tp()->rank();
+  auto split_along = [&](int64_t dim) {
+    std::vector<int64_t> global = local.sizes().vec();
+    global[dim] *= tp;
+    return TensorSlice{std::move(global), dim, index * local.size(dim)};
+  };
+  if (const std::optional<Extent> extent = layer_tensor_extent(key)) {
+    if (*extent == Extent::kWeight) return split_along(1);
+    if (*extent == Extent::kInputFeatures) return split_along(0);
+    return std::nullopt;
+  }
   const bool input = is_transform_key(Slot::kInput, key);
-  // The weight, and tensors shaped like it along the input features: a mask, a block-wise
-  // amax [out, blocks, 1] (always split: its blocks cover this rank's columns).
+  // The weight (whatever its dtype and packing), and tensors shaped like it along the input
+  // features: a mask, a block-wise amax [out, blocks, 1] (always split: its blocks cover
+  // this rank's columns).
   if (key == "weight" || (!input && local.dim() >= 2 && local.size(0) == options.out_features() &&
                           (local.dim() >= 3 || local.size(1) > 1 || local.sizes().equals(weight.sizes())))) {
-    std::vector<int64_t> global = local.sizes().vec();
-    global[1] *= tp;
-    return TensorSlice{std::move(global), 1, index * local.size(1)};
+    return split_along(1);
   }
   const int64_t chunk = options.in_features();
-  if (input && local.dim() == 1 && local.size(0) == chunk && chunk > 1) {
-    return TensorSlice{{parallel_options.in_features()}, 0, index * chunk};
-  }
+  if (input && local.dim() == 1 && local.size(0) == chunk && chunk > 1) return split_along(0);
   return std::nullopt;
 }
 

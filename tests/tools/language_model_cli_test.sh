@@ -2,7 +2,7 @@
 # End-to-end tests of the `mto` command line's language-model path on real mpirun ranks and
 # the real text corpus (Debian package fortunes): train a tiny GPT on a (dp=2, tp=2) mesh,
 # evaluate it on (1, 1) and (1, 2) with the same numbers, quantize it on 2 ranks and
-# evaluate on 3, sample from it on one process and on a tp group with the same text, and the
+# evaluate on 3, export it as real int8 weights, sample from it on one process and on a tp group with the same text, and the
 # errors a user meets, each one clear line.
 #   language_model_cli_test.sh MTO_BINARY
 # Writes one JUnit test case per check to $XML_OUTPUT_FILE.
@@ -203,8 +203,34 @@ import_plain_safetensors() {
   [ ! -e "$work/bad" ] || { echo "a failed import wrote $work/bad"; return 1; }
 }
 
+# The int8 checkpoint exported on a tp group as real int8 weights evaluates exactly as the
+# fake-quantized one on one process; its JSON files are checksummed like the weights.
+export_deployable() {
+  out=$(ranks 2 "$mto" export "$work/int8" --tp 2 --out "$work/deployed" 2>&1) || { echo "$out"; return 1; }
+  grep -q "^exported $work/int8 to $work/deployed on 2 rank(s) (dp=1, tp=2)" <<<"$out" || { echo "$out"; return 1; }
+  grep -q "^hf_quant_config.json: quant_algo W8A8_SQ_PER_CHANNEL, exclude_modules \[lm_head\]$" <<<"$out" ||
+    { echo "$out"; return 1; }
+  out=$("$mto" inspect "$work/deployed" --verify) || { echo "$out"; return 1; }
+  for pattern in "blocks.0.fc1.weight  *I8  *\[128, 32\]" "blocks.0.fc1.weight_scale  *F32  *\[128\]" \
+                 "blocks.0.fc1.input_scale  *F32  *\[\]" "lm_head.weight  *F32  *\[256, 32\]" "export_quantize"; do
+    grep -q "$pattern" <<<"$out" || { echo "missing '$pattern' in:"; echo "$out"; return 1; }
+  done
+  grep -q "_amax" <<<"$out" && { echo "quantizer buffers left in the export:"; echo "$out"; return 1; }
+  grep -q '"quant_method": "modelopt"' "$work/deployed/config.json" || { cat "$work/deployed/config.json"; return 1; }
+  fake=$("$mto" eval "$work/int8" --samples $eval_samples --json) || { echo "$fake"; return 1; }
+  real=$("$mto" eval "$work/deployed" --samples $eval_samples --json) || { echo "$real"; return 1; }
+  [ "$(field "$fake" loss)" = "$(field "$real" loss)" ] || { echo "losses differ: $fake / $real"; return 1; }
+  # A float checkpoint has nothing to deploy.
+  out=$("$mto" export "$work/gpt" --out "$work/x" 2>&1) && { echo "exported a float model"; return 1; }
+  expect_error_line "$out" "export_quantize: the model has no quantizers" || return 1
+  # A changed byte in config.json fails the restore, naming the file.
+  cp -r "$work/deployed" "$work/deployed-bad" && sed -i 's/modelopt/modelOpt/' "$work/deployed-bad/config.json"
+  out=$("$mto" eval "$work/deployed-bad" --samples 8 2>&1) && { echo "restored a corrupt config.json"; return 1; }
+  expect_error_line "$out" "config.json"
+}
+
 help_mentions_tp() {
-  for command in train eval optimize generate import; do
+  for command in train eval optimize generate import export; do
     out=$("$mto" $command --help) || { echo "$out"; return 1; }
     grep -q -- "--tp" <<<"$out" || { echo "'mto $command --help' does not mention --tp:"; echo "$out"; return 1; }
   done
@@ -220,6 +246,7 @@ check tensor_parallel_size_errors tensor_parallel_size_errors
 check generate_needs_a_language_model generate_needs_a_language_model
 check prune_and_sparsify prune_and_sparsify
 check import_plain_safetensors import_plain_safetensors
+check export_deployable export_deployable
 check help_mentions_tp help_mentions_tp
 
 finish

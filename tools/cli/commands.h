@@ -12,6 +12,7 @@ void add_eval_command(CLI::App& app);
 void add_inspect_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
 void add_import_command(CLI::App& app);
+void add_export_command(CLI::App& app);
 
 // Whether this process is rank 0 of the job mpirun launched (or runs alone), known before
 // the world is joined: only rank 0 prints results, progress and help.

@@ -49,6 +49,7 @@ int main(int argc, char** argv) {
   add_inspect_command(app);
   add_generate_command(app);
   add_import_command(app);
+  add_export_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
