@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -32,6 +33,26 @@ std::string make_hidden_sibling(const std::string& parent, const std::string& na
     throw CheckpointError(io_error_message("cannot create a directory next to", parent + "/" + name, errno));
   }
   return templ;
+}
+
+// The process's file mode creation mask, read from /proc/self/status where the kernel
+// reports it; otherwise set and restored, which is not atomic but only races with threads
+// creating files at the same instant.
+mode_t current_umask() {
+  FILE* status = ::fopen("/proc/self/status", "re");
+  if (status != nullptr) {
+    char line[256];
+    unsigned int mask = 0;
+    bool found = false;
+    while (!found && ::fgets(line, sizeof(line), status) != nullptr) {
+      found = ::sscanf(line, "Umask: %o", &mask) == 1;
+    }
+    ::fclose(status);
+    if (found) return static_cast<mode_t>(mask);
+  }
+  const mode_t mask = ::umask(0);
+  ::umask(mask);
+  return mask;
 }
 
 void rename_or_throw(const std::string& from, const std::string& to) {
@@ -93,6 +114,13 @@ StagingDirectory::StagingDirectory(std::string target) : target_(std::move(targe
     }
   }
   path_ = make_hidden_sibling(parent_, t.filename().string(), kStagingInfix);
+  // mkdtemp makes the directory 0700, and the rename keeps that: the checkpoint follows
+  // the umask like any directory the user creates, so a shared cluster can read it.
+  if (::chmod(path_.c_str(), 0777 & ~current_umask()) != 0) {
+    const int error = errno;
+    remove_tree_quietly(path_);
+    throw CheckpointError(io_error_message("cannot set the permissions of", path_, error));
+  }
   lock_fd_ = ::open(path_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (lock_fd_ >= 0) ::flock(lock_fd_, LOCK_EX | LOCK_NB);
   remove_abandoned_staging(parent_, t.filename().string(), path_);

@@ -1,6 +1,8 @@
 // Atomic commit of a checkpoint directory.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <filesystem>
 #include <fstream>
 
@@ -34,6 +36,24 @@ TEST(StagingDirectoryTest, CommitCreatesTheTarget) {
   }
   EXPECT_EQ(read_file(parent + "/a/b/ckpt/MANIFEST", 10), "new");
   EXPECT_EQ(entries(parent + "/a/b"), std::vector<std::string>{"ckpt"});
+}
+
+// The checkpoint directory follows the umask, as any directory the user creates does (not
+// mkdtemp's 0700, which would hide it from the rest of a cluster).
+TEST(StagingDirectoryTest, TheCheckpointFollowsTheUmask) {
+  const std::string parent = test::make_temp_dir();
+  for (const mode_t mask : {mode_t{022}, mode_t{027}, mode_t{077}}) {
+    const mode_t previous = ::umask(mask);
+    const std::string target = parent + "/ckpt" + std::to_string(mask);
+    {
+      StagingDirectory staging(target);
+      staging.commit();
+    }
+    ::umask(previous);
+    struct stat st {};
+    ASSERT_EQ(::stat(target.c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0777 & ~mask) << "umask " << std::oct << mask;
+  }
 }
 
 TEST(StagingDirectoryTest, CommitReplacesAPreviousCheckpoint) {
