@@ -12,11 +12,22 @@ mkdir -p "$work"
 source "$(dirname "$0")/cli_harness.sh" cli_test
 
 help_works() {
-  for command in "" train optimize eval inspect generate; do
+  for command in "" train optimize eval inspect generate import export; do
     out=$("$mto" $command --help) || return 1
     grep -q "Usage" <<<"$out" || { echo "no usage for '$command'"; return 1; }
   done
   "$mto" optimize --help | grep -q "int8, fp8, int4_blockwise"
+}
+
+# An unknown subcommand is an error that names it, with or without --help and global options.
+unknown_command_is_named() {
+  for args in "bogus" "bogus --help" "--threads 2 bogus" "-v bogus ckpt"; do
+    out=$("$mto" $args 2>&1) && { echo "mto $args succeeded: $out"; return 1; }
+    expect_error_line "$out" "unknown command 'bogus' (commands: train, optimize, eval, inspect, generate, import, export" ||
+      return 1
+  done
+  out=$(ranks 2 "$mto" bogus 2>&1) && { echo "mto bogus succeeded on 2 ranks"; return 1; }
+  expect_error_line "$out" "unknown command 'bogus'"
 }
 
 train_two_ranks() {
@@ -61,6 +72,12 @@ eval_any_world_size() {
   awk -v a="$(accuracy "$one")" 'BEGIN { exit !(a > 0.4) }'
 }
 
+# Fails, printing the JSON, if `mto inspect --json` printed an integer as a string (Protobuf's
+# JSON form of int64 fields: "channel_divisor": "4", "amax_shape": ["16", "1"]).
+integers_are_numbers() {
+  ! grep -qE '^ *("[a-z_]+": )?"-?[0-9]+",?$' <<<"$1" || { echo "an integer printed as a string in:"; echo "$1"; return 1; }
+}
+
 inspect_text_and_json() {
   out=$("$mto" inspect "$work/int8" --verify) || { echo "$out"; return 1; }
   for pattern in "model-like   fashion_cnn" "1. quantize" "2. max_calibrate" "conv1.weight_quantizer._amax" \
@@ -71,7 +88,10 @@ inspect_text_and_json() {
   json=$("$mto" inspect "$work/int8" --json --verify) || return 1
   grep -q '"verified": true' <<<"$json" && grep -q '"factory": "fashion_cnn"' <<<"$json" &&
     grep -q '"mode": "max_calibrate"' <<<"$json" && grep -q '"mesh": "(dp=2, tp=1)"' <<<"$json" &&
-    grep -q '"split": "whole"' <<<"$json"
+    grep -q '"split": "whole"' <<<"$json" || { echo "$json"; return 1; }
+  # The quantizers' buffer shapes (repeated int64) are numbers.
+  grep -qE '"amax_shape": \[$' <<<"$json" || { echo "no amax_shape in:"; echo "$json"; return 1; }
+  integers_are_numbers "$json"
 }
 
 corrupt_checkpoint_is_named() {
@@ -115,6 +135,11 @@ prune_search_resume_fine_tune() {
   grep -q "(rank 0 scored 0, 2 from its checkpoint)" <<<"$out" || { echo "$out"; return 1; }
   json=$("$mto" inspect "$work/pruned" --json --verify) || return 1
   grep -q '"mode": "export_nas"' <<<"$json" || { echo "$json"; return 1; }
+  # The int64 fields of configs and metadata print as JSON numbers, not as Protobuf's strings.
+  grep -q '"channel_divisor": 4,\?$' <<<"$json" && grep -qE '"(max_width|width|positions)": [0-9]+,?$' <<<"$json" ||
+    { echo "int64 fields not printed as numbers in:"; echo "$json"; return 1; }
+  integers_are_numbers "$json" || return 1
+  "$mto" inspect "$work/pruned" | grep -q 'config   {.*"channel_divisor":4[,}]' || { echo "no channel_divisor 4"; return 1; }
   out=$(ranks 2 "$mto" train --init "$work/pruned" --epochs 1 --train-samples 512 --out "$work/pruned-ft" 2>&1) ||
     { echo "$out"; return 1; }
   out=$(ranks 3 "$mto" eval "$work/pruned-ft" --samples 300 --json 2>&1) || { echo "$out"; return 1; }
@@ -133,6 +158,7 @@ sparse_then_quantize() {
 }
 
 check help_works help_works
+check unknown_command_is_named unknown_command_is_named
 check train_two_ranks train_two_ranks
 check optimize_int8 optimize_int8
 check optimize_with_config_file optimize_with_config_file

@@ -9,9 +9,11 @@
 //   mto generate ckpt/gpt --prompt 'The ' --tokens 100
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <iostream>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -25,6 +27,23 @@ bool is_first_rank() {
   const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
   return rank == nullptr || std::string(rank) == "0";
 }
+
+namespace {
+
+// The first argument that is neither an option of `app` itself nor an option's value: the
+// subcommand the user typed; "" when there is none.
+std::string typed_command(const CLI::App& app, int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg.empty() || arg[0] != '-') return arg;
+    const std::string name = arg.substr(0, arg.find('='));
+    const CLI::Option* option = app.get_option_no_throw(name);
+    if (option != nullptr && option->get_items_expected_min() > 0 && arg.find('=') == std::string::npos) ++i;
+  }
+  return "";
+}
+
+}  // namespace
 
 }  // namespace cli
 }  // namespace mto
@@ -50,6 +69,20 @@ int main(int argc, char** argv) {
   add_generate_command(app);
   add_import_command(app);
   add_export_command(app);
+  // CLI11 takes an unknown word for a stray argument ("A subcommand is required", or the
+  // main help with --help): name it instead.
+  const std::string command = typed_command(app, argc, argv);
+  std::vector<std::string> names;
+  for (const CLI::App* sub : static_cast<const CLI::App&>(app).get_subcommands([](const CLI::App*) { return true; })) {
+    names.push_back(sub->get_name());
+  }
+  if (!command.empty() && std::find(names.begin(), names.end(), command) == names.end()) {
+    if (is_first_rank()) {
+      std::cerr << "mto: error: unknown command '" << command << "' (commands: " << CLI::detail::join(names, ", ")
+                << "; mto --help lists them)" << std::endl;
+    }
+    return 1;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
