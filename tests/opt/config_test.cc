@@ -1,11 +1,18 @@
 // Configs as protobuf messages: defaults, JSON in and out, unknown fields rejected with the
 // field named, per-mode value validation, and validation again on restore.
-#include <gtest/gtest.h>
+#include <cstdint>
+#include <limits>
 
+#include <google/protobuf/wrappers.pb.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "opt/config.h"
 #include "opt/conversion.h"
 #include "opt/errors.h"
 #include "opt/registry.h"
 #include "opt/state_manager.h"
+#include "tests/opt/testing/json_numbers.pb.h"
 #include "tests/opt/testing/test_modes.h"
 #include "tests/opt/testing/test_modes.pb.h"
 
@@ -101,6 +108,115 @@ TEST(ConfigTest, JsonOutPrintsEveryFieldAndParsesBack) {
   EXPECT_EQ(json, R"({"num_bits":4,"per_channel":false})");
   MessagePtr again = ModeloptStateManager::get_config_class(*mode, json);
   EXPECT_EQ(again->SerializeAsString(), config->SerializeAsString());
+}
+
+// 2^53: the largest magnitude up to which a double holds every integer.
+constexpr int64_t kExact = int64_t{1} << 53;
+
+// A message with a 64-bit integer in every kind of place, each value `v` or close to it.
+test::JsonNumbersTestMessage numbers_message(int64_t v) {
+  test::JsonNumbersTestMessage m;
+  m.set_count(v);
+  m.set_size(static_cast<uint64_t>(v));
+  m.set_delta(-v);
+  m.set_hash(static_cast<uint64_t>(v));
+  m.set_offset(-v);
+  m.add_shape(v);
+  m.add_shape(-v);
+  (*m.mutable_widths())["fc1"] = v;
+  m.mutable_inner()->set_width(v);
+  m.mutable_inner()->add_sizes(static_cast<uint64_t>(v));
+  m.add_layers()->set_width(-v);
+  (*m.mutable_by_name())["fc2"].add_sizes(static_cast<uint64_t>(v));
+  (*m.mutable_names())[v] = "fc3";
+  m.mutable_wrapped()->set_value(v);
+  test::JsonNumbersInner packed;
+  packed.set_width(v);
+  m.mutable_packed()->PackFrom(packed);
+  return m;
+}
+
+TEST(ConfigTest, SixtyFourBitIntegersPrintAsNumbers) {
+  test::JsonNumbersTestMessage m = numbers_message(4);
+  (*m.mutable_extra()->mutable_fields())["k"].set_number_value(2);
+  m.set_label("12");
+  m.set_small(3);
+  m.set_ratio(0.5);
+  EXPECT_EQ(message_to_json(m),
+            R"({"count":4,"size":4,"delta":-4,"hash":4,"offset":-4,"shape":[4,-4],"widths":{"fc1":4},)"
+            R"("inner":{"width":4,"sizes":[4]},"layers":[{"width":-4,"sizes":[]}],)"
+            R"("by_name":{"fc2":{"width":0,"sizes":[4]}},"names":{"4":"fc3"},)"
+            R"("packed":{"@type":"type.googleapis.com/mto.test.JsonNumbersInner","width":4,"sizes":[]},)"
+            // Protobuf's printer puts the wrapper last; the order is protobuf's.
+            R"("extra":{"k":2},"label":"12","small":3,"ratio":0.5,"wrapped":4})");
+  // Defaults are printed too, as numbers.
+  EXPECT_EQ(message_to_json(test::JsonNumbersInner()), R"({"width":0,"sizes":[]})");
+  // pretty indents, with the same numbers.
+  test::JsonNumbersInner inner;
+  inner.set_width(7);
+  EXPECT_EQ(message_to_json(inner, /*pretty=*/true), "{\n  \"width\": 7,\n  \"sizes\": []\n}");
+}
+
+TEST(ConfigTest, SixtyFourBitIntegersBeyondTwoToThe53StayStrings) {
+  // 2^53 and -2^53 are exact in a double: numbers.
+  nlohmann::json json = nlohmann::json::parse(message_to_json(numbers_message(kExact)));
+  EXPECT_EQ(json["count"], kExact);
+  EXPECT_EQ(json["delta"], -kExact);
+  EXPECT_EQ(json["shape"], nlohmann::json({kExact, -kExact}));
+  EXPECT_EQ(json["widths"]["fc1"], kExact);
+  EXPECT_EQ(json["inner"]["sizes"][0], kExact);
+  EXPECT_EQ(json["wrapped"], kExact);
+  // 2^53 + 1 is not (a double reads it as 2^53): strings, in every place.
+  json = nlohmann::json::parse(message_to_json(numbers_message(kExact + 1)));
+  const std::string above = "9007199254740993", below = "-9007199254740993";
+  EXPECT_EQ(json["count"], above);
+  EXPECT_EQ(json["size"], above);
+  EXPECT_EQ(json["delta"], below);
+  EXPECT_EQ(json["hash"], above);
+  EXPECT_EQ(json["offset"], below);
+  EXPECT_EQ(json["shape"], nlohmann::json({above, below}));
+  EXPECT_EQ(json["widths"]["fc1"], above);
+  EXPECT_EQ(json["inner"]["width"], above);
+  EXPECT_EQ(json["inner"]["sizes"][0], above);
+  EXPECT_EQ(json["layers"][0]["width"], below);
+  EXPECT_EQ(json["by_name"]["fc2"]["sizes"][0], above);
+  EXPECT_EQ(json["wrapped"], above);
+  EXPECT_EQ(json["packed"]["width"], above);
+  test::JsonNumbersTestMessage extremes;
+  extremes.set_size(std::numeric_limits<uint64_t>::max());
+  extremes.set_count(std::numeric_limits<int64_t>::min());
+  json = nlohmann::json::parse(message_to_json(extremes));
+  EXPECT_EQ(json["size"], "18446744073709551615");
+  EXPECT_EQ(json["count"], "-9223372036854775808");
+}
+
+TEST(ConfigTest, SixtyFourBitIntegersParseBackFromEitherForm) {
+  for (int64_t v : {int64_t{0}, int64_t{4}, kExact, kExact + 1, std::numeric_limits<int64_t>::max()}) {
+    const test::JsonNumbersTestMessage m = numbers_message(v);
+    test::JsonNumbersTestMessage again;
+    merge_json_into_message(message_to_json(m), &again, "test");
+    EXPECT_EQ(again.SerializeAsString(), m.SerializeAsString()) << v;
+  }
+  // Protobuf's own form (strings) still parses.
+  test::JsonNumbersTestMessage m;
+  merge_json_into_message(R"({"count": "5", "shape": ["1", 2], "widths": {"a": "3"}, "wrapped": "6"})", &m, "t");
+  EXPECT_EQ(m.count(), 5);
+  EXPECT_EQ(m.shape(0), 1);
+  EXPECT_EQ(m.shape(1), 2);
+  EXPECT_EQ(m.widths().at("a"), 3);
+  EXPECT_EQ(m.wrapped().value(), 6);
+}
+
+TEST(ConfigTest, ConfigToJsonPrintsSixtyFourBitIntegersAsNumbers) {
+  auto mode = ModeRegistry::get_from_any("test_nas");
+  MessagePtr config = ModeloptStateManager::get_config_class(*mode, R"({"seed": "5"})");
+  const std::string json = mode->config_to_json(*config);
+  EXPECT_EQ(json, R"({"min_ratio":0.5,"seed":5})");
+  MessagePtr again = ModeloptStateManager::get_config_class(*mode, json);
+  EXPECT_EQ(again->SerializeAsString(), config->SerializeAsString());
+  test::NasTestMetadata metadata;
+  (*metadata.mutable_subnet_config())["fc1"] = 16;
+  EXPECT_EQ(message_to_json(metadata), R"({"subnet_config":{"fc1":16}})");
 }
 
 TEST(ConfigTest, ConfigsAreValidatedAgainOnRestore) {
