@@ -83,6 +83,10 @@ class ModeDescriptor {
 
   // Whether this mode is the export mode of another.
   virtual bool is_export_mode() const { return false; }
+  // Whether the saved modelopt state records this mode. Modes whose result is not part of
+  // the model (the distillation teacher) are left out: a model saved while one is applied
+  // restores without it.
+  virtual bool save_mode_in_state() const { return true; }
 
   // Modes that may immediately follow this one: nullopt means any mode, an empty set means
   // none.

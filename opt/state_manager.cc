@@ -155,6 +155,7 @@ std::vector<ModeloptStateManager::ModeWithState> ModeloptStateManager::modes_wit
 ModeloptStateDict ModeloptStateManager::state_dict() const {
   ModeloptStateDict out;
   for (const auto& record : state_->records) {
+    if (!record.mode->save_mode_in_state()) continue;
     ModeEntry* entry = out.Add();
     entry->set_mode(record.mode->name());
     *entry->mutable_config() = pack_message(*record.config);
@@ -183,9 +184,14 @@ void ModeloptStateManager::update_last_state_before_new_mode(torch::nn::Module& 
 }
 
 void ModeloptStateManager::update_last_state_before_save(torch::nn::Module& model) {
-  if (state_->records.empty()) return;
-  ModeRecord& last = state_->records.back();
-  last.mode->update_for_save(model, *last.config, *last.metadata);
+  // The last mode the saved state records: a mode left out of it (kd_loss) must not hide
+  // the one before it, whose metadata may have changed since (a subnet chosen while
+  // distilling).
+  for (auto it = state_->records.rbegin(); it != state_->records.rend(); ++it) {
+    if (!it->mode->save_mode_in_state()) continue;
+    it->mode->update_for_save(model, *it->config, *it->metadata);
+    return;
+  }
 }
 
 std::vector<std::string> ModeloptStateManager::export_stack() const {

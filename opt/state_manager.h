@@ -74,7 +74,8 @@ class ModeloptStateManager {
   // Every recorded mode with its config and metadata, oldest first.
   std::vector<ModeWithState> modes_with_states() const;
 
-  // The recorded modes as protobuf entries (config and metadata packed deterministically).
+  // The recorded modes that are saved (save_mode_in_state) as protobuf entries (config and
+  // metadata packed deterministically).
   ModeloptStateDict state_dict() const;
 
   // Replays `state_dict` into this empty state: looks up every mode, unpacks and validates
@@ -85,7 +86,8 @@ class ModeloptStateManager {
   // Lets the last mode update its config and metadata before a new mode is added.
   void update_last_state_before_new_mode(torch::nn::Module& model);
 
-  // Lets the last mode update its config and metadata before the state is saved.
+  // Lets the last mode that the saved state records (save_mode_in_state) update its config
+  // and metadata before the state is saved.
   void update_last_state_before_save(torch::nn::Module& model);
 
   // Names of the modes whose export mode is pending, oldest first.

@@ -118,6 +118,10 @@ gpt_job() {
   ranks 4 "$mto" train --init "$gpt/pruned" --train-samples 8000 --epochs 1 --batch-size 16 --lr 1e-3 \
     --out "$gpt/pruned_60%" | tee "$gpt/pruned_60%.log"
   printf 'pruned_60%%\t(4,1)\t(2,1)\n' >>"$gpt/meshes.tsv"
+  echo "== the same fine-tuning with the float GPT as the teacher (distillation)"
+  ranks 4 "$mto" train --init "$gpt/pruned" --teacher "$gpt/float" --kd-weight 1 --train-samples 8000 --epochs 1 \
+    --batch-size 16 --lr 1e-3 --out "$gpt/pruned_60%+kd" | tee "$gpt/pruned_60%+kd.log"
+  printf 'pruned_60%%+kd\t(4,1)\t(2,1)\n' >>"$gpt/meshes.tsv"
 
   echo "== restoring and evaluating each checkpoint on 2 ranks as (dp=2, tp=1)"
   local table="$gpt/results.tsv" bigram=""
@@ -175,6 +179,8 @@ gpt_job() {
   echo
   echo "The GPT (0.47 M parameters, byte tokens) trained on the fortunes corpus; every row is evaluated on"
   echo "all of the held-out text (every 20th fortune). Checkpoints are in $gpt."
+  echo "pruned_60%+kd had the same fine-tuning as pruned_60%, with the float GPT as its teacher (the"
+  echo "loss: the logits' KL divergence from the teacher's alone, --kd-weight 1)."
   echo "\"deployed\" is mto export's checkpoint: real int8 / FP8 / packed int4 weights with their scales"
   echo "(Model Optimizer's unified layout, hf_quant_config.json), evaluated on its own; \"same\" means the"
   echo "same perplexity to the last digit. The embeddings and lm_head (73 k of the 0.47 M parameters) are"

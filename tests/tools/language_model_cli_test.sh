@@ -2,7 +2,8 @@
 # End-to-end tests of the `mto` command line's language-model path on real mpirun ranks and
 # the real text corpus (Debian package fortunes): train a tiny GPT on a (dp=2, tp=2) mesh,
 # evaluate it on (1, 1) and (1, 2) with the same numbers, quantize it on 2 ranks and
-# evaluate on 3, export it as real int8 weights, sample from it on one process and on a tp group with the same text, and the
+# evaluate on 3, export it as real int8 weights, fine-tune pruned and sparse students with it
+# as the teacher, sample from it on one process and on a tp group with the same text, and the
 # errors a user meets, each one clear line.
 #   language_model_cli_test.sh MTO_BINARY
 # Writes one JUnit test case per check to $XML_OUTPUT_FILE.
@@ -183,6 +184,29 @@ prune_and_sparsify() {
   "$mto" inspect "$work/sparse-ft" | grep -q "blocks.0.fc1._weight_mask  *BOOL" || { echo "no mask"; return 1; }
 }
 
+# Fine-tuning with the float GPT as the teacher: on the pruned student (1 replica pair) and on
+# the 2:4-sparse one split at tp 2, whose teacher splits the same way; the checkpoints hold
+# the students alone.
+distill_from_the_float_gpt() {
+  out=$(ranks 2 "$mto" train --init "$work/pruned" --teacher "$work/gpt" --kd-temperature 2 --kd-weight 0.75 \
+        --train-samples 64 --batch-size 8 --out "$work/distilled" 2>&1) || { echo "$out"; return 1; }
+  grep -q "^distilling from $work/gpt (temperature 2, loss 0.75 x kd + 0.25 x the student's own)$" <<<"$out" ||
+    { echo "$out"; return 1; }
+  out=$("$mto" inspect "$work/distilled") || { echo "$out"; return 1; }
+  grep -q "kd_loss\|export_student" <<<"$out" && { echo "the distillation was saved: $out"; return 1; }
+  grep -q "export_nas" <<<"$out" || { echo "the student lost its modes: $out"; return 1; }
+  grep -q "blocks.0.fc1.weight  *F32  *\[128, 32\]" <<<"$out" && { echo "not the pruned student: $out"; return 1; }
+  one=$("$mto" eval "$work/distilled" --samples 16 --json) || { echo "$one"; return 1; }
+  finite "$(field "$one" loss)" || return 1
+  out=$(ranks 2 "$mto" train --init "$work/sparse" --tp 2 --teacher "$work/gpt" --train-samples 32 --batch-size 8 \
+        --out "$work/sparse-distilled" 2>&1) || { echo "$out"; return 1; }
+  "$mto" inspect "$work/sparse-distilled" | grep -q "blocks.0.fc1._weight_mask  *BOOL" || { echo "no mask"; return 1; }
+  out=$(ranks 2 "$mto" train --init "$work/pruned" --teacher "$work/nonexistent" --train-samples 16 \
+        --out "$work/x" 2>&1) && { echo "trained without a teacher"; return 1; }
+  expect_error_line "$out" "kd_loss: the teacher checkpoint $work/nonexistent does not exist" || return 1
+  [ ! -e "$work/x" ] || { echo "a failed run wrote $work/x"; return 1; }
+}
+
 # A plain safetensors set (the weights of a checkpoint without its MANIFEST and modelopt
 # state) imported on 2 ranks at tp 2 evaluates as the original does.
 import_plain_safetensors() {
@@ -245,6 +269,7 @@ check missing_corpus_names_the_package missing_corpus_names_the_package
 check tensor_parallel_size_errors tensor_parallel_size_errors
 check generate_needs_a_language_model generate_needs_a_language_model
 check prune_and_sparsify prune_and_sparsify
+check distill_from_the_float_gpt distill_from_the_float_gpt
 check import_plain_safetensors import_plain_safetensors
 check export_deployable export_deployable
 check help_mentions_tp help_mentions_tp

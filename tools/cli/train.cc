@@ -10,14 +10,17 @@
 #include <iostream>
 #include <memory>
 
+#include <nlohmann/json.hpp>
+
 #include "absl/strings/str_format.h"
 #include "distributed/data_parallel.h"
 #include "distributed/world.h"
+#include "modes/distill/distillation_model.h"
 #include "opt/checkpoint.h"
+#include "opt/conversion.h"
 #include "opt/errors.h"
 #include "opt/model_like.h"
 #include "tools/cli/commands.h"
-#include "tools/cli/evaluate.h"
 #include "tools/cli/mesh_option.h"
 #include "tools/cli/progress.h"
 #include "tools/data/fashion_mnist.h"
@@ -40,6 +43,9 @@ struct TrainOptions {
   int64_t train_samples = -1;
   uint64_t seed = 0;
   std::string init;
+  std::string teacher;
+  double kd_temperature = 1.0;
+  double kd_weight = 0.5;
   std::string out;
 };
 
@@ -53,6 +59,16 @@ struct TrainingSet {
   std::function<at::Tensor(torch::nn::Module&, const at::Tensor& index)> loss;
 };
 
+// The loss of a batch: the model's cross entropy against `targets` or, while distilling,
+// that loss balanced with the distillation loss against the teacher's logits.
+at::Tensor batch_loss(torch::nn::Module& model, const at::Tensor& inputs, const at::Tensor& targets) {
+  const bool distilling = distill::find_distillation(model) != nullptr;
+  const at::Tensor logits =
+      distilling ? distill::distillation_forward(model, zoo::forward, inputs) : zoo::forward(model, inputs);
+  const at::Tensor loss = at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+  return distilling ? distill::compute_kd_loss(model, loss) : loss;
+}
+
 TrainingSet fashion_training_set(const TrainOptions& options) {
   const data::Dataset train = data::load_fashion_mnist(data::Split::kTrain, data::default_fashion_mnist_root(),
                                                        options.train_samples);
@@ -61,8 +77,7 @@ TrainingSet fashion_training_set(const TrainOptions& options) {
   out.size = train.size();
   out.unit = "images";
   out.loss = [train](torch::nn::Module& model, const at::Tensor& index) {
-    return at::cross_entropy_loss(zoo::forward(model, train.images.index_select(0, index)),
-                                  train.labels.index_select(0, index));
+    return batch_loss(model, train.images.index_select(0, index), train.labels.index_select(0, index));
   };
   return out;
 }
@@ -75,10 +90,19 @@ TrainingSet text_training_set(const TrainOptions& options, int64_t context) {
   out.size = windows.size(0);
   out.units = context;
   out.unit = "tokens";
-  out.loss = [windows](torch::nn::Module& model, const at::Tensor& index) {
-    return language_model_loss(model, windows.index_select(0, index));
+  out.loss = [windows, context](torch::nn::Module& model, const at::Tensor& index) {
+    const at::Tensor tokens = windows.index_select(0, index).to(at::kLong);
+    return batch_loss(model, tokens.narrow(1, 0, context), tokens.narrow(1, 1, context));
   };
   return out;
+}
+
+// The student with the mode "kd_loss" applied: the teacher checkpoint restored beside it on
+// the same mesh.
+ModulePtr with_teacher(ModulePtr student, const TrainOptions& options) {
+  const nlohmann::json config = {
+      {"teacher", options.teacher}, {"temperature", options.kd_temperature}, {"kd_loss_weight", options.kd_weight}};
+  return apply_mode(student, ModeList({ModeWithConfig("kd_loss", config.dump())}));
 }
 
 // The learning rate of step `step` of `steps`: constant, or falling along a half cosine from
@@ -114,8 +138,15 @@ void run_train(const TrainOptions& options) {
   // copies each slice from the first replica to the others. A restored model keeps its modes
   // (masks, quantizers, pruned widths).
   const std::string model_name = options.init.empty() ? options.model : options.init;
-  DataParallel model(options.init.empty() ? ModelLike(options.model, model_args).build() : restore(options.init),
-                     dp);
+  ModulePtr student = options.init.empty() ? ModelLike(options.model, model_args).build() : restore(options.init);
+  if (!options.teacher.empty()) {
+    student = with_teacher(student, options);
+    if (rank0) {
+      std::cout << absl::StrFormat("distilling from %s (temperature %g, loss %g x kd + %g x the student's own)\n",
+                                   options.teacher, options.kd_temperature, options.kd_weight, 1 - options.kd_weight);
+    }
+  }
+  DataParallel model(student, dp);
   const int64_t context = zoo::language_model_context(*model);
   const std::string data = options.data == "auto" ? (context > 0 ? "text" : "fashion") : options.data;
   if ((data == "text") != (context > 0)) {
@@ -191,6 +222,17 @@ void add_train_command(CLI::App& app) {
                       "Fine-tune this checkpoint (with its modes: sparse, pruned, quantized) instead of a new model")
       ->excludes(model)
       ->excludes(model_args);
+  command->add_option("--teacher", options->teacher,
+                      "Distill from this checkpoint (restored on the same mesh, never trained): the loss becomes "
+                      "--kd-weight x the logits distillation loss + the rest x the model's own; the saved "
+                      "checkpoint holds the student alone");
+  command->add_option("--kd-temperature", options->kd_temperature,
+                      "Softens both distributions in the distillation loss: T^2 x KL(softmax(t/T) || softmax(s/T))")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  command->add_option("--kd-weight", options->kd_weight, "Weight of the distillation loss, in [0, 1]")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
   command->add_option("--data", options->data,
                       "Training data: fashion (Fashion-MNIST images), text (the fortunes corpus, byte tokens), or "
                       "auto (text for a language model)")
