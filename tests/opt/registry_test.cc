@@ -9,9 +9,12 @@
 #include "opt/registry.h"
 #include "opt/state_manager.h"
 #include "tests/opt/testing/test_modes.h"
+#include "tests/testing/errors.h"
 
 namespace mto {
 namespace {
+
+using test::error_of;
 
 // A mode with configurable name and relations, for registry tests.
 class FakeMode : public ModeDescriptor {
@@ -33,16 +36,6 @@ class FakeMode : public ModeDescriptor {
   std::optional<ModeSet> next_;
   std::optional<std::string> export_;
 };
-
-template <typename F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "no error";
-}
 
 TEST(RegistryTest, MacroRegistersModesInTheirRegistries) {
   EXPECT_TRUE(ModeRegistry::get_registry("test_quantization").contains("test_quantize"));

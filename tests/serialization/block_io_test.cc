@@ -14,18 +14,16 @@
 #include "serialization/checksum.h"
 #include "serialization/file.h"
 #include "serialization/tensor_blocks.h"
+#include "tests/testing/errors.h"
 #include "tests/testing/temp_dir.h"
 
 namespace mto {
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const CheckpointError& e) {
-    return e.what();
-  }
-  return "";
+// The message of the CheckpointError that `step` throws, "no error" if it throws none.
+template <typename F>
+std::string error_of(F step) {
+  return test::error_of<CheckpointError>(step);
 }
 
 // A record of a float tensor of `shape` at byte `offset` with `blocks`.

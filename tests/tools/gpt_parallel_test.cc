@@ -30,12 +30,14 @@
 #include "serialization/checksum.h"
 #include "serialization/file.h"
 #include "serialization/manifest_file.h"
+#include "tests/testing/model_checks.h"
 #include "tools/zoo/gpt.h"
 
 namespace mto {
 namespace {
 
 namespace fs = std::filesystem;
+using test::expect_slices_of;
 
 // Outputs of different tp sizes differ by the order of their sums only.
 constexpr double kTolerance = 1e-5;
@@ -54,26 +56,6 @@ std::shared_ptr<Mesh> solo() {
 // Tokens every rank agrees on.
 at::Tensor tokens(int64_t batch) {
   return at::arange(batch * 8, at::kLong).reshape({batch, 8}).mul(7).remainder(32);
-}
-
-// Expects every tensor of `model` to be exactly its slice of the same tensor in `reference`.
-void expect_slices_of(const torch::nn::Module& model, const torch::nn::Module& reference, const std::string& where,
-                      bool exact = true) {
-  std::map<std::string, at::Tensor> whole;
-  for (const auto& t : model_state_dict(reference)) whole[t.name] = t.tensor;
-  const auto local = model_state_slices(model);
-  ASSERT_EQ(local.size(), whole.size()) << where;
-  for (const auto& t : local) {
-    ASSERT_TRUE(whole.count(t.name)) << where << ": " << t.name;
-    at::Tensor expected = whole[t.name];
-    if (t.slice) expected = expected.narrow(t.slice->dim, t.slice->offset, t.tensor.size(t.slice->dim));
-    ASSERT_EQ(t.tensor.sizes(), expected.sizes()) << where << ": " << t.name;
-    if (exact) {
-      EXPECT_TRUE(at::equal(t.tensor, expected)) << where << ": " << t.name;
-    } else {
-      EXPECT_TRUE(at::allclose(t.tensor, expected, kTolerance, kTolerance)) << where << ": " << t.name;
-    }
-  }
 }
 
 class GptParallelTest : public ::testing::Test {

@@ -12,7 +12,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
-#include <map>
 #include <string>
 #include <vector>
 
@@ -27,6 +26,7 @@
 #include "opt/conversion.h"
 #include "opt/state_dict.h"
 #include "serialization/checkpoint_reader.h"
+#include "tests/testing/model_checks.h"
 #include "tools/zoo/forward.h"
 #include "tools/zoo/gpt.h"
 
@@ -36,6 +36,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using test::expect_slices_of;
 
 // Outputs of different tp sizes differ by the order of their sums only.
 constexpr double kTolerance = 1e-5;
@@ -70,27 +71,6 @@ std::vector<std::string> saved_modes(const ModeloptState& state) {
   std::vector<std::string> out;
   for (const ModeEntry& entry : state.modelopt_state_dict()) out.push_back(entry.mode());
   return out;
-}
-
-// Expects every tensor of `model` to be its slice of the same tensor in `reference` (whole
-// or split itself, compared slice by slice).
-void expect_slices_of(const torch::nn::Module& model, const torch::nn::Module& reference, const std::string& where,
-                      bool exact = true) {
-  std::map<std::string, at::Tensor> whole;
-  for (const auto& t : model_state_dict(reference)) whole[t.name] = t.tensor;
-  const auto local = model_state_slices(model);
-  ASSERT_EQ(local.size(), whole.size()) << where;
-  for (const auto& t : local) {
-    ASSERT_TRUE(whole.count(t.name)) << where << ": " << t.name;
-    at::Tensor expected = whole[t.name];
-    if (t.slice) expected = expected.narrow(t.slice->dim, t.slice->offset, t.tensor.size(t.slice->dim));
-    ASSERT_EQ(t.tensor.sizes(), expected.sizes()) << where << ": " << t.name;
-    if (exact) {
-      EXPECT_TRUE(at::equal(t.tensor, expected)) << where << ": " << t.name;
-    } else {
-      EXPECT_TRUE(at::allclose(t.tensor, expected, kTolerance, kTolerance)) << where << ": " << t.name;
-    }
-  }
 }
 
 // One step of SGD on the distillation loss: the student's own loss balanced with the

@@ -12,7 +12,6 @@
 
 #include <cmath>
 #include <algorithm>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -37,6 +36,8 @@
 #include "opt/state_dict.h"
 #include "serialization/checkpoint_reader.h"
 #include "tests/opt/testing/test_modes.h"
+#include "tests/testing/errors.h"
+#include "tests/testing/model_checks.h"
 #include "tests/testing/temp_dir.h"
 #include "tools/zoo/forward.h"
 #include "tools/zoo/gpt.h"
@@ -47,6 +48,9 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using test::error_of;
+using test::expect_same_state_dict;
+using test::same_bytes;
 
 constexpr int64_t kVocab = 16;
 
@@ -83,19 +87,6 @@ ModulePtr with_teacher(ModulePtr student, const std::string& teacher, double tem
   return apply_mode(student, {{"kd_loss", kd_config(teacher, temperature, weight)}});
 }
 
-// The error message of `step` if it throws an `E`.
-template <typename E, typename F>
-std::string error_of(F step) {
-  try {
-    step();
-  } catch (const E& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("another exception: ") + e.what();
-  }
-  return "no error";
-}
-
 // The saved modes of `model`'s modelopt state, in order.
 std::vector<std::string> saved_modes(const ModeloptState& state) {
   std::vector<std::string> out;
@@ -107,23 +98,6 @@ std::vector<std::string> state_dict_keys(const torch::nn::Module& model) {
   std::vector<std::string> keys;
   for (const NamedTensor& t : model_state_dict(model)) keys.push_back(t.name);
   return keys;
-}
-
-bool same_bytes(const at::Tensor& a, const at::Tensor& b) {
-  if (a.scalar_type() != b.scalar_type() || !a.sizes().equals(b.sizes())) return false;
-  const at::Tensor x = a.contiguous(), y = b.contiguous();
-  return std::memcmp(x.data_ptr(), y.data_ptr(), x.nbytes()) == 0;
-}
-
-void expect_same_state_dict(const torch::nn::Module& actual, const torch::nn::Module& expected,
-                            const std::string& where) {
-  const auto a = model_state_dict(actual);
-  const auto e = model_state_dict(expected);
-  ASSERT_EQ(a.size(), e.size()) << where;
-  for (size_t i = 0; i < a.size(); ++i) {
-    EXPECT_EQ(a[i].name, e[i].name) << where;
-    EXPECT_TRUE(same_bytes(a[i].tensor, e[i].tensor)) << where << ": " << a[i].name;
-  }
 }
 
 // T^2 * KL(softmax(t / T) || softmax(s / T)) summed over the last dimension and divided by

@@ -8,7 +8,6 @@
 #include <torch/nn/modules/batchnorm.h>
 
 #include <filesystem>
-#include <functional>
 
 #include "modes/nas/batch_norm.h"
 #include "modes/nas/search.h"
@@ -22,6 +21,7 @@
 #include "serialization/checkpoint_error.h"
 #include "serialization/deterministic.h"
 #include "tests/modes/nas/test_models.h"
+#include "tests/testing/errors.h"
 #include "tests/testing/temp_dir.h"
 
 namespace mto {
@@ -30,6 +30,7 @@ namespace {
 
 using test::cnn_like;
 using test::run;
+using mto::test::error_of;  // not nas::test
 
 at::Tensor images(int64_t n, int seed) {
   at::manual_seed(seed);
@@ -54,15 +55,6 @@ ScoreFunction fidelity(ModulePtr teacher) {
     at::NoGradGuard no_grad;
     return -(run(model, x) - target).pow(2).mean().item<double>();
   };
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 std::string groups_text(const FastNasMetadata& metadata) {

@@ -22,10 +22,13 @@
 #include "opt/model_like.h"
 #include "opt/nn/linear.h"
 #include "tests/opt/testing/test_modes.h"
+#include "tests/testing/errors.h"
 
 namespace mto {
 namespace quantization {
 namespace {
+
+using test::error_of;
 
 // Int4 weights in blocks of 8 input features; nothing else quantized; no calibration.
 constexpr char kInt4Block8[] = R"({"quant_cfg": {
@@ -280,16 +283,6 @@ TEST(AwqLite, EveryLinearOfAModelInModuleOrder) {
 }
 
 // --- Errors ------------------------------------------------------------------------------
-
-template <typename Error, typename F>
-std::string error_of(F step) {
-  try {
-    step();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
 
 TEST(AwqLiteErrors, EnabledInputQuantizer) {
   auto model = one_linear(16, 4, R"({"quant_cfg": {

@@ -9,7 +9,6 @@
 #include <torch/csrc/autograd/grad_mode.h>
 
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -25,6 +24,7 @@
 #include "opt/checkpoint.h"
 #include "opt/conversion.h"
 #include "serialization/checkpoint_reader.h"
+#include "tests/testing/model_checks.h"
 #include "tools/zoo/gpt.h"
 
 namespace mto {
@@ -32,6 +32,7 @@ namespace quantization {
 namespace {
 
 namespace fs = std::filesystem;
+using test::same_bytes;
 
 // Outputs of different tp sizes differ by the order of their sums only.
 constexpr double kTolerance = 1e-5;
@@ -60,12 +61,6 @@ at::Tensor forward(const ModulePtr& model) {
 ModulePtr quantized_gpt(const std::string& preset, int64_t width, const std::shared_ptr<Mesh>& mesh) {
   zoo::Gpt gpt(gpt_options(width, mesh));
   return quantize(gpt.ptr(), preset, loop(), mesh->dp());
-}
-
-bool same_bytes(const at::Tensor& a, const at::Tensor& b) {
-  if (a.scalar_type() != b.scalar_type() || !a.sizes().equals(b.sizes())) return false;
-  const at::Tensor x = a.contiguous(), y = b.contiguous();
-  return std::memcmp(x.data_ptr(), y.data_ptr(), x.nbytes()) == 0;
 }
 
 std::string read_text(const std::string& path) {

@@ -12,7 +12,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -39,6 +38,8 @@
 #include "opt/version.h"
 #include "serialization/checkpoint_reader.h"
 #include "serialization/safetensors.h"
+#include "tests/testing/errors.h"
+#include "tests/testing/model_checks.h"
 #include "tests/testing/temp_dir.h"
 #include "tools/zoo/gpt.h"
 
@@ -47,6 +48,8 @@ namespace quantization {
 namespace {
 
 using ::testing::HasSubstr;
+using test::error_of;
+using test::same_bytes;
 
 // --- Helpers ------------------------------------------------------------------------------
 
@@ -82,13 +85,6 @@ ModulePtr quantized_gpt(const std::string& preset) {
   return apply_mode(gpt_like(), ModeList(quantize_modes(preset)), nullptr, std::nullopt, context);
 }
 
-// Whether `a` and `b` have the same dtype, shape and bytes (so -0.0 differs from 0.0).
-bool same_bytes(const at::Tensor& a, const at::Tensor& b) {
-  if (a.scalar_type() != b.scalar_type() || !a.sizes().equals(b.sizes())) return false;
-  const at::Tensor x = a.contiguous(), y = b.contiguous();
-  return std::memcmp(x.data_ptr(), y.data_ptr(), x.nbytes()) == 0;
-}
-
 std::map<std::string, at::Tensor> tensors(const torch::nn::Module& model) {
   std::map<std::string, at::Tensor> out;
   for (const auto& entry : model_state_dict(model)) out[entry.name] = entry.tensor;
@@ -109,17 +105,6 @@ std::string read_text(const std::string& path) {
   std::stringstream s;
   s << in.rdbuf();
   return s.str();
-}
-
-// The message of the exception of type E that `step` throws.
-template <typename E, typename F>
-std::string error_of(F step) {
-  try {
-    step();
-  } catch (const E& e) {
-    return e.what();
-  }
-  return "no error";
 }
 
 // One mto::nn::Linear, "fc", with the given weight (and a zero bias).

@@ -16,6 +16,7 @@
 #include "serialization/deterministic.h"
 #include "tests/modes/sparsity/sparse_testing.h"
 #include "tests/opt/testing/test_modes.h"
+#include "tests/testing/model_checks.h"
 
 namespace mto {
 namespace sparsity {

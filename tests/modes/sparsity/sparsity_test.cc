@@ -28,12 +28,15 @@
 #include "serialization/deterministic.h"
 #include "tests/modes/sparsity/sparse_testing.h"
 #include "tests/opt/testing/test_modes.h"
+#include "tests/testing/errors.h"
+#include "tests/testing/model_checks.h"
 #include "tests/testing/temp_dir.h"
 
 namespace mto {
 namespace sparsity {
 namespace {
 
+using test::error_of;
 using test::expect_same_state_dict;
 using test::same_bytes;
 using test::state_dict_keys;
@@ -72,17 +75,6 @@ nn::DynamicLayer& layer_of(const ModulePtr& model, const std::string& name) {
 
 at::Tensor weight_of(const ModulePtr& model, const std::string& name) {
   return layer_of(model, name).as_module().named_parameters(false)["weight"];
-}
-
-// The error message of `step` if it throws an `E`.
-template <typename E, typename F>
-std::string error_of(F step) {
-  try {
-    step();
-  } catch (const E& e) {
-    return e.what();
-  }
-  return "no error";
 }
 
 TEST(Mask2to4, KeepsTheTwoLargestOfEveryFourOnRandomWeights) {
