@@ -38,7 +38,7 @@ struct SaveOptions {
   // their sizes and checksums, so verify and restore check them like every other file. Only
   // rank 0's map is used. Each name must be a plain, visible file name that is none of the
   // checkpoint's own (check_extra_file in serialization/checkpoint_layout.h). Empty by default.
-  std::map<std::string, std::string> extra_files;
+  std::map<std::string, std::string> extra_files = {};
 };
 
 // Options of restore.

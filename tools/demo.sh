@@ -104,6 +104,11 @@ gpt_job() {
     echo "== exporting gpt $format as a deployable checkpoint (real low-bit weights) on 4 ranks, tp=$tp"
     ranks 4 "$mto" export "$gpt/$format" --tp "$tp" --out "$gpt/$format.deployed"
   done
+  echo "== auto_quantize: a format per layer (int4_blockwise, int8, fp8 or none) within 6 bits per weight"
+  ranks 4 "$mto" optimize "$gpt/float" --mode auto_quantize:effective_bits=6 --calib-samples 512 --score-samples 256 \
+    --out "$gpt/auto_6bit" | tee "$gpt/auto_6bit.log"
+  printf 'auto_6bit\t(4,1)\t(2,1)\n' >>"$gpt/meshes.tsv"
+  ranks 4 "$mto" export "$gpt/auto_6bit" --out "$gpt/auto_6bit.deployed"
 
   echo "== 2:4 sparsity on (2,2), then fine-tuning on 8000 sequences"
   ranks 4 "$mto" optimize "$gpt/float" --tp 2 --mode sparse_magnitude --out "$gpt/sparse" | tee "$gpt/sparse.log"

@@ -54,7 +54,7 @@ optimize_with_config_file() {
  "algorithm": "max"}
 JSON
   ranks 2 "$mto" optimize "$work/float" --mode quantize --config "$work/w4.json" --out "$work/w4" >/dev/null 2>&1 &&
-    "$mto" inspect "$work/w4" | grep -q "4 of 12 quantizers enabled, 4 calibrated: 4 x int4 blocks of 16"
+    grep -q "4 of 12 quantizers enabled, 4 calibrated: 4 x int4 blocks of 16" <<<"$("$mto" inspect "$work/w4")"
 }
 
 # Accuracy from `mto eval --json`.
@@ -139,7 +139,7 @@ prune_search_resume_fine_tune() {
   grep -q '"channel_divisor": 4,\?$' <<<"$json" && grep -qE '"(max_width|width|positions)": [0-9]+,?$' <<<"$json" ||
     { echo "int64 fields not printed as numbers in:"; echo "$json"; return 1; }
   integers_are_numbers "$json" || return 1
-  "$mto" inspect "$work/pruned" | grep -q 'config   {.*"channel_divisor":4[,}]' || { echo "no channel_divisor 4"; return 1; }
+  grep -q 'config   {.*"channel_divisor":4[,}]' <<<"$("$mto" inspect "$work/pruned")" || { echo "no channel_divisor 4"; return 1; }
   out=$(ranks 2 "$mto" train --init "$work/pruned" --epochs 1 --train-samples 512 --out "$work/pruned-ft" 2>&1) ||
     { echo "$out"; return 1; }
   out=$(ranks 3 "$mto" eval "$work/pruned-ft" --samples 300 --json 2>&1) || { echo "$out"; return 1; }
@@ -150,7 +150,7 @@ sparse_then_quantize() {
   out=$(ranks 2 "$mto" optimize "$work/float" --mode sparse_magnitude --mode quantize:int8 --calib-samples 128 \
         --out "$work/sparse-int8" 2>&1) || { echo "$out"; return 1; }
   grep -q "applied sparse_magnitude + quantize + max_calibrate on 2 rank(s)" <<<"$out" || { echo "$out"; return 1; }
-  "$mto" inspect "$work/sparse-int8" | grep -q "fc1._weight_mask  *BOOL" || return 1
+  grep -q "fc1._weight_mask  *BOOL" <<<"$("$mto" inspect "$work/sparse-int8")" || return 1
   out=$(ranks 2 "$mto" optimize "$work/int8" --mode sparse_magnitude --out "$work/x" 2>&1) && return 1
   expect_error_line "$out" "quantize does not allow sparse_magnitude to be its next mode." || return 1
   out=$(ranks 2 "$mto" optimize "$work/float" --mode fastnas --out "$work/x" 2>&1) && return 1

@@ -2,8 +2,8 @@
 # End-to-end tests of the `mto` command line's language-model path on real mpirun ranks and
 # the real text corpus (Debian package fortunes): train a tiny GPT on a (dp=2, tp=2) mesh,
 # evaluate it on (1, 1) and (1, 2) with the same numbers, quantize it on 2 ranks and
-# evaluate on 3, export it as real int8 weights, fine-tune pruned and sparse students with it
-# as the teacher, sample from it on one process and on a tp group with the same text, and the
+# evaluate on 3, export it as real int8 weights, search a format per layer within a bit
+# budget, fine-tune pruned and sparse students with it as the teacher, sample from it on one process and on a tp group with the same text, and the
 # errors a user meets, each one clear line.
 #   language_model_cli_test.sh MTO_BINARY
 # Writes one JUnit test case per check to $XML_OUTPUT_FILE.
@@ -181,7 +181,38 @@ prune_and_sparsify() {
   two=$(ranks 2 "$mto" eval "$work/sparse-ft" --tp 2 --samples 16 --json) || { echo "$two"; return 1; }
   close "$(field "$one" loss)" "$(field "$two" loss)" 1e-5 || return 1
   # The masks survive fine-tuning: half of every 4 weights of fc1 stay zero.
-  "$mto" inspect "$work/sparse-ft" | grep -q "blocks.0.fc1._weight_mask  *BOOL" || { echo "no mask"; return 1; }
+  grep -q "blocks.0.fc1._weight_mask  *BOOL" <<<"$("$mto" inspect "$work/sparse-ft")" || { echo "no mask"; return 1; }
+}
+
+# auto_quantize picks a format per layer within the bits, prints the table and records a
+# quantize config that restores with no data; the extremes take the fewest bits everywhere.
+auto_quantize_within_bits() {
+  local wide='{"width": 128, "depth": 1, "heads": 2, "context": 16}'
+  out=$(ranks 2 "$mto" train --model gpt --model-args "$wide" --train-samples 64 --batch-size 8 \
+        --out "$work/wide" 2>&1) || { echo "$out"; return 1; }
+  out=$(ranks 2 "$mto" optimize "$work/wide" --mode auto_quantize:effective_bits=6 --calib-samples 32 \
+        --score-samples 32 --out "$work/auto6" 2>&1) || { echo "$out"; return 1; }
+  echo "$out"
+  grep -q "^auto_quantize: effective bits [0-9.]* within 6 over 4 linear layers, scored on 32 sequences over 2" <<<"$out" ||
+    return 1
+  bits=$(sed -nE 's/^auto_quantize: effective bits ([0-9.]+) .*/\1/p' <<<"$out")
+  awk -v b="$bits" 'BEGIN { exit !(b <= 6 && b >= 4) }' || { echo "effective bits $bits not in [4, 6]"; return 1; }
+  grep -q "^left in floating point (a candidate format does not quantize them): lm_head$" <<<"$out" || return 1
+  [ "$(grep -cE "^blocks\.0\.(attn\.qkv|attn\.proj|fc1|fc2) +(int4_blockwise|int8|fp8|none) " <<<"$out")" = 4 ] ||
+    { echo "not one choice per layer"; return 1; }
+  out=$("$mto" inspect "$work/auto6") || { echo "$out"; return 1; }
+  grep -q "quantize" <<<"$out" && grep -q "max_calibrate" <<<"$out" || { echo "$out"; return 1; }
+  one=$("$mto" eval "$work/auto6" --samples 16 --json) || { echo "$one"; return 1; }
+  finite "$(field "$one" loss)" || return 1
+  out=$(ranks 2 "$mto" optimize "$work/wide" --mode auto_quantize:effective_bits=4 --formats int8,int4_blockwise \
+        --calib-samples 32 --score-samples 32 --out "$work/auto4" 2>&1) || { echo "$out"; return 1; }
+  [ "$(grep -cE "^blocks\.0\.[a-z0-9.]+ +int4_blockwise " <<<"$out")" = 4 ] || { echo "$out"; return 1; }
+  out=$("$mto" optimize "$work/wide" --mode auto_quantize:effective_bits=3 --calib-samples 8 --out "$work/x" 2>&1) &&
+    { echo "3 bits accepted"; return 1; }
+  expect_error_line "$out" "effective_bits 3 is outside \[4, 16\]" || return 1
+  out=$("$mto" optimize "$work/wide" --mode auto_quantize --formats int4_awq --calib-samples 8 --out "$work/x" 2>&1) &&
+    { echo "int4_awq accepted"; return 1; }
+  expect_error_line "$out" "format 'int4_awq' calibrates with 'awq_lite'"
 }
 
 # Fine-tuning with the float GPT as the teacher: on the pruned student (1 replica pair) and on
@@ -200,7 +231,8 @@ distill_from_the_float_gpt() {
   finite "$(field "$one" loss)" || return 1
   out=$(ranks 2 "$mto" train --init "$work/sparse" --tp 2 --teacher "$work/gpt" --train-samples 32 --batch-size 8 \
         --out "$work/sparse-distilled" 2>&1) || { echo "$out"; return 1; }
-  "$mto" inspect "$work/sparse-distilled" | grep -q "blocks.0.fc1._weight_mask  *BOOL" || { echo "no mask"; return 1; }
+  out=$("$mto" inspect "$work/sparse-distilled") || { echo "$out"; return 1; }
+  grep -q "blocks.0.fc1._weight_mask  *BOOL" <<<"$out" || { echo "no mask: $out"; return 1; }
   out=$(ranks 2 "$mto" train --init "$work/pruned" --teacher "$work/nonexistent" --train-samples 16 \
         --out "$work/x" 2>&1) && { echo "trained without a teacher"; return 1; }
   expect_error_line "$out" "kd_loss: the teacher checkpoint $work/nonexistent does not exist" || return 1
@@ -270,6 +302,7 @@ check tensor_parallel_size_errors tensor_parallel_size_errors
 check generate_needs_a_language_model generate_needs_a_language_model
 check prune_and_sparsify prune_and_sparsify
 check distill_from_the_float_gpt distill_from_the_float_gpt
+check auto_quantize_within_bits auto_quantize_within_bits
 check import_plain_safetensors import_plain_safetensors
 check export_deployable export_deployable
 check help_mentions_tp help_mentions_tp

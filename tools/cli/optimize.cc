@@ -15,10 +15,13 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "distributed/sharding.h"
 #include "distributed/world.h"
 #include "modes/nas/search.h"
+#include "modes/quantization/auto_quantize.h"
 #include "modes/quantization/calibrate.h"
 #include "modes/quantization/presets.h"
 #include "modes/quantization/quantize.h"
@@ -47,14 +50,18 @@ struct OptimizeOptions {
   uint64_t search_seed = 0;
   int64_t val_samples = 2000;
   std::string search_checkpoint;
+  std::string formats = "int4_blockwise,int8,fp8";
+  int64_t score_samples = 128;
   int tp = 1;
   std::string out;
 };
 
-// One mode to apply and, for fastnas, the constraint of the search that follows it.
+// One mode to apply and, for fastnas, the constraint of the search that follows it; for
+// auto_quantize, the effective bits of its search instead.
 struct Step {
   ModeWithConfig mode;
   std::optional<nas::Constraint> constraint;
+  std::optional<double> effective_bits = std::nullopt;
 };
 
 std::string read_text(const std::string& path) {
@@ -96,9 +103,19 @@ std::vector<Step> parse_modes(const OptimizeOptions& options) {
                      nas::Constraint::parse(argument)});
       continue;
     }
+    if (name == "auto_quantize") {
+      double bits = 4.8;
+      if (!argument.empty() && (argument.rfind("effective_bits=", 0) != 0 ||
+                                !absl::SimpleAtod(argument.substr(std::string("effective_bits=").size()), &bits))) {
+        throw ConfigError("--mode " + spec + ": expected auto_quantize:effective_bits=B, e.g. effective_bits=4.8");
+      }
+      out.push_back({ModeWithConfig(name), std::nullopt, bits});
+      continue;
+    }
     if (colon != std::string::npos && name != "quantize") {
       throw ConfigError(absl::StrFormat(
-          "--mode %s: only quantize takes a preset (%s) and fastnas a constraint (fastnas:params=0.5)", spec,
+          "--mode %s: only quantize takes a preset (%s), fastnas a constraint (fastnas:params=0.5) and "
+          "auto_quantize its effective bits (auto_quantize:effective_bits=4.8)", spec,
           absl::StrJoin(quantization::quantize_preset_names(), ", ")));
     }
     const std::string config = colon != std::string::npos ? argument : config_file;
@@ -125,6 +142,9 @@ struct OptimizeData {
   // Runs all of the calibration data (batch norms are measured again for each candidate).
   quantization::ForwardLoop calibrate_all;
   nas::DummyForward trace;
+  // auto_quantize: this rank's share of the first --score-samples training examples, in
+  // batches, with their loss.
+  quantization::LossLoop score_loop;
   // Higher is better: accuracy, or minus the validation loss of a language model. Every
   // rank scores alone on all of the held-out data.
   std::function<double(torch::nn::Module&)> score;
@@ -154,6 +174,15 @@ OptimizeData fashion_data(const OptimizeOptions& options, const Mesh& mesh, bool
   out.calibrate_all = [calibration_set, batch_size](torch::nn::Module& m) {
     in_batches(calibration_set.size(), batch_size, [&](int64_t begin, int64_t count) {
       zoo::forward(m, calibration_set.images.narrow(0, begin, count));
+    });
+  };
+  const data::Dataset scoring = data::shard(
+      data::load_fashion_mnist(data::Split::kTrain, data::default_fashion_mnist_root(), options.score_samples),
+      mesh.dp()->rank(), mesh.dp()->world_size());
+  out.score_loop = [scoring, batch_size](torch::nn::Module& m, const std::function<void(const at::Tensor&)>& backward) {
+    in_batches(scoring.size(), batch_size, [&](int64_t begin, int64_t count) {
+      backward(at::cross_entropy_loss(zoo::forward(m, scoring.images.narrow(0, begin, count)),
+                                      scoring.labels.narrow(0, begin, count)));
     });
   };
   const at::Tensor trace_input = calibration_set.images.narrow(0, 0, std::min<int64_t>(2, calibration_set.size()));
@@ -189,6 +218,13 @@ OptimizeData text_data(const OptimizeOptions& options, const Mesh& mesh, int64_t
   out.description = absl::StrFormat("%d sequences of %d bytes", calibration_set.size(0), context);
   out.calibrate_loop = [run, mine](torch::nn::Module& m) { run(m, mine); };
   out.calibrate_all = [run, calibration_set](torch::nn::Module& m) { run(m, calibration_set); };
+  const at::Tensor scoring_set = data::token_windows(corpus.train, context, options.score_samples);
+  const Range scoring_range = split_range(scoring_set.size(0), mesh.dp()->rank(), mesh.dp()->world_size());
+  const at::Tensor scoring = scoring_set.narrow(0, scoring_range.begin, scoring_range.size());
+  out.score_loop = [scoring, batch_size](torch::nn::Module& m, const std::function<void(const at::Tensor&)>& backward) {
+    in_batches(scoring.size(0), batch_size,
+               [&](int64_t begin, int64_t count) { backward(language_model_loss(m, scoring.narrow(0, begin, count))); });
+  };
   const at::Tensor trace_input = calibration_set.narrow(0, 0, std::min<int64_t>(2, calibration_set.size(0)))
                                      .narrow(1, 0, context)
                                      .to(at::kLong);
@@ -240,6 +276,42 @@ void run_search(const ModulePtr& model, const nas::Constraint& constraint, const
             << std::flush;
 }
 
+// Searches a format per layer within `effective_bits` (auto_quantize), applies the choice
+// and prints it.
+ModulePtr run_auto_quantize(ModulePtr model, double effective_bits, const OptimizeData& data,
+                            const OptimizeOptions& options, const RuntimeContext& runtime, const Mesh& mesh) {
+  quantization::AutoQuantizeOptions search;
+  search.formats = absl::StrSplit(options.formats, ',', absl::SkipEmpty());
+  search.effective_bits = effective_bits;
+  search.score_loop = data.score_loop;
+  search.context = runtime;
+  const auto start = std::chrono::steady_clock::now();
+  auto [quantized, result] = quantization::auto_quantize(model, search);
+  const double seconds = seconds_since(start);
+  if (mesh.world()->rank() != 0) return quantized;
+  std::cout << absl::StrFormat(
+      "auto_quantize: effective bits %.3f within %g over %d linear layers, scored on %d %s over %d replica(s) in "
+      "%.2f s (gradient score: sum over the batches of (dLoss/dY * (Y_format - Y))^2)\n",
+      result.effective_bits, effective_bits, result.layers.size(), options.score_samples,
+      zoo::language_model_context(*model) > 0 ? "sequences" : "images", mesh.dp_size(), seconds);
+  if (!result.excluded.empty()) {
+    std::cout << "left in floating point (a candidate format does not quantize them): "
+              << absl::StrJoin(result.excluded, ", ") << "\n";
+  }
+  std::cout << absl::StrFormat("%-24s %-16s", "layer", "choice");
+  for (size_t f = 0; f < result.formats.size(); ++f) {
+    std::cout << absl::StrFormat(" %16s", absl::StrFormat("%s (%d bit)", result.formats[f], result.bits[f]));
+  }
+  std::cout << "\n";
+  for (const quantization::AutoQuantizeLayer& layer : result.layers) {
+    std::cout << absl::StrFormat("%-24s %-16s", layer.name, result.formats[layer.chosen]);
+    for (double score : layer.scores) std::cout << absl::StrFormat(" %16.4e", score);
+    std::cout << "\n";
+  }
+  std::cout << std::flush;
+  return quantized;
+}
+
 void run_optimize(const OptimizeOptions& options) {
   const std::shared_ptr<Mesh> mesh = join_mesh(options.tp);
   const std::shared_ptr<Communicator>& comm = mesh->world();
@@ -263,6 +335,10 @@ void run_optimize(const OptimizeOptions& options) {
   for (const auto* axis : {&comm, &mesh->dp(), &mesh->tp()}) (*axis)->reset_stats();
   start = std::chrono::steady_clock::now();
   for (const Step& step : steps) {
+    if (step.effective_bits) {
+      model = run_auto_quantize(model, *step.effective_bits, data, options, runtime, *mesh);
+      continue;
+    }
     model = apply_mode(model, ModeList({step.mode}), nullptr, std::nullopt, runtime);
     if (step.constraint) run_search(model, *step.constraint, data, options, comm);
   }
@@ -303,7 +379,8 @@ void add_optimize_command(CLI::App& app) {
                       "A mode to apply, in order: NAME, quantize:PRESET (presets: " +
                           absl::StrJoin(quantization::quantize_preset_names(), ", ") +
                           "), fastnas:params=F or fastnas:flops=F (search the best subnet within that "
-                          "fraction), export_nas, sparse_magnitude, export_sparse")
+                          "fraction), export_nas, sparse_magnitude, export_sparse, auto_quantize:effective_bits=B "
+                          "(a format per layer from --formats within B bits per weight on average)")
       ->required();
   command->add_option("--config", options->config_file,
                       "JSON config (the Python original's form) of the one --mode given without a preset");
@@ -326,6 +403,14 @@ void add_optimize_command(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   command->add_option("--search-checkpoint", options->search_checkpoint,
                       "fastnas: directory of per-rank search checkpoints; an interrupted search resumes");
+  command->add_option("--formats", options->formats,
+                      "auto_quantize: the candidate formats, comma-separated (presets calibrated with max)")
+      ->capture_default_str();
+  command->add_option("--score-samples", options->score_samples,
+                      "auto_quantize: score on the first N training images or sequences, split over the "
+                      "data-parallel ranks")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   command->add_option("--out", options->out, "Checkpoint directory to write")->required();
   command->callback([options] { run_optimize(*options); });
 }
