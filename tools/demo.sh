@@ -112,9 +112,9 @@ gpt_job() {
 
   echo "== 2:4 sparsity on (2,2), then fine-tuning on 8000 sequences"
   ranks 4 "$mto" optimize "$gpt/float" --tp 2 --mode sparse_magnitude --out "$gpt/sparse" | tee "$gpt/sparse.log"
-  ranks 4 "$mto" train --init "$gpt/sparse" --tp 2 --train-samples 8000 --epochs 1 --batch-size 16 --lr 1e-3 \
-    --out "$gpt/sparse_2:4" | tee "$gpt/sparse_2:4.log"
-  printf 'sparse_2:4\t(2,2)\t(2,1)\n' >>"$gpt/meshes.tsv"
+  ranks 4 "$mto" train --init "$gpt/sparse" --tp 2 --teacher "$gpt/float" --kd-weight 1 --train-samples 8000 \
+    --epochs 1 --batch-size 16 --lr 1e-3 --out "$gpt/sparse_2:4+kd" | tee "$gpt/sparse_2:4+kd.log"
+  printf 'sparse_2:4+kd\t(2,2)\t(2,1)\n' >>"$gpt/meshes.tsv"
 
   # fastnas cuts whole layers, so the pruned model is searched and fine-tuned at tp = 1.
   echo "== pruning the MLP widths to 60% of the parameters (32 candidates split over 4 ranks), then fine-tuning"
@@ -184,8 +184,9 @@ gpt_job() {
   echo
   echo "The GPT (0.47 M parameters, byte tokens) trained on the fortunes corpus; every row is evaluated on"
   echo "all of the held-out text (every 20th fortune). Checkpoints are in $gpt."
-  echo "pruned_60%+kd had the same fine-tuning as pruned_60%, with the float GPT as its teacher (the"
-  echo "loss: the logits' KL divergence from the teacher's alone, --kd-weight 1)."
+  echo "sparse_2:4+kd and pruned_60%+kd were fine-tuned with the float GPT as their teacher (the loss: the"
+  echo "logits' KL divergence from the teacher's alone, --kd-weight 1); pruned_60% had the same fine-tuning"
+  echo "without a teacher."
   echo "\"deployed\" is mto export's checkpoint: real int8 / FP8 / packed int4 weights with their scales"
   echo "(Model Optimizer's unified layout, hf_quant_config.json), evaluated on its own; \"same\" means the"
   echo "same perplexity to the last digit. The embeddings and lm_head (73 k of the 0.47 M parameters) are"

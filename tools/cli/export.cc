@@ -14,6 +14,7 @@
 #include "modes/quantization/deploy.h"
 #include "opt/checkpoint.h"
 #include "opt/conversion.h"
+#include "opt/model_like.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/mesh_option.h"
 #include "tools/cli/progress.h"
