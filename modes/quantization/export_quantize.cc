@@ -193,15 +193,19 @@ void restore_exported_layers(torch::nn::Module& model, const ExportQuantizeMetad
   std::vector<LayerQuantizers> layers = layers_with_quantizers(model);
   std::set<std::string> names;
   for (const LayerQuantizers& layer : layers) names.insert(layer.name);
-  std::vector<std::string> unmatched;
+  std::vector<std::string> unmatched, extra;
   for (const auto& [name, record] : metadata.layers()) {
     if (!names.count(name)) unmatched.push_back(name);
   }
-  if (!unmatched.empty() || names.size() != static_cast<size_t>(metadata.layers_size())) {
+  for (const std::string& name : names) {
+    if (!metadata.layers().count(name)) extra.push_back(name);
+  }
+  if (!unmatched.empty() || !extra.empty()) {
     std::sort(unmatched.begin(), unmatched.end());
     throw ApplyModeError(absl::StrCat("export_quantize: the recorded layers do not match the model's quantized "
                                       "layers (recorded but absent: [",
-                                      absl::StrJoin(unmatched, ", "), "])"));
+                                      absl::StrJoin(unmatched, ", "), "]; quantized but not recorded: [",
+                                      absl::StrJoin(extra, ", "), "])"));
   }
   // Placeholders of the calibrated shapes: the checkpoint fills the deployed tensors.
   for (LayerQuantizers& layer : layers) {

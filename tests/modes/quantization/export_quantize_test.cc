@@ -777,6 +777,16 @@ TEST(ExportErrors, AModelWithNoQuantizers) {
             "export_quantize: the model has no quantizers (apply quantize first)");
 }
 
+// Restore names both sides when the recorded layers and the model's quantized ones differ.
+TEST(ExportErrors, RecordedLayersThatDoNotMatchTheModel) {
+  ModulePtr model = quantized_linear(pattern(4, 128), weight_only(R"({"num_bits": 8, "axis": 0})"));
+  ExportQuantizeMetadata metadata;
+  (*metadata.mutable_layers())["gone"].set_quant_algo("W8A16");
+  EXPECT_EQ(error_of<ApplyModeError>([&] { restore_exported_layers(*model, metadata); }),
+            "export_quantize: the recorded layers do not match the model's quantized layers (recorded but absent: "
+            "[gone]; quantized but not recorded: [fc])");
+}
+
 TEST(ExportErrors, NothingFollowsTheExportNotEvenASecondExport) {
   ModulePtr exported = apply_mode(quantized_linear(pattern(4, 128), weight_only(R"({"num_bits": 8, "axis": 0})")),
                                   "export_quantize");
