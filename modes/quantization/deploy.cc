@@ -1,5 +1,7 @@
 #include "modes/quantization/deploy.h"
 
+#include <optional>
+
 #include "modes/quantization/hf_quant_config.h"
 #include "modes/quantization/quantization.pb.h"
 #include "opt/conversion.h"
@@ -32,11 +34,12 @@ bool is_exported(const ModulePtr& model) {
 }  // namespace
 
 std::map<std::string, std::string> deployment_files(torch::nn::Module& model, const nlohmann::json& config) {
-  if (!ModeloptStateManager::is_converted(model, /*is_root=*/true)) {
-    throw StateError("deployment files: the model has not been exported (apply the mode 'export_quantize')");
+  // The metadata lives in the model's state; the manager only finds it.
+  std::optional<ModeloptStateManager> manager;
+  if (ModeloptStateManager::is_converted(model, /*is_root=*/true)) {
+    manager.emplace(ModulePtr(&model, [](torch::nn::Module*) {}));
   }
-  const ModeloptStateManager manager(ModulePtr(&model, [](torch::nn::Module*) {}));
-  const ExportQuantizeMetadata* metadata = export_metadata(manager);
+  const ExportQuantizeMetadata* metadata = manager ? export_metadata(*manager) : nullptr;
   if (metadata == nullptr) {
     throw StateError("deployment files: the model has not been exported (apply the mode 'export_quantize')");
   }
