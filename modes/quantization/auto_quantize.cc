@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -197,9 +198,85 @@ std::string choice_config(const std::vector<std::unique_ptr<LayerProbe>>& layers
   return nlohmann::ordered_json{{"quant_cfg", rules}, {"algorithm", "max"}}.dump();
 }
 
+// Takes the probes out of the layers when it goes, whatever happened.
+struct ProbeRemover {
+  const std::vector<std::unique_ptr<LayerProbe>>& layers;
+  ~ProbeRemover() {
+    for (const auto& probe : layers) {
+      probe->layer->remove_transform(kInputProbe);
+      probe->layer->remove_transform(kOutputProbe);
+    }
+  }
+};
+
+// Rethrows this rank's `failure`; else throws ApplyModeError if `failed` (synced over the
+// ranks) says another rank failed in `phase`.
+void throw_if_failed(const std::exception_ptr& failure, double failed, const char* phase) {
+  if (failure) std::rethrow_exception(failure);
+  if (failed > 0) {
+    throw ApplyModeError(absl::StrCat("auto_quantize: ", phase,
+                                      " failed on another rank (its own error says why); no rank went on"));
+  }
+}
+
 // The bits of candidate `f` (formats, then none).
 int result_bits(const std::vector<Format>& formats, size_t f) {
   return f < formats.size() ? formats[f].bits : kNoneBits;
+}
+
+// Calibrates every candidate and scores it on every layer (see auto_quantize): the scores,
+// [layers x formats] in order, summed over `group`.
+at::Tensor measure_scores(torch::nn::Module& model, const std::vector<std::unique_ptr<LayerProbe>>& layers,
+                          const std::vector<Format>& formats, const AutoQuantizeOptions& options,
+                          const std::shared_ptr<Communicator>& group) {
+  for (const auto& probe : layers) {
+    probe->layer->add_transform(nn::Slot::kInput, kInputProbe, std::make_shared<InputProbeImpl>(probe.get()));
+    probe->layer->add_transform(nn::Slot::kOutput, kOutputProbe, std::make_shared<OutputProbeImpl>(probe.get()));
+  }
+  const ProbeRemover remover{layers};
+
+  // Calibrate: every candidate's per-tensor input amax is the input's, synced in one MAX
+  // whose last value says which rank, if any, failed (the others must not wait for it).
+  std::exception_ptr failure;
+  try {
+    torch::NoGradGuard no_grad;
+    options.context.get(kForwardLoop)(model);
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  at::Tensor amax = at::zeros({static_cast<int64_t>(layers.size()) + 1}, at::kDouble);
+  for (size_t l = 0; l < layers.size(); ++l) {
+    if (layers[l]->input_amax.defined()) amax[l] = layers[l]->input_amax.item<double>();
+  }
+  if (failure) amax[-1] = (group ? group->rank() : 0) + 1;
+  if (group) group->all_reduce(amax, ReduceOp::kMax);
+  throw_if_failed(failure, amax[-1].item<double>(), "calibration");
+  for (size_t l = 0; l < layers.size(); ++l) {
+    LayerProbe& probe = *layers[l];
+    const at::Tensor weight = probe.layer->weight.detach();
+    for (size_t f = 0; f < formats.size(); ++f) {
+      probe.weight_quantizers[f]->set_amax(probe.weight_quantizers[f]->compute_amax(weight));
+      probe.input_quantizers[f]->set_amax(amax[l].to(at::kFloat));
+    }
+    probe.calibrating = false;
+  }
+
+  // Score: the loss back-propagates through the float model; the hooks add the scores,
+  // summed over the ranks in one collective that carries a failing rank as well.
+  try {
+    options.score_loop(model, [](const at::Tensor& loss) { loss.backward(); });
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  for (at::Tensor& p : model.parameters()) p.mutable_grad().reset();
+  at::Tensor scores = at::zeros({static_cast<int64_t>(layers.size() * formats.size()) + 1}, at::kDouble);
+  for (size_t l = 0; l < layers.size(); ++l) {
+    for (size_t f = 0; f < formats.size(); ++f) scores[l * formats.size() + f] = layers[l]->scores[f];
+  }
+  if (failure) scores[-1] = 1;
+  if (group) group->all_reduce(scores, ReduceOp::kSum);
+  throw_if_failed(failure, scores[-1].item<double>(), "scoring");
+  return scores.narrow(0, 0, scores.size(0) - 1);
 }
 
 }  // namespace
@@ -214,55 +291,13 @@ std::pair<ModulePtr, AutoQuantizeResult> auto_quantize(ModulePtr model, const Au
                                    formats.front().bits, ", 16] (the fewest bits of a candidate, and no quantization)"));
   }
   if (!quantized_slots(*model).empty()) throw ApplyModeError("auto_quantize: the model is quantized already");
-  const ForwardLoop& calibrate_loop = options.context.get(kForwardLoop);
+  options.context.get(kForwardLoop);  // fails early, naming the missing loop
   const std::shared_ptr<Communicator> group = options.context.data_parallel_group();
 
   AutoQuantizeResult result;
   std::vector<std::unique_ptr<LayerProbe>> layers = searched_layers(*model, formats, &result.excluded);
   if (layers.empty()) throw ApplyModeError("auto_quantize: the model has no linear layer to search");
-  for (auto& probe : layers) {
-    probe->layer->add_transform(nn::Slot::kInput, kInputProbe, std::make_shared<InputProbeImpl>(probe.get()));
-    probe->layer->add_transform(nn::Slot::kOutput, kOutputProbe, std::make_shared<OutputProbeImpl>(probe.get()));
-  }
-  try {
-    // Calibrate: every candidate's per-tensor input amax is the input's, synced in one MAX.
-    {
-      torch::NoGradGuard no_grad;
-      calibrate_loop(*model);
-    }
-    at::Tensor amax = at::zeros({static_cast<int64_t>(layers.size())}, at::kFloat);
-    for (size_t l = 0; l < layers.size(); ++l) {
-      if (layers[l]->input_amax.defined()) amax[l] = layers[l]->input_amax;
-    }
-    if (group) group->all_reduce(amax, ReduceOp::kMax);
-    for (size_t l = 0; l < layers.size(); ++l) {
-      LayerProbe& probe = *layers[l];
-      const at::Tensor weight = probe.layer->weight.detach();
-      for (size_t f = 0; f < formats.size(); ++f) {
-        probe.weight_quantizers[f]->set_amax(probe.weight_quantizers[f]->compute_amax(weight));
-        probe.input_quantizers[f]->set_amax(amax[l]);
-      }
-      probe.calibrating = false;
-    }
-    // Score: the loss back-propagates through the float model; the hooks add the scores.
-    options.score_loop(*model, [](const at::Tensor& loss) { loss.backward(); });
-    for (at::Tensor& p : model->parameters()) p.mutable_grad().reset();
-  } catch (...) {
-    for (auto& probe : layers) {
-      probe->layer->remove_transform(kInputProbe);
-      probe->layer->remove_transform(kOutputProbe);
-    }
-    throw;
-  }
-  for (auto& probe : layers) {
-    probe->layer->remove_transform(kInputProbe);
-    probe->layer->remove_transform(kOutputProbe);
-  }
-  at::Tensor scores = at::zeros({static_cast<int64_t>(layers.size() * formats.size())}, at::kDouble);
-  for (size_t l = 0; l < layers.size(); ++l) {
-    for (size_t f = 0; f < formats.size(); ++f) scores[l * formats.size() + f] = layers[l]->scores[f];
-  }
-  if (group) group->all_reduce(scores, ReduceOp::kSum);
+  const at::Tensor scores = measure_scores(*model, layers, formats, options, group);
 
   // The knapsack: per layer, the formats from fewest bits up, then none; a format never
   // scores worse than one with fewer bits (Model Optimizer's monotone scores; formats of

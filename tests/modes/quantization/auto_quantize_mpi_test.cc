@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,7 @@
 #include "modes/quantization/quantized_model.h"
 #include "modes/quantization/tensor_quantizer.h"
 #include "opt/conversion.h"
+#include "tests/testing/errors.h"
 #include "tools/zoo/forward.h"
 #include "tools/zoo/gpt.h"
 
@@ -155,6 +157,32 @@ TEST(AutoQuantizeMpi, SplitDataGivesTheSingleProcessChoiceOnEveryRank) {
   const at::Tensor input = windows(99).narrow(1, 0, kContext);
   const at::Tensor out = zoo::forward(quantized, input);
   EXPECT_TRUE(at::equal(out, zoo::forward(single, input)));
+  world()->barrier();
+}
+
+// A rank whose calibration or scoring throws fails every rank, each with a clear message,
+// and nobody waits for it.
+TEST(AutoQuantizeMpi, ARankThatFailsFailsEveryRankWithoutAHang) {
+  at::set_num_threads(1);
+  const int rank = world()->rank();
+  const std::shared_ptr<Mesh> mesh = Mesh::create(world(), 1);
+  for (const std::string phase : {"calibration", "scoring"}) {
+    AutoQuantizeOptions failing = options({rank, 1});
+    failing.context.set_mesh(mesh);
+    if (rank == 2 && phase == "calibration") {
+      failing.context.set(kForwardLoop, [](torch::nn::Module&) { throw std::runtime_error("rank 2's data is gone"); });
+    }
+    if (rank == 2 && phase == "scoring") {
+      failing.score_loop = [](torch::nn::Module&, const std::function<void(const at::Tensor&)>&) {
+        throw std::runtime_error("rank 2's data is gone");
+      };
+    }
+    const std::string error = test::error_of<std::exception>([&] { auto_quantize(gpt(mesh), failing); });
+    EXPECT_EQ(error, rank == 2 ? "rank 2's data is gone"
+                               : "auto_quantize: " + phase +
+                                     " failed on another rank (its own error says why); no rank went on")
+        << phase;
+  }
   world()->barrier();
 }
 
