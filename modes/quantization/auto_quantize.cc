@@ -40,19 +40,10 @@ struct Format {
   int bits = kNoneBits;
 };
 
-// The attributes "quantize" starts from (its defaults) for a linear layer's slot.
-QuantizerAttributes slot_defaults(bool weight) {
-  QuantizerAttributes attributes;
-  attributes.set_enable(true);
-  attributes.set_num_bits(8);
-  if (weight) attributes.set_axis(0);
-  return attributes;
-}
-
 QuantizerAttributes resolve(const Format& format, const std::string& layer, bool weight) {
   return resolve_attributes(format.config, absl::StrCat(layer.empty() ? "" : layer + ".",
                                                         weight ? "weight_quantizer" : "input_quantizer"),
-                            "nn.Linear", slot_defaults(weight));
+                            "nn.Linear", default_quantizer_attributes(weight ? nn::Slot::kWeight : nn::Slot::kInput));
 }
 
 int bits_of(const QuantizerAttributes& a) {

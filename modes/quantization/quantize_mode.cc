@@ -13,17 +13,6 @@ namespace mto {
 namespace quantization {
 namespace {
 
-
-QuantizerAttributes default_attributes(nn::Slot slot) {
-  QuantizerAttributes attributes;
-  attributes.set_enable(slot != nn::Slot::kOutput);
-  attributes.set_num_bits(8);
-  // As the Python original's linear and convolution layers: one weight scale per output
-  // channel; input per tensor; output disabled.
-  if (slot == nn::Slot::kWeight) attributes.set_axis(0);
-  return attributes;
-}
-
 class QuantizeModeDescriptor : public ModeDescriptor {
  public:
   std::string name() const override { return "quantize"; }
@@ -63,7 +52,7 @@ class QuantizeModeDescriptor : public ModeDescriptor {
     for (const QuantizerSlot& slot : slots) {
       slot.check_empty();
       resolved.emplace_back(&slot, resolve_attributes(config, slot.name, slot.layer_class,
-                                                      default_attributes(slot.slot)));
+                                                      default_quantizer_attributes(slot.slot)));
       check_attributes_fit(slot, resolved.back().second);
     }
     // Every slot was checked first, so a failure leaves the model unchanged.

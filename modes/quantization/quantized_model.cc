@@ -79,6 +79,14 @@ bool QuantizerSlot::is_feature_axis(int64_t axis) const {
   return axis == 1 || axis == -3;
 }
 
+QuantizerAttributes default_quantizer_attributes(nn::Slot slot) {
+  QuantizerAttributes attributes;
+  attributes.set_enable(slot != nn::Slot::kOutput);
+  attributes.set_num_bits(8);
+  if (slot == nn::Slot::kWeight) attributes.set_axis(0);
+  return attributes;
+}
+
 std::vector<QuantizerSlot> quantizer_slots(torch::nn::Module& model) {
   std::vector<QuantizerSlot> out;
   for (const auto& [layer_name, layer] : nn::named_dynamic_layers(model)) {

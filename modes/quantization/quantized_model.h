@@ -38,6 +38,11 @@ struct QuantizerSlot {
   bool is_feature_axis(int64_t axis) const;
 };
 
+// The attributes "quantize" starts a slot's quantizer from, before the config's rules: as
+// the Python original's linear and convolution layers, 8 bits with one weight scale per
+// output channel, inputs per tensor, outputs disabled.
+QuantizerAttributes default_quantizer_attributes(nn::Slot slot);
+
 // The quantizer slots of every quantizable layer of `model`, in module order and, within a
 // layer, input, weight, output.
 std::vector<QuantizerSlot> quantizer_slots(torch::nn::Module& model);
