@@ -4,8 +4,10 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <iostream>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -87,7 +89,11 @@ TEST_F(BackendTest, LargeBuffersTravelInChunks) {
   const size_t count = (size_t{80} << 20) / sizeof(float);
   std::vector<float> data(count, 1.0f);
   data[count - 1] = static_cast<float>(rank);
+  const auto start = std::chrono::steady_clock::now();
   b.all_reduce(data.data(), count, DataType::kFloat32, ReduceOp::kSum, kTimeout);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::cout << b.name() << " all_reduce of 80 MiB of host memory: " << seconds * 1e3 << " ms\n";
   EXPECT_EQ(data[0], static_cast<float>(n));
   EXPECT_EQ(data[count / 2], static_cast<float>(n));
   EXPECT_EQ(data[count - 1], static_cast<float>(n * (n - 1) / 2));
@@ -128,6 +134,37 @@ TEST_F(BackendTest, BarrierAndSplit) {
   half->barrier(kTimeout);
   std::unique_ptr<Backend> none = b.split(-1, rank, kTimeout);
   EXPECT_EQ(none, nullptr);
+  b.barrier(kTimeout);
+}
+
+// The splits Mesh makes for every (dp, tp) the world allows: the tp axis groups the ranks of
+// one dp index, the dp axis the ranks of one tp index (rank = dp_index * tp + tp_index).
+TEST_F(BackendTest, MeshAxesSplitAsMeshDoes) {
+  for (int tp = 1; tp <= n; ++tp) {
+    if (n % tp != 0) continue;
+    const int dp_index = rank / tp;
+    const int tp_index = rank % tp;
+    std::unique_ptr<Backend> tp_axis = b.split(dp_index, tp_index, kTimeout);
+    std::unique_ptr<Backend> dp_axis = b.split(tp_index, dp_index, kTimeout);
+    ASSERT_NE(tp_axis, nullptr);
+    ASSERT_NE(dp_axis, nullptr);
+    EXPECT_EQ(tp_axis->world_size(), tp);
+    EXPECT_EQ(tp_axis->rank(), tp_index);
+    EXPECT_EQ(dp_axis->world_size(), n / tp);
+    EXPECT_EQ(dp_axis->rank(), dp_index);
+    // Each axis sums the world ranks of its own group, and only those.
+    int64_t tp_sum = rank;
+    tp_axis->all_reduce(&tp_sum, 1, DataType::kInt64, ReduceOp::kSum, kTimeout);
+    EXPECT_EQ(tp_sum, int64_t{dp_index} * tp * tp + int64_t{tp} * (tp - 1) / 2) << "tp = " << tp;
+    int64_t dp_sum = rank;
+    dp_axis->all_reduce(&dp_sum, 1, DataType::kInt64, ReduceOp::kSum, kTimeout);
+    const int64_t dp = n / tp;
+    EXPECT_EQ(dp_sum, int64_t{tp_index} * dp + int64_t{tp} * dp * (dp - 1) / 2) << "tp = " << tp;
+    std::vector<char> gathered(tp);
+    const char mine = static_cast<char>(tp_index);
+    tp_axis->all_gather(&mine, gathered.data(), 1, kTimeout);
+    for (int i = 0; i < tp; ++i) EXPECT_EQ(gathered[i], i);
+  }
   b.barrier(kTimeout);
 }
 
