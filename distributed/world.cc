@@ -111,7 +111,7 @@ std::shared_ptr<Communicator> init_world(const WorldOptions& options) {
     MPI_Initialized(&initialized);
     if (!initialized) {
       int provided = 0;
-      MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided);
+      MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
       std::atexit(finalize_world);
     }
     std::unique_ptr<MpiBackend> mpi = MpiBackend::world();
@@ -143,6 +143,15 @@ std::shared_ptr<Communicator> init_world(const WorldOptions& options) {
   world_communicator = new std::shared_ptr<Communicator>(
       std::make_shared<Communicator>(std::move(backend), options.timeout));
   return *world_communicator;
+}
+
+bool concurrent_communicators() {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (!initialized) return true;
+  int level = MPI_THREAD_SINGLE;
+  MPI_Query_thread(&level);
+  return level == MPI_THREAD_MULTIPLE;
 }
 
 std::shared_ptr<Communicator> world() {

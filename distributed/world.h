@@ -37,11 +37,16 @@ WorldOptions world_options_from_env();
 bool launched_by_mpirun();
 
 // Joins the job once and returns its communicator; later calls return the same one and
-// ignore `options`. Under mpirun, initializes MPI, picks the backend (for NCCL: one GPU
+// ignore `options`. Under mpirun, initializes MPI (MPI_THREAD_MULTIPLE, so that a
+// background save can run collectives of its own), picks the backend (for NCCL: one GPU
 // per rank, chosen by the local rank; rank 0 makes the unique id and broadcasts it over
 // MPI) and finalizes MPI at exit. Without mpirun the world has one rank (NCCL on GPU 0 if
 // asked for). Collective under mpirun: every rank must call it.
 std::shared_ptr<Communicator> init_world(const WorldOptions& options = world_options_from_env());
+
+// Whether two threads may run collectives at once, each on its own communicator: true
+// unless MPI is initialized with less than MPI_THREAD_MULTIPLE (init_world asks for it).
+bool concurrent_communicators();
 
 // The world communicator, joining the job with world_options_from_env() if needed.
 std::shared_ptr<Communicator> world();

@@ -5,11 +5,13 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <torch/nn/module.h>
 
 #include "distributed/communicator.h"
 #include "opt/conversion.h"
+#include "opt/state_dict.h"
 // Reading and verifying a checkpoint on one process (read_checkpoint_contents,
 // verify_checkpoint) needs no ranks: see serialization/checkpoint_reader.h.
 #include "serialization/checkpoint_reader.h"
@@ -39,6 +41,11 @@ struct SaveOptions {
   // rank 0's map is used. Each name must be a plain, visible file name that is none of the
   // checkpoint's own (check_extra_file in serialization/checkpoint_layout.h). Empty by default.
   std::map<std::string, std::string> extra_files = {};
+  // Tensors saved beside the model's, under names none of its tensors has, and marked extra
+  // in the manifest, e.g. the optimizer state of a training checkpoint. Every rank lists the
+  // same names, global shapes and dtypes, with a slice where it holds part of one. Restoring
+  // a model skips them unless RestoreOptions::extra_tensors asks for them.
+  std::vector<StateTensor> extra_tensors = {};
 };
 
 // Options of restore.
@@ -47,6 +54,9 @@ struct RestoreOptions {
   // them for tensors it holds whole). Null means the default mesh's world.
   std::shared_ptr<Communicator> communicator;
   RestoreStrategy strategy = RestoreStrategy::kReadAll;
+  // Extra tensors of the checkpoint (SaveOptions::extra_tensors) to read into these
+  // tensors, matched by name, global shape and dtype like the model's.
+  std::vector<StateTensor> extra_tensors = {};
 };
 
 // Saves `model` as the checkpoint directory `dir`. Collective: every rank of the
@@ -79,7 +89,7 @@ struct RestoreOptions {
 // failing rank's error, named) and `dir` is unchanged: CheckpointError for I/O failures, a
 // `dir` that exists and is not an mto checkpoint, an extra file name that check_extra_file
 // refuses, or a mode's stored dtype for a tensor the model lacks or whose type cannot hold
-// it (naming the tensor and the mode).
+// it (naming the tensor and the mode). A save_async still in flight is finished first.
 void save(torch::nn::Module& model, const std::string& dir, const SaveOptions& options = {});
 
 // Restores the checkpoint `dir`, written by any number of ranks split in any way, into the

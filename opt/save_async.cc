@@ -1,0 +1,173 @@
+#include "opt/save_async.h"
+
+#include <torch/csrc/autograd/grad_mode.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <exception>
+#include <iostream>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "distributed/mesh.h"
+#include "distributed/world.h"
+#include "opt/collective.h"
+#include "opt/save_phases.h"
+#include "opt/snapshot_pool.h"
+
+namespace mto {
+
+// The state of one background save, shared by its handle and the in-flight registry.
+struct AsyncSave {
+  PlannedSave planned;
+  std::shared_ptr<Communicator> background;
+  std::thread thread;
+  double blocked_seconds = 0;
+  mutable std::mutex mutex;
+  bool finished = false;
+  std::exception_ptr error;
+  bool waited = false;
+
+  // Joins the background thread once; safe to call from several threads.
+  void join() {
+    std::lock_guard<std::mutex> lock(join_mutex);
+    if (thread.joinable()) thread.join();
+  }
+
+ private:
+  std::mutex join_mutex;
+};
+
+namespace {
+
+// Guards the pool, the background communicators and the save in flight.
+std::mutex registry_mutex;
+SnapshotPool* pool = nullptr;
+std::shared_ptr<AsyncSave>* in_flight = nullptr;
+
+// One background communicator per communicator that saves, split from it once.
+struct Background {
+  std::weak_ptr<Communicator> owner;
+  std::shared_ptr<Communicator> communicator;
+};
+std::map<const Communicator*, Background>* backgrounds = nullptr;
+
+// Registered with atexit at the first save_async, after the world (so it runs before MPI is
+// finalized): a save in flight at exit is finished.
+void finish_at_exit() { finish_save_in_flight(); }
+
+std::shared_ptr<Communicator> background_of(const std::shared_ptr<Communicator>& comm) {
+  std::lock_guard<std::mutex> lock(registry_mutex);
+  if (backgrounds == nullptr) backgrounds = new std::map<const Communicator*, Background>();
+  Background& b = (*backgrounds)[comm.get()];
+  if (b.owner.lock() != comm || b.communicator == nullptr) {
+    b.owner = comm;
+    b.communicator = comm->split(0, comm->rank());
+  }
+  return b.communicator;
+}
+
+// Writes and commits on the background communicator; the outcome goes to `save`.
+void run_in_background(AsyncSave* save) {
+  try {
+    std::string written;
+    Communicator& comm = *save->background;
+    run_on_every_rank(comm, [&] { written = write_planned_save(save->planned, comm.rank()); });
+    commit_save(save->planned, written, comm);
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(save->mutex);
+    save->error = std::current_exception();
+  }
+  save->planned.staging.reset();  // removes an uncommitted staging directory
+  save->planned.tensors.clear();
+  std::lock_guard<std::mutex> lock(save->mutex);
+  save->finished = true;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace
+
+SaveHandle::SaveHandle(std::shared_ptr<AsyncSave> save) : save_(std::move(save)) {}
+
+SaveHandle& SaveHandle::operator=(SaveHandle&& other) {
+  if (this != &other) {
+    SaveHandle old(std::move(*this));
+    save_ = std::move(other.save_);
+  }
+  return *this;
+}
+
+SaveHandle::~SaveHandle() {
+  if (save_ == nullptr || save_->waited) return;
+  try {
+    wait();
+  } catch (const std::exception& e) {
+    std::cerr << "mto: a background save that nobody waited for failed: " << e.what() << "\n";
+  }
+}
+
+void SaveHandle::wait() {
+  if (save_ == nullptr) return;
+  save_->join();
+  save_->waited = true;
+  std::lock_guard<std::mutex> lock(save_->mutex);
+  if (save_->error) std::rethrow_exception(save_->error);
+}
+
+bool SaveHandle::done() const {
+  if (save_ == nullptr) return true;
+  std::lock_guard<std::mutex> lock(save_->mutex);
+  return save_->finished;
+}
+
+double SaveHandle::blocked_seconds() const { return save_ ? save_->blocked_seconds : 0; }
+
+void finish_save_in_flight() {
+  std::shared_ptr<AsyncSave> save;
+  {
+    std::lock_guard<std::mutex> lock(registry_mutex);
+    if (in_flight == nullptr || *in_flight == nullptr) return;
+    save = *in_flight;
+  }
+  save->join();
+}
+
+SaveHandle save_async(torch::nn::Module& model, const std::string& dir, const SaveOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  std::shared_ptr<Communicator> comm = options.communicator ? options.communicator : default_mesh()->world();
+  finish_save_in_flight();
+  auto save = std::make_shared<AsyncSave>();
+  if (!concurrent_communicators()) {
+    mto::save(model, dir, options);
+    save->finished = true;
+    save->blocked_seconds = seconds_since(start);
+    return SaveHandle(save);
+  }
+  save->background = background_of(comm);
+  save->planned = plan_save(model, dir, options, *comm);
+  // Only the tensors this rank writes are copied; the others are let go.
+  run_on_every_rank(*comm, [&] {
+    std::lock_guard<std::mutex> lock(registry_mutex);
+    if (pool == nullptr) {
+      pool = new SnapshotPool();
+      in_flight = new std::shared_ptr<AsyncSave>();
+      std::atexit(finish_at_exit);
+    }
+    const std::set<size_t> mine = tensors_written_by(save->planned, comm->rank());
+    std::vector<at::Tensor> sources(save->planned.tensors.size());
+    for (size_t i : mine) sources[i] = save->planned.tensors[i].tensor;
+    torch::NoGradGuard no_grad;
+    const std::vector<at::Tensor> copies = pool->copy(sources);
+    for (size_t i = 0; i < copies.size(); ++i) save->planned.tensors[i].tensor = copies[i];
+    *in_flight = save;
+  });
+  save->blocked_seconds = seconds_since(start);
+  save->thread = std::thread(run_in_background, save.get());
+  return SaveHandle(save);
+}
+
+}  // namespace mto

@@ -1,0 +1,33 @@
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstddef>
+#include <vector>
+
+namespace mto {
+
+// Host memory that a background save copies weights into, kept from one save to the next so
+// that repeated saves of one model allocate and fault in nothing new. Anonymous memory with
+// transparent huge pages where the kernel offers them. Not safe to share between threads.
+class SnapshotPool {
+ public:
+  SnapshotPool() = default;
+  SnapshotPool(const SnapshotPool&) = delete;
+  SnapshotPool& operator=(const SnapshotPool&) = delete;
+  ~SnapshotPool();
+
+  // Copies of `tensors` (undefined ones stay undefined), contiguous and packed into the
+  // pool, which grows to fit. The copies of the previous call become invalid.
+  std::vector<at::Tensor> copy(const std::vector<at::Tensor>& tensors);
+  // Bytes the pool holds.
+  size_t capacity() const { return capacity_; }
+
+ private:
+  void reserve(size_t bytes);
+
+  char* memory_ = nullptr;
+  size_t capacity_ = 0;
+};
+
+}  // namespace mto
