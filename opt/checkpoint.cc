@@ -47,7 +47,7 @@ struct Destination {
   Rect rect;
 };
 
-// Pairs every tensor of `model`, then every tensor of `extra` (RestoreOptions::extra_tensors),
+// Pairs every tensor of `model`, then every tensor of `extra` (from RestoreOptions::extra_tensors),
 // with its record. The model's tensors are matched with the records not marked extra, the
 // extra ones with those marked extra; the extra records that `extra` does not ask for are
 // left alone. Throws CheckpointError for a tensor missing on either side, of another global
@@ -160,7 +160,9 @@ ModulePtr restore_checkpoint(const ModelOrModelLike* model, const std::string& d
                                          " is not a valid mto.ModeloptState"));
     }
     restored = target ? restore_from_modelopt_state(target, state) : restore_from_modelopt_state(state);
-    destinations = match_tensors(*restored, manifest, dir, options.extra_tensors);
+    const std::vector<StateTensor> extra =
+        options.extra_tensors ? options.extra_tensors(*restored) : std::vector<StateTensor>{};
+    destinations = match_tensors(*restored, manifest, dir, extra);
   });
 
   // Ranks of a split model hold different parts: each reads its own.

@@ -54,9 +54,10 @@ struct RestoreOptions {
   // them for tensors it holds whole). Null means the default mesh's world.
   std::shared_ptr<Communicator> communicator;
   RestoreStrategy strategy = RestoreStrategy::kReadAll;
-  // Extra tensors of the checkpoint (SaveOptions::extra_tensors) to read into these
-  // tensors, matched by name, global shape and dtype like the model's.
-  std::vector<StateTensor> extra_tensors = {};
+  // Extra tensors of the checkpoint (SaveOptions::extra_tensors) to read: called with the
+  // restored model once its modes are replayed, it returns the tensors to fill, matched by
+  // name, global shape and dtype like the model's. None when unset.
+  std::function<std::vector<StateTensor>(torch::nn::Module& model)> extra_tensors;
 };
 
 // Saves `model` as the checkpoint directory `dir`. Collective: every rank of the

@@ -171,15 +171,19 @@ TEST_F(SaveAsyncTest, ExtraTensorsTravelBesideTheModel) {
   }
   // A model restores without them, or with them when asked.
   EXPECT_TRUE(at::equal(restored_output(), output_of(m)));
-  RestoreOptions asking;
-  asking.extra_tensors = {{"optimizer.moments", at::zeros({3, 4}), std::nullopt}};
-  restore(ModelLike("test_mlp"), dir_, asking);
-  EXPECT_TRUE(at::equal(asking.extra_tensors[0].tensor, moments));
+  const at::Tensor filled = at::zeros({3, 4});
+  auto asking_for = [](const std::string& name, const at::Tensor& into) {
+    RestoreOptions options;
+    options.extra_tensors = [=](torch::nn::Module&) { return std::vector<StateTensor>{{name, into, std::nullopt}}; };
+    return options;
+  };
+  restore(ModelLike("test_mlp"), dir_, asking_for("optimizer.moments", filled));
+  EXPECT_TRUE(at::equal(filled, moments));
 
-  asking.extra_tensors = {{"optimizer.other", at::zeros({3, 4}), std::nullopt}};
+  RestoreOptions asking = asking_for("optimizer.other", at::zeros({3, 4}));
   EXPECT_EQ(test::error_of<CheckpointError>([&] { restore(ModelLike("test_mlp"), dir_, asking); }),
             "checkpoint " + dir_ + " has no extra tensor optimizer.other, which the restore asks for");
-  asking.extra_tensors = {{"optimizer.moments", at::zeros({4, 3}), std::nullopt}};
+  asking = asking_for("optimizer.moments", at::zeros({4, 3}));
   EXPECT_EQ(test::error_of<CheckpointError>([&] { restore(ModelLike("test_mlp"), dir_, asking); }),
             "tensor optimizer.moments: the checkpoint holds F32 [3, 4] but the restore asks for F32 [4, 3]");
   options.extra_tensors = {{"fc1.weight", moments, std::nullopt}};

@@ -9,6 +9,7 @@
 #include <functional>
 #include <iostream>
 #include <memory>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -23,6 +24,7 @@
 #include "tools/cli/commands.h"
 #include "tools/cli/mesh_option.h"
 #include "tools/cli/progress.h"
+#include "tools/cli/training_checkpoint.h"
 #include "tools/data/fashion_mnist.h"
 #include "tools/data/text_corpus.h"
 #include "tools/zoo/forward.h"
@@ -47,6 +49,8 @@ struct TrainOptions {
   double kd_temperature = 1.0;
   double kd_weight = 0.5;
   std::string out;
+  int64_t save_every = 0;
+  bool resume = false;
 };
 
 // The training examples of one model: how many, what one counts for, and the loss of a
@@ -119,6 +123,26 @@ void set_learning_rate(torch::optim::Adam& optimizer, double lr) {
   }
 }
 
+// The options that decide a job's batches and steps, which a job resuming its training
+// checkpoint must share.
+nlohmann::json job_of(const TrainOptions& options, const nlohmann::json& model_args, int world_size) {
+  return {{"model", options.model},
+          {"model_args", model_args},
+          {"init", options.init},
+          {"teacher", options.teacher},
+          {"kd_temperature", options.kd_temperature},
+          {"kd_weight", options.kd_weight},
+          {"data", options.data},
+          {"epochs", options.epochs},
+          {"batch_size", options.batch_size},
+          {"lr", options.lr},
+          {"schedule", options.schedule},
+          {"train_samples", options.train_samples},
+          {"seed", options.seed},
+          {"ranks", world_size},
+          {"tp", options.tp}};
+}
+
 void run_train(const TrainOptions& options) {
   const std::shared_ptr<Mesh> mesh = join_mesh(options.tp);
   const std::shared_ptr<Communicator>& dp = mesh->dp();
@@ -138,7 +162,12 @@ void run_train(const TrainOptions& options) {
   // copies each slice from the first replica to the others. A restored model keeps its modes
   // (masks, quantizers, pruned widths).
   const std::string model_name = options.init.empty() ? options.model : options.init;
-  ModulePtr student = options.init.empty() ? ModelLike(options.model, model_args).build() : restore(options.init);
+  const nlohmann::json job = job_of(options, model_args, mesh->world()->world_size());
+  std::optional<ResumedTraining> resumed;
+  if (options.resume) resumed = resume_training(options.out, job, *mesh->world());
+  ModulePtr student = resumed                ? resumed->model
+                      : options.init.empty() ? ModelLike(options.model, model_args).build()
+                                             : restore(options.init);
   if (!options.teacher.empty()) {
     student = with_teacher(student, options);
     if (rank0) {
@@ -163,20 +192,43 @@ void run_train(const TrainOptions& options) {
   const int64_t per_replica = (train.size + dp->world_size() - 1) / dp->world_size();
   torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(options.lr));
   const int64_t steps = options.epochs * ((per_replica + options.batch_size - 1) / options.batch_size);
-  int64_t step = 0;
+  TrainingProgress start;
+  if (resumed) {
+    load_optimizer_state(*resumed, *student, optimizer);
+    start = resumed->progress;
+    if (rank0) {
+      std::cout << absl::StrFormat("resuming from %s at step %d of %d (epoch %d, batch %d)\n", options.out,
+                                   start.step, steps, start.epoch + 1, start.batches)
+                << std::flush;
+    }
+  } else if (options.resume && rank0) {
+    std::cout << absl::StrFormat("no checkpoint at %s yet: starting from step 0\n", options.out) << std::flush;
+  }
+  int64_t step = start.step;
+  SaveHandle background;
+  int saves = 0;
+  double save_blocked = 0;
   if (rank0) {
     std::cout << absl::StrFormat("training %s on %s, %d rank(s) as %s, batch %d per replica, %d epoch(s)\n",
                                  model_name, train.description, mesh->world()->world_size(), mesh->describe(),
                                  options.batch_size, options.epochs)
               << std::flush;
   }
-  for (int epoch = 0; epoch < options.epochs; ++epoch) {
+  for (int epoch = start.epoch; epoch < options.epochs; ++epoch) {
     sampler.set_epoch(options.seed * 1000003 + epoch);
     sampler.reset();
     Progress progress(absl::StrFormat("epoch %d/%d", epoch + 1, options.epochs),
                       per_replica * dp->world_size() * train.units, train.unit, rank0);
     at::Tensor loss_sum = at::zeros({2}, at::kDouble);  // loss * examples, examples
-    int64_t done = 0;
+    int64_t batches = 0;
+    if (resumed && epoch == start.epoch) {
+      // The batches the saved job had taken in this epoch are drawn again and skipped.
+      for (; batches < start.batches; ++batches) sampler.next(options.batch_size);
+      const auto& [sum, examples] = start.losses[mesh->world()->rank()];
+      loss_sum[0] = sum;
+      loss_sum[1] = examples;
+    }
+    int64_t done = loss_sum[1].item<int64_t>();
     while (auto indices = sampler.next(options.batch_size)) {
       const at::Tensor index = at::tensor(std::vector<int64_t>(indices->begin(), indices->end()), at::kLong);
       set_learning_rate(optimizer, learning_rate(options, step++, steps));
@@ -188,11 +240,25 @@ void run_train(const TrainOptions& options) {
       loss_sum[0] += loss.item<double>() * index.size(0);
       loss_sum[1] += index.size(0);
       done += index.size(0);
+      ++batches;
+      if (options.save_every > 0 && step % options.save_every == 0 && step < steps) {
+        background.wait();  // a failed checkpoint stops the job
+        background = save_training_checkpoint(*model, optimizer, {step, epoch, batches, {}},
+                                              {loss_sum[0].item<double>(), loss_sum[1].item<double>()}, job,
+                                              options.out, *mesh->world());
+        save_blocked += background.blocked_seconds();
+        ++saves;
+      }
       progress.update(done * dp->world_size() * train.units,
                       absl::StrFormat("loss %.4f", loss_sum[0].item<double>() / loss_sum[1].item<double>()));
     }
     dp->all_reduce(loss_sum, ReduceOp::kSum);
     progress.finish(absl::StrFormat("loss %.4f", loss_sum[0].item<double>() / loss_sum[1].item<double>()));
+  }
+  background.wait();
+  if (saves > 0 && rank0) {
+    std::cout << absl::StrFormat("%d training checkpoint(s) saved in the background, training blocked %.2f s\n",
+                                 saves, save_blocked);
   }
   const auto save_start = std::chrono::steady_clock::now();
   save(*model, options.out);
@@ -257,6 +323,16 @@ void add_train_command(CLI::App& app) {
   command->add_option("--seed", options->seed, "Seed of the initial weights and the shuffle")
       ->capture_default_str();
   command->add_option("--out", options->out, "Checkpoint directory to write")->required();
+  command
+      ->add_option("--save-every", options->save_every,
+                   "Every N steps, save a training checkpoint (the model, Adam's state and the position in the "
+                   "data) to --out in the background while training goes on; the end of training replaces it "
+                   "with the model alone")
+      ->check(CLI::NonNegativeNumber);
+  command->add_flag("--resume", options->resume,
+                    "Continue from the training checkpoint at --out (saved with --save-every by a job with the "
+                    "same options) where it stopped, with the same result as a job never stopped; start from "
+                    "step 0 if --out does not exist yet");
   command->callback([options] { run_train(*options); });
 }
 

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# `mto train --save-every` and `--resume` on real mpirun ranks: a job killed with SIGKILL
+# mid-training and restarted with --resume ends with the same weights, bit for bit, as a job
+# never stopped (on a (dp=2, tp=1) mesh and on a (dp=1, tp=2) mesh, whose Adam state is split
+# like its parameters); a training checkpoint evaluates like any checkpoint; and the errors
+# of a resume that cannot be one.
+#   train_resume_cli_test.sh MTO_BINARY
+# Writes one JUnit test case per check to $XML_OUTPUT_FILE.
+set -uo pipefail
+mto=$(realpath "$1")
+work="${TEST_TMPDIR:-$(mktemp -d)}/train_resume_cli"
+mkdir -p "$work"
+source "$(dirname "$0")/cli_harness.sh" train_resume_cli_test
+
+# A few seconds of training on two shared cores (128 steps on (dp=2, tp=1), 256 on
+# (dp=1, tp=2)), saved every 8 steps.
+gpt_args='{"width": 64, "depth": 2, "heads": 2, "context": 32}'
+train() { # train TP OUT [--resume]
+  ranks 2 "$mto" train --model gpt --tp "$1" --model-args "$gpt_args" --train-samples 1024 --batch-size 8 \
+    --epochs 2 --save-every 8 --out "$2" "${@:3}"
+}
+# The value of NUMBER field NAME in training_state.json of DIR.
+state_field() { sed -nE "s/^  \"$2\": ([0-9]+),?$/\1/p" "$1/training_state.json"; }
+
+# killed_and_resumed TP: an uninterrupted job and a job killed after its first checkpoint and
+# resumed end with the same shard files.
+killed_and_resumed() {
+  local tp=$1 whole="$work/whole-tp$1" killed="$work/killed-tp$1"
+  out=$(train "$tp" "$whole" 2>&1) || { echo "$out"; return 1; }
+  grep -q "^[0-9]* training checkpoint(s) saved in the background" <<<"$out" || { echo "$out"; return 1; }
+  train "$tp" "$killed" >"$work/killed-tp$tp.log" 2>&1 &
+  local job=$!
+  for _ in $(seq 600); do [ -f "$killed/MANIFEST" ] && break; sleep 0.05; done
+  sleep 0.3
+  pkill -KILL -f -- "--out $killed" || true
+  wait $job && { echo "the job ended before the kill:"; cat "$work/killed-tp$tp.log"; return 1; }
+  local step
+  step=$(state_field "$killed" step)
+  [ -n "$step" ] && [ "$step" -gt 0 ] && [ $((step % 8)) = 0 ] ||
+    { echo "the killed job left no training checkpoint mid-way (step '$step')"; return 1; }
+  out=$(train "$tp" "$killed" --resume 2>&1) || { echo "$out"; return 1; }
+  grep -q "^resuming from $killed at step $step of \(128\|256\) " <<<"$out" || { echo "$out"; return 1; }
+  echo "killed at step $step, resumed"
+  for shard in "$whole"/*.safetensors; do
+    cmp "$shard" "$killed/$(basename "$shard")" || { echo "$(basename "$shard") differs"; return 1; }
+  done
+  # The end of training replaced the training checkpoint with the model alone.
+  [ ! -e "$killed/training_state.json" ] || { echo "the final checkpoint keeps its training state"; return 1; }
+  out=$(train "$tp" "$killed" --resume 2>&1) && { echo "resumed a finished model"; return 1; }
+  expect_error_line "$out" "--resume: $killed holds a finished model, not a training checkpoint .*--init $killed"
+}
+killed_and_resumed_dp2() { killed_and_resumed 1; }
+killed_and_resumed_tp2() { killed_and_resumed 2; }
+
+training_checkpoint_evaluates_and_refuses_other_options() {
+  local dir="$work/partial"
+  # A checkpoint of the first 8 steps: stop the job after them.
+  ranks 2 "$mto" train --model gpt --model-args "$gpt_args" --train-samples 1024 --batch-size 8 --epochs 2 \
+    --save-every 8 --out "$dir" >"$work/partial.log" 2>&1 &
+  local job=$!
+  for _ in $(seq 600); do [ -f "$dir/MANIFEST" ] && break; sleep 0.05; done
+  pkill -KILL -f -- "--out $dir" || true
+  wait $job
+  [ -f "$dir/training_state.json" ] || { echo "no training checkpoint"; cat "$work/partial.log"; return 1; }
+  out=$("$mto" eval "$dir" --samples 16 --json 2>&1) || { echo "$out"; return 1; }
+  grep -q '"perplexity"' <<<"$out" || { echo "$out"; return 1; }
+  out=$("$mto" inspect "$dir" --all 2>&1) || { echo "$out"; return 1; }
+  grep -q "optimizer.blocks.0.fc1.weight.exp_avg " <<<"$out" || { echo "$out"; return 1; }
+  out=$(ranks 2 "$mto" train --model gpt --model-args "$gpt_args" --train-samples 1024 --batch-size 16 --epochs 2 \
+        --save-every 8 --out "$dir" --resume 2>&1) && { echo "resumed with another batch size"; return 1; }
+  expect_error_line "$out" "--resume: $dir was saved by a job with batch_size = 8, but this job has batch_size = 16" ||
+    return 1
+  out=$("$mto" train --model gpt --model-args "$gpt_args" --train-samples 1024 --batch-size 8 --epochs 2 \
+        --save-every 8 --out "$dir" --resume 2>&1) && { echo "resumed on another world size"; return 1; }
+  expect_error_line "$out" "was saved by a job with ranks = 2, but this job has ranks = 1"
+}
+
+resume_without_checkpoint_starts_at_zero() {
+  out=$("$mto" train --model gpt --model-args '{"width": 16, "depth": 1, "heads": 2, "context": 8}' \
+        --train-samples 32 --batch-size 8 --epochs 1 --save-every 2 --out "$work/fresh" --resume 2>&1) ||
+    { echo "$out"; return 1; }
+  grep -q "^no checkpoint at $work/fresh yet: starting from step 0" <<<"$out" || { echo "$out"; return 1; }
+  grep -q "^1 training checkpoint(s) saved in the background" <<<"$out" || { echo "$out"; return 1; }
+  "$mto" train --help | grep -q -- "--save-every" && "$mto" train --help | grep -q -- "--resume"
+}
+
+check killed_and_resumed_dp2 killed_and_resumed_dp2
+check killed_and_resumed_tp2 killed_and_resumed_tp2
+check training_checkpoint_evaluates_and_refuses_other_options training_checkpoint_evaluates_and_refuses_other_options
+check resume_without_checkpoint_starts_at_zero resume_without_checkpoint_starts_at_zero
+
+finish
