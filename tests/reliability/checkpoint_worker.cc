@@ -95,7 +95,7 @@ int save_loop(const std::string& dir, int64_t first_gen, const std::string& pid_
   comm->barrier();
   // A bound in case the killer never comes.
   for (int i = 0; i < 500; ++i) {
-    save(*models[i % 2], dir);
+    save_generation(*models[i % 2], dir);
     if (comm->rank() == 0) std::cout << "saved " << first_gen + i % 2 << std::endl;
   }
   return 0;

@@ -199,7 +199,7 @@ Killed kill_forked_saver(const Trial& trial, const fs::path& parent, int64_t fir
     ::close(fds[0]);
     try {
       for (int i = 0; i < 500; ++i) {
-        save(*models[i % 2], (parent / kName).string());
+        save_generation(*models[i % 2], (parent / kName).string());
         const int64_t saved = first + i % 2;
         if (::write(fds[1], &saved, sizeof(saved)) != sizeof(saved)) std::_Exit(4);
       }

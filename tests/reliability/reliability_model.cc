@@ -2,6 +2,7 @@
 #include "tests/reliability/reliability_model.h"
 
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/grad_mode.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -13,7 +14,9 @@
 #include "distributed/mesh.h"
 #include "distributed/world.h"
 #include "distributed/tensor_slice.h"
+#include "opt/checkpoint.h"
 #include "opt/model_like.h"
+#include "opt/save_async.h"
 #include "opt/state_dict.h"
 
 namespace mto {
@@ -95,6 +98,25 @@ std::shared_ptr<torch::nn::Module> make_model(int64_t generation, int64_t megaby
 void use_split_model_from_env() {
   const char* split = std::getenv("MTO_TEST_SPLIT");
   if (split != nullptr && std::string(split) == "1") set_default_mesh(Mesh::create(world(), world()->world_size()));
+}
+
+void save_generation(torch::nn::Module& model, const std::string& dir) {
+  const char* async = std::getenv("MTO_TEST_ASYNC");
+  if (async == nullptr || std::string(async) != "1") {
+    save(model, dir);
+    return;
+  }
+  std::vector<at::Tensor> tensors;
+  std::vector<at::Tensor> originals;
+  for (const auto& t : model_state_dict(model)) {
+    tensors.push_back(t.tensor);
+    originals.push_back(t.tensor.clone());
+  }
+  SaveHandle handle = save_async(model, dir);
+  torch::NoGradGuard no_grad;
+  for (auto& t : tensors) t.view({-1}).view(at::kByte).bitwise_not_();  // every bit flipped
+  for (size_t i = 0; i < tensors.size(); ++i) tensors[i].copy_(originals[i]);
+  handle.wait();
 }
 
 std::string weight_difference(const torch::nn::Module& a, const torch::nn::Module& b) {

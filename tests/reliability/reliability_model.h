@@ -28,6 +28,12 @@ std::shared_ptr<torch::nn::Module> make_model(int64_t generation,
 // matrices are split over every rank. Collective under mpirun.
 void use_split_model_from_env();
 
+// Saves `model` at `dir` as the save loops of the crash tests do: with mto::save, or, when
+// MTO_TEST_ASYNC=1, with mto::save_async, overwriting every tensor of `model` with other bits
+// while the background save runs and putting the tensors back before waiting, so that a
+// checkpoint that holds anything but `model` shows a snapshot that was not taken in time.
+void save_generation(torch::nn::Module& model, const std::string& dir);
+
 // "" if every tensor of `a` equals (bit for bit) the tensor of the same name in `b`; else
 // names the first that differs or is missing.
 std::string weight_difference(const torch::nn::Module& a, const torch::nn::Module& b);
