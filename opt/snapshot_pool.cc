@@ -4,14 +4,19 @@
 
 #include <ATen/ops/from_blob.h>
 
-#include <cerrno>
+#include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <new>
+#include <thread>
+#include <tuple>
 
 namespace mto {
 namespace {
 
 constexpr size_t kAlignment = 64;
+// Bytes one thread copies at a time.
+constexpr size_t kPieceBytes = size_t{4} << 20;
 
 size_t aligned(size_t bytes) { return (bytes + kAlignment - 1) / kAlignment * kAlignment; }
 
@@ -33,21 +38,38 @@ void SnapshotPool::reserve(size_t bytes) {
   capacity_ = bytes;
 }
 
-std::vector<at::Tensor> SnapshotPool::copy(const std::vector<at::Tensor>& tensors) {
+std::vector<at::Tensor> SnapshotPool::copy(const std::vector<at::Tensor>& tensors, int threads) {
   size_t total = 0;
   for (const at::Tensor& t : tensors) {
     if (t.defined()) total += aligned(t.nbytes());
   }
   reserve(total);
+  // Where each tensor goes, then the bytes cut into pieces that the threads take in turn.
+  std::vector<at::Tensor> sources(tensors.size());
   std::vector<at::Tensor> out(tensors.size());
+  std::vector<std::tuple<const char*, char*, size_t>> pieces;
   size_t offset = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
     if (!tensors[i].defined()) continue;
-    const at::Tensor source = tensors[i].contiguous();
-    std::memcpy(memory_ + offset, source.data_ptr(), source.nbytes());
-    out[i] = at::from_blob(memory_ + offset, source.sizes(), source.options());
-    offset += aligned(source.nbytes());
+    sources[i] = tensors[i].contiguous();
+    out[i] = at::from_blob(memory_ + offset, sources[i].sizes(), sources[i].options());
+    const char* from = static_cast<const char*>(sources[i].data_ptr());
+    for (size_t done = 0; done < sources[i].nbytes(); done += kPieceBytes) {
+      pieces.emplace_back(from + done, memory_ + offset + done, std::min(kPieceBytes, sources[i].nbytes() - done));
+    }
+    offset += aligned(sources[i].nbytes());
   }
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t p = next++; p < pieces.size(); p = next++) {
+      const auto& [from, to, bytes] = pieces[p];
+      std::memcpy(to, from, bytes);
+    }
+  };
+  std::vector<std::thread> helpers;
+  for (int t = 1; t < threads && static_cast<size_t>(t) < pieces.size(); ++t) helpers.emplace_back(work);
+  work();
+  for (auto& h : helpers) h.join();
   return out;
 }
 

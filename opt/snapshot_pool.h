@@ -18,8 +18,9 @@ class SnapshotPool {
   ~SnapshotPool();
 
   // Copies of `tensors` (undefined ones stay undefined), contiguous and packed into the
-  // pool, which grows to fit. The copies of the previous call become invalid.
-  std::vector<at::Tensor> copy(const std::vector<at::Tensor>& tensors);
+  // pool, which grows to fit, made by `threads` threads. The copies of the previous call
+  // become invalid.
+  std::vector<at::Tensor> copy(const std::vector<at::Tensor>& tensors, int threads = 1);
   // Bytes the pool holds.
   size_t capacity() const { return capacity_; }
 

@@ -1,5 +1,6 @@
-// Checkpoint benchmark: mto::save and mto::restore of a model of about 1 GiB (a stack of
-// mto::nn::Linear layers) on the ranks this is launched with, both restore strategies,
+// Checkpoint benchmark: mto::save, mto::save_async (blocking time and time to wait()) and
+// mto::restore of a model of about 1 GiB (a stack of mto::nn::Linear layers) on the ranks
+// this is launched with, both restore strategies,
 // against baselines measured in the same run on rank 0:
 //
 //   raw write + fsync   the same bytes, one sequential file, written straight from the
@@ -44,6 +45,7 @@
 #include "distributed/world.h"
 #include "opt/checkpoint.h"
 #include "opt/nn/linear.h"
+#include "opt/save_async.h"
 #include "opt/state_dict.h"
 #include "serialization/bounce_buffer.h"
 #include "serialization/file.h"
@@ -297,6 +299,24 @@ int main(int argc, char** argv) {
       save_row.runs.push_back(s.seconds);
     }
     rows.push_back(save_row);
+
+    // mto::save_async: the time it blocks the caller (planning and the snapshot into the
+    // staging pool, which the first run allocates and later runs reuse) and the time to wait().
+    Row async_blocked{"mto::save_async, blocking, " + std::to_string(ranks) + " rank(s)", Kind::kWrite, {}};
+    Row async_total{"mto::save_async, to wait(), " + std::to_string(ranks) + " rank(s)", Kind::kWrite, {}};
+    for (int i = 0; i < repeat; ++i) {
+      if (rank == 0) fs::remove_all(ckpt);
+      comm->barrier();
+      const auto start = std::chrono::steady_clock::now();
+      mto::SaveHandle handle = mto::save_async(*model, ckpt);
+      comm->barrier();
+      async_blocked.runs.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      handle.wait();
+      comm->barrier();
+      async_total.runs.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    }
+    rows.push_back(async_blocked);
+    rows.push_back(async_total);
     const uint64_t expected = digest(*model);
     model.reset();  // restore fills a fresh model; keep one model's worth of memory per rank
 
@@ -349,6 +369,9 @@ int main(int argc, char** argv) {
       std::printf("context, not in any time above: memset of %.2f GiB of freshly mapped memory %.3f s; building a\n"
                   "fresh model (allocate + init, before each restore) %.3f s (medians, rank 0)\n",
                   bytes / double(1 << 30), median(first_touch), median(build));
+      std::printf("save_async blocks %.3f s, %.2fx the synchronous save (%.3f s); the whole save to wait() %.3f s\n",
+                  async_blocked.seconds(), async_blocked.seconds() / save_row.seconds(), save_row.seconds(),
+                  async_total.seconds());
       const double all = restore_rows[0].seconds(), share = restore_rows[1].seconds();
       if (ranks == 1) std::printf("(on one rank both strategies read everything: the same code path)\n");
       std::printf("faster restore on %d rank(s): %s (%.3f s vs %.3f s, %.2fx)\n", ranks,
