@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <tuple>
 #include <unordered_map>
 
@@ -16,6 +17,8 @@
 #include "distributed/sharding.h"
 #include "distributed/mesh.h"
 #include "opt/collective.h"
+#include "opt/model_like.h"
+#include "opt/nn/uninitialized.h"
 #include "opt/save_async.h"
 #include "opt/save_phases.h"
 #include "opt/state_dict.h"
@@ -159,7 +162,12 @@ ModulePtr restore_checkpoint(const ModelOrModelLike* model, const std::string& d
       throw CheckpointError(absl::StrCat("file ", path_in(dir, manifest.modelopt_state().file()),
                                          " is not a valid mto.ModeloptState"));
     }
+    // A model built here from its model-like is filled whole by the checkpoint (match_tensors
+    // refuses one that is not): its layers skip their random initialization.
+    std::optional<nn::UninitializedParameters> uninitialized;
+    if (target == nullptr || std::dynamic_pointer_cast<ModelLikeModule>(target)) uninitialized.emplace();
     restored = target ? restore_from_modelopt_state(target, state) : restore_from_modelopt_state(state);
+    uninitialized.reset();
     const std::vector<StateTensor> extra =
         options.extra_tensors ? options.extra_tensors(*restored) : std::vector<StateTensor>{};
     destinations = match_tensors(*restored, manifest, dir, extra);

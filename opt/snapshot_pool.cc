@@ -33,7 +33,6 @@ void SnapshotPool::reserve(size_t bytes) {
   capacity_ = 0;
   void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) throw std::bad_alloc();
-  ::madvise(p, bytes, MADV_HUGEPAGE);  // a hint: fewer page faults on the first copy
   memory_ = static_cast<char*>(p);
   capacity_ = bytes;
 }

@@ -9,7 +9,8 @@ namespace mto {
 
 // Host memory that a background save copies weights into, kept from one save to the next so
 // that repeated saves of one model allocate and fault in nothing new. Anonymous memory with
-// transparent huge pages where the kernel offers them. Not safe to share between threads.
+// 4 KiB pages: transparent huge pages stalled the first save by seconds here (direct
+// compaction). Not safe to share between threads.
 class SnapshotPool {
  public:
   SnapshotPool() = default;

@@ -9,6 +9,7 @@
 #include "serialization/checkpoint_error.h"
 #include "serialization/checksum.h"
 #include "serialization/safetensors.h"
+#include "serialization/write_behind.h"
 
 namespace mto {
 namespace {
@@ -86,7 +87,12 @@ std::vector<Block> write_slice(File& file, uint64_t tensor_offset, uint64_t cols
                                size_t element_size, const Rect& slice, const void* local,
                                uint64_t grid) {
   const char* source = static_cast<const char*>(local);
-  char* bounce = bounce_buffer();
+  // Where a core is to spare, a helper writes each chunk while the next is copied and hashed.
+  // It lives for this call only, so that no thread of ours outlives it (a fork() between saves
+  // copies none); on an early exit its destructor waits for the write in flight.
+  const bool pipelined = slice.area() * element_size > kBounceBufferBytes && WriteBehind::worthwhile();
+  std::unique_ptr<WriteBehind> helper = pipelined ? std::make_unique<WriteBehind>() : nullptr;
+  int next_buffer = 0;
   const std::vector<Rect> blocks = checksum_blocks(slice, element_size, grid);
   std::vector<Block> out;
   for (size_t first = 0; first < blocks.size();) {
@@ -100,17 +106,25 @@ std::vector<Block> write_slice(File& file, uint64_t tensor_offset, uint64_t cols
       const uint64_t size = run.width * run.rows * element_size;
       for (uint64_t done = 0; done < size; done += kBounceBufferBytes) {
         const size_t n = static_cast<size_t>(std::min<uint64_t>(kBounceBufferBytes, size - done));
+        char* bounce = bounce_buffer(next_buffer);
         std::memcpy(bounce, from + done, n);
         for_each_segment(run, done / element_size, n / element_size, bounce, element_size,
                          [&](uint64_t, uint64_t col, uint64_t col_end, const char* data) {
                            hash.update(col, col_end, data, element_size);
                          });
-        file.write_at(bounce, n, at + done);
+        if (pipelined) {
+          helper->submit(file, bounce, n, at + done);
+          next_buffer = 1 - next_buffer;
+        } else {
+          file.write_at(bounce, n, at + done);
+          file.start_writeback(at + done, n);
+        }
       }
     });
     for (size_t k = 0; k < band.size(); ++k) out.push_back(block_of(band[k], hash.digest(k)));
     first = last;
   }
+  if (pipelined) helper->drain();
   return out;
 }
 

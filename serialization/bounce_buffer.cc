@@ -4,9 +4,9 @@
 
 namespace mto {
 
-char* bounce_buffer() {
-  thread_local std::unique_ptr<char[]> buffer(new char[kBounceBufferBytes]);
-  return buffer.get();
+char* bounce_buffer(int index) {
+  thread_local std::unique_ptr<char[]> buffers(new char[2 * kBounceBufferBytes]);
+  return buffers.get() + (index == 0 ? 0 : kBounceBufferBytes);
 }
 
 }  // namespace mto

@@ -142,6 +142,10 @@ uint64_t File::size() const {
   return static_cast<uint64_t>(st.st_size);
 }
 
+void File::start_writeback(uint64_t offset, uint64_t size) {
+  ::sync_file_range(fd_, static_cast<off_t>(offset), static_cast<off_t>(size), SYNC_FILE_RANGE_WRITE);
+}
+
 void File::sync() {
   if (::fsync(fd_) != 0) throw CheckpointError(io_error_message("cannot fsync", path_, errno));
 }

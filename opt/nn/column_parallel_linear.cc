@@ -11,6 +11,7 @@
 #include "distributed/global_init.h"
 #include "distributed/mesh.h"
 #include "distributed/tensor_parallel_ops.h"
+#include "opt/nn/uninitialized.h"
 
 namespace mto {
 namespace nn {
@@ -48,6 +49,7 @@ void ColumnParallelLinearImpl::reset() {
 }
 
 void ColumnParallelLinearImpl::reset_parameters() {
+  if (parameters_uninitialized()) return;
   const int64_t in = parallel_options.in_features();
   const int64_t out = parallel_options.out_features();
   const int64_t offset = parallel_options.tp()->rank() * options.out_features();

@@ -5,6 +5,8 @@
 
 #include <cmath>
 
+#include "opt/nn/uninitialized.h"
+
 namespace mto {
 namespace nn {
 
@@ -21,6 +23,7 @@ void LinearImpl::reset() {
 }
 
 void LinearImpl::reset_parameters() {
+  if (parameters_uninitialized()) return;
   torch::nn::init::kaiming_uniform_(weight, std::sqrt(5));
   if (bias.defined()) {
     int64_t fan_in = 0;

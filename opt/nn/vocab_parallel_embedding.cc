@@ -7,6 +7,7 @@
 #include "distributed/global_init.h"
 #include "distributed/mesh.h"
 #include "distributed/tensor_parallel_ops.h"
+#include "opt/nn/uninitialized.h"
 
 namespace mto {
 namespace nn {
@@ -30,6 +31,7 @@ void VocabParallelEmbeddingImpl::reset() {
 }
 
 void VocabParallelEmbeddingImpl::reset_parameters() {
+  if (parameters_uninitialized()) return;
   global_normal_(weight, TensorSlice{{options.num_embeddings(), options.embedding_dim()}, 0, vocab_begin()},
                  seed_for(options.seed(), "weight"), 0.0, 1.0);
 }

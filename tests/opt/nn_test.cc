@@ -10,6 +10,7 @@
 
 #include "opt/nn/conv2d.h"
 #include "opt/nn/linear.h"
+#include "opt/nn/uninitialized.h"
 
 namespace mto {
 namespace {
@@ -49,6 +50,25 @@ TEST(LinearTest, MatchesTorchLinear) {
     at::Tensor x = at::randn({3, 5});
     EXPECT_TRUE(layer->forward(x).equal(reference->forward(x)));
   }
+}
+
+TEST(LinearTest, UninitializedParametersSkipTheRandomInitialization) {
+  // Initialization draws from the global generator: a layer built under the guard draws nothing.
+  at::manual_seed(3);
+  {
+    nn::UninitializedParameters uninitialized;
+    EXPECT_TRUE(nn::parameters_uninitialized());
+    nn::Linear layer(64, 32);
+    EXPECT_EQ(layer->weight.sizes(), (std::vector<int64_t>{32, 64}));
+  }
+  EXPECT_FALSE(nn::parameters_uninitialized());
+  const at::Tensor after_guarded = at::rand({4});
+  at::manual_seed(3);
+  EXPECT_TRUE(at::equal(after_guarded, at::rand({4})));
+  // Without it, the layer draws its weights.
+  at::manual_seed(3);
+  nn::Linear layer(64, 32);
+  EXPECT_FALSE(at::equal(at::rand({4}), after_guarded));
 }
 
 TEST(Conv2dTest, MatchesTorchConv2d) {

@@ -44,10 +44,12 @@
 #include "distributed/communicator.h"
 #include "distributed/world.h"
 #include "opt/checkpoint.h"
+#include "opt/model_like.h"
 #include "opt/nn/linear.h"
 #include "opt/save_async.h"
 #include "opt/state_dict.h"
 #include "serialization/bounce_buffer.h"
+#include "serialization/checkpoint_reader.h"
 #include "serialization/file.h"
 #include "tools/bench/measure.h"
 
@@ -70,6 +72,12 @@ class LinearStackImpl : public torch::nn::Module {
     for (int i = 0; i < layers; ++i) register_module("layer" + std::to_string(i), mto::nn::Linear(width, width));
   }
 };
+
+// The same, as a model-like: the checkpoint records it, so restore(dir) can build the model as
+// `mto eval` does.
+MTO_REGISTER_MODEL(checkpoint_bench_stack, [](const nlohmann::json& args) {
+  return std::make_shared<LinearStackImpl>(args.at("layers").get<int>(), args.at("width").get<int64_t>());
+});
 
 // One run of an operation: its time, and how far the peak RSS rose above the RSS before it.
 struct Sample {
@@ -217,7 +225,7 @@ int main(int argc, char** argv) {
 
     const int64_t rss_base = status_bytes("VmRSS");
     at::manual_seed(0);  // the same model on every rank
-    auto model = std::make_shared<LinearStackImpl>(layers, width);
+    auto model = mto::ModelLike("checkpoint_bench_stack", {{"layers", layers}, {"width", width}}).build();
     const auto tensors = mto::model_state_dict(*model);
     std::vector<at::Tensor> plain;
     for (const auto& t : tensors) plain.push_back(t.tensor);
@@ -356,6 +364,29 @@ int main(int argc, char** argv) {
       }
     }
     rows.insert(rows.end(), restore_rows.begin(), restore_rows.end());
+
+    // What a user sees: restore building the model from the checkpoint's model-like, reading
+    // and verifying (as `mto eval` reports it), and `mto inspect --verify` on rank 0 alone.
+    Row from_like{"mto::restore(dir): build from model-like + read, " + std::to_string(ranks) + " rank(s)",
+                  Kind::kRead, {}};
+    for (int i = 0; i < repeat; ++i) {
+      ::malloc_trim(0);  // the last run's model goes back to the kernel: fresh pages, as in a new process
+      comm->barrier();
+      mto::ModulePtr restored;
+      const Sample s = sample([&] {
+        restored = mto::restore(ckpt);
+        comm->barrier();
+      });
+      at::Tensor wrong = at::tensor({digest(*restored) != expected ? 1.0 : 0.0}, at::kDouble);
+      comm->all_reduce(wrong, mto::ReduceOp::kMax);
+      if (wrong.item<double>() != 0) throw std::runtime_error("restored weights differ from the saved ones");
+      from_like.runs.push_back(s.seconds);
+    }
+    rows.push_back(from_like);
+    if (rank == 0) {
+      rows.push_back(measure_alone("verify_checkpoint (mto inspect --verify), rank 0", Kind::kRead, repeat, [] {},
+                                   [&] { mto::verify_checkpoint(ckpt); }));
+    }
 
     if (rank == 0) {
       std::printf("model: %.2f GiB in %zu tensors (%d x Linear(%ld, %ld)); %d rank(s) on %u core(s), backend %s;\n"

@@ -11,6 +11,7 @@
 #include "distributed/global_init.h"
 #include "opt/errors.h"
 #include "opt/model_like.h"
+#include "opt/nn/uninitialized.h"
 #include "tools/zoo/model_args.h"
 
 namespace mto {
@@ -119,7 +120,7 @@ GptImpl::GptImpl(GptOptions options_) : options(options_) {
                                                      .seed(seed_for(seed, "tok_emb"))
                                                      .tp(tp)));
   pos_emb = register_module("pos_emb", torch::nn::Embedding(options.context(), options.width()));
-  {
+  if (!mto::nn::parameters_uninitialized()) {
     torch::NoGradGuard no_grad;
     global_normal_(pos_emb->weight, seed_for(seed, "pos_emb"), 0.0, 1.0);
   }

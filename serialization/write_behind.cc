@@ -1,0 +1,69 @@
+#include "serialization/write_behind.h"
+
+#include <algorithm>
+#include <cstdlib>
+
+namespace mto {
+
+WriteBehind::WriteBehind() : thread_([this] { run(); }) {}
+
+WriteBehind::~WriteBehind() {
+  {
+    std::unique_lock<std::mutex> lock(mutex_);
+    changed_.wait(lock, [this] { return !busy_; });
+    stop_ = true;
+  }
+  changed_.notify_all();
+  thread_.join();
+}
+
+void WriteBehind::run() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  while (true) {
+    changed_.wait(lock, [this] { return busy_ || stop_; });
+    if (!busy_) return;
+    lock.unlock();
+    std::exception_ptr error;
+    try {
+      file_->write_at(data_, size_, offset_);
+      file_->start_writeback(offset_, size_);
+    } catch (...) {
+      error = std::current_exception();
+    }
+    lock.lock();
+    error_ = error;
+    busy_ = false;
+    changed_.notify_all();
+  }
+}
+
+void WriteBehind::drain() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  changed_.wait(lock, [this] { return !busy_; });
+  if (error_) {
+    std::exception_ptr error = error_;
+    error_ = nullptr;
+    std::rethrow_exception(error);
+  }
+}
+
+void WriteBehind::submit(File& file, const char* data, size_t size, uint64_t offset) {
+  drain();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    file_ = &file;
+    data_ = data;
+    size_ = size;
+    offset_ = offset;
+    busy_ = true;
+  }
+  changed_.notify_all();
+}
+
+bool WriteBehind::worthwhile() {
+  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  const unsigned ranks = local != nullptr ? static_cast<unsigned>(std::max(1, std::atoi(local))) : 1;
+  return std::thread::hardware_concurrency() / ranks >= 2;
+}
+
+}  // namespace mto
