@@ -57,7 +57,7 @@ struct RestoreOptions {
   // Extra tensors of the checkpoint (SaveOptions::extra_tensors) to read: called with the
   // restored model once its modes are replayed, it returns the tensors to fill, matched by
   // name, global shape and dtype like the model's. None when unset.
-  std::function<std::vector<StateTensor>(torch::nn::Module& model)> extra_tensors;
+  std::function<std::vector<StateTensor>(torch::nn::Module& model)> extra_tensors = {};
 };
 
 // Saves `model` as the checkpoint directory `dir`. Collective: every rank of the

@@ -4,12 +4,14 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <numeric>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "distributed/gpu.h"
@@ -36,7 +38,7 @@ Backend& backend() {
       b = NcclBackend::create(NcclBackend::new_unique_id(), 0, 1, 0, kTimeout);
     } else if (std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr) {
       int provided = 0;
-      MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided);
+      MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
       std::atexit([] { MPI_Finalize(); });
       b = MpiBackend::world();
     } else {
@@ -165,6 +167,31 @@ TEST_F(BackendTest, MeshAxesSplitAsMeshDoes) {
     tp_axis->all_gather(&mine, gathered.data(), 1, kTimeout);
     for (int i = 0; i < tp; ++i) EXPECT_EQ(gathered[i], i);
   }
+  b.barrier(kTimeout);
+}
+
+// What save_async does: a communicator split off the first runs collectives on another thread
+// while the first runs its own, each getting only its own results.
+TEST_F(BackendTest, TwoCommunicatorsRunCollectivesFromTwoThreads) {
+  std::unique_ptr<Backend> other = b.split(0, rank, kTimeout);
+  ASSERT_NE(other, nullptr);
+  constexpr int kRounds = 50;
+  auto rounds = [&](Backend& backend, int64_t base) {
+    int wrong = 0;
+    for (int i = 0; i < kRounds; ++i) {
+      std::vector<int64_t> data(4096, base + i + rank);
+      backend.all_reduce(data.data(), data.size(), DataType::kInt64, ReduceOp::kSum, kTimeout);
+      const int64_t expected = n * (base + i) + int64_t{n} * (n - 1) / 2;
+      wrong += std::count_if(data.begin(), data.end(), [&](int64_t v) { return v != expected; }) > 0;
+    }
+    return wrong;
+  };
+  int background_wrong = -1;
+  std::thread background([&] { background_wrong = rounds(*other, 1000000); });
+  const int foreground_wrong = rounds(b, 0);
+  background.join();
+  EXPECT_EQ(foreground_wrong, 0);
+  EXPECT_EQ(background_wrong, 0);
   b.barrier(kTimeout);
 }
 
