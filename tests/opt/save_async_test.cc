@@ -146,12 +146,16 @@ TEST_F(SaveAsyncTest, ABackgroundFailureReachesEveryRankAndKeepsThePreviousCheck
   EXPECT_EQ(planning_error, "no error");
   EXPECT_NE(sync_error, "no error");
   EXPECT_EQ(without_staging_names(async_error), without_staging_names(sync_error));
-  if (rank != victim) EXPECT_NE(async_error.find("(on rank " + std::to_string(victim) + ")"), std::string::npos);
+  if (rank != victim) {
+    EXPECT_NE(async_error.find("(on rank " + std::to_string(victim) + ")"), std::string::npos);
+  }
   // wait() again rethrows the same failure.
   EXPECT_EQ(test::error_of<CheckpointError>([&] { handle.wait(); }), async_error);
   EXPECT_TRUE(at::equal(restored_output(), output_of(previous)));
   comm->barrier();
-  if (rank == 0) EXPECT_EQ(hidden_entries(), std::vector<std::string>{});
+  if (rank == 0) {
+    EXPECT_EQ(hidden_entries(), std::vector<std::string>{});
+  }
   // The next save goes through.
   save_async(*next, dir_).wait();
   EXPECT_TRUE(at::equal(restored_output(), output_of(next)));
