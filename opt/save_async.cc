@@ -163,8 +163,12 @@ SaveHandle save_async(torch::nn::Module& model, const std::string& dir, const Sa
     torch::NoGradGuard no_grad;
     const std::vector<at::Tensor> copies = pool->copy(sources, cores_per_local_rank());
     for (size_t i = 0; i < copies.size(); ++i) save->planned.tensors[i].tensor = copies[i];
-    *in_flight = save;
   });
+  {
+    // Registered only once every rank has its snapshot: a failed one leaves nothing behind.
+    std::lock_guard<std::mutex> lock(registry_mutex);
+    *in_flight = save;
+  }
   save->blocked_seconds = seconds_since(start);
   save->thread = std::thread(run_in_background, save.get());
   return SaveHandle(save);
