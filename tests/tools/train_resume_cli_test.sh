@@ -66,6 +66,10 @@ training_checkpoint_evaluates_and_refuses_other_options() {
   grep -q '"perplexity"' <<<"$out" || { echo "$out"; return 1; }
   out=$("$mto" inspect "$dir" --all 2>&1) || { echo "$out"; return 1; }
   grep -q "optimizer.blocks.0.fc1.weight.exp_avg " <<<"$out" || { echo "$out"; return 1; }
+  # Three extra tensors (exp_avg, exp_avg_sq, step) for each of the GPT's 29 parameters.
+  grep -q "^             87 of them saved beside the model (extra" <<<"$out" || { echo "$out"; return 1; }
+  out=$("$mto" inspect "$dir" --json 2>&1) || { echo "$out"; return 1; }
+  [ "$(grep -o '"extra": *true' <<<"$out" | wc -l)" = 87 ] || { echo "$out" | head -40; return 1; }
   out=$(ranks 2 "$mto" train --model gpt --model-args "$gpt_args" --train-samples 1024 --batch-size 16 --epochs 2 \
         --save-every 8 --out "$dir" --resume 2>&1) && { echo "resumed with another batch size"; return 1; }
   expect_error_line "$out" "--resume: $dir was saved by a job with batch_size = 8, but this job has batch_size = 16" ||

@@ -1,5 +1,6 @@
 // mto inspect: what a checkpoint holds (model-like, mode chain, tensors), on one process;
 // --verify checks every byte against the manifest.
+#include <algorithm>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -129,6 +130,13 @@ void print_text(const InspectOptions& options, const CheckpointContents& content
   }
   std::cout << absl::StrFormat("tensors      %d in %d shard(s), %d bytes (%.1f MiB)\n", manifest.tensors_size(),
                                manifest.shards_size(), total, total / 1048576.0);
+  const int extra = static_cast<int>(std::count_if(manifest.tensors().begin(), manifest.tensors().end(),
+                                                   [](const TensorRecord& r) { return r.extra(); }));
+  if (extra > 0) {
+    std::cout << absl::StrFormat("             %d of them saved beside the model (extra: a training checkpoint's "
+                                 "optimizer state), which a model restore skips\n",
+                                 extra);
+  }
   std::cout << absl::StrFormat("  %-*s  %-5s  %-18s  %-10s  %5s  %12s\n", name_width, "name", "dtype", "shape",
                                "split", "shard", "bytes");
   const int limit = options.all_tensors ? manifest.tensors_size() : std::min(manifest.tensors_size(), 40);
@@ -170,7 +178,8 @@ ordered_json to_json(const InspectOptions& options, const CheckpointContents& co
                               {"shape", std::vector<int64_t>(record.shape().begin(), record.shape().end())},
                               {"split", split_text(record)},
                               {"file", manifest.shards(record.shard()).file()},
-                              {"bytes", record.length()}});
+                              {"bytes", record.length()},
+                              {"extra", record.extra()}});
   }
   out["total_bytes"] = total;
   return out;
