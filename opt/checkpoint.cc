@@ -4,10 +4,8 @@
 #include <torch/csrc/autograd/grad_mode.h>
 
 #include <algorithm>
-#include <cstring>
 #include <map>
 #include <optional>
-#include <tuple>
 #include <unordered_map>
 
 #include "absl/strings/str_cat.h"
@@ -22,18 +20,9 @@
 #include "opt/save_async.h"
 #include "opt/save_phases.h"
 #include "opt/state_dict.h"
-#include "opt/state_manager.h"
-#include "opt/version.h"
-#include "serialization/block_io.h"
 #include "serialization/checkpoint_error.h"
 #include "serialization/checkpoint_layout.h"
-#include "serialization/checkpoint_plan.h"
-#include "serialization/checksum.h"
-#include "serialization/deterministic.h"
 #include "serialization/file.h"
-#include "serialization/manifest_file.h"
-#include "serialization/safetensors.h"
-#include "serialization/staging_directory.h"
 #include "serialization/tensor_blocks.h"
 
 namespace mto {
