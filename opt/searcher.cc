@@ -1,15 +1,16 @@
 #include "opt/searcher.h"
 
-#include <cerrno>
-#include <cstdio>
 #include <filesystem>
 
-#include "absl/strings/str_cat.h"
-#include "serialization/checkpoint_error.h"
 #include "serialization/checkpoint_layout.h"
-#include "serialization/file.h"
+#include "serialization/checksummed_file.h"
 
 namespace mto {
+namespace {
+
+constexpr char kSearchCheckpointKind[] = "search checkpoint";
+
+}  // namespace
 
 std::shared_ptr<torch::nn::Module> Searcher::search(std::shared_ptr<torch::nn::Module> model,
                                                     SearchConfig config) {
@@ -26,20 +27,13 @@ std::shared_ptr<torch::nn::Module> Searcher::search(std::shared_ptr<torch::nn::M
 
 bool Searcher::load_search_checkpoint() {
   if (config_.checkpoint.empty() || !std::filesystem::exists(config_.checkpoint)) return false;
-  load_state_dict(read_file(config_.checkpoint, kMaxMetadataBytes));
+  load_state_dict(read_checksummed_file(config_.checkpoint, kSearchCheckpointKind, kMaxMetadataBytes));
   return true;
 }
 
 void Searcher::save_search_checkpoint() const {
   if (config_.checkpoint.empty()) return;
-  const std::string temporary = config_.checkpoint + ".tmp";
-  write_file_synced(temporary, state_dict());
-  if (std::rename(temporary.c_str(), config_.checkpoint.c_str()) != 0) {
-    throw CheckpointError(io_error_message(absl::StrCat("cannot rename ", temporary, " to"),
-                                           config_.checkpoint, errno));
-  }
-  std::filesystem::path parent = std::filesystem::absolute(config_.checkpoint).parent_path();
-  sync_directory(parent.string());
+  write_checksummed_file(config_.checkpoint, kSearchCheckpointKind, state_dict());
 }
 
 }  // namespace mto

@@ -40,7 +40,8 @@ class Searcher {
   // Restores state_dict() from config().checkpoint if that file exists; returns whether it
   // did. Throws CheckpointError if the file cannot be read.
   virtual bool load_search_checkpoint();
-  // Writes state_dict() to config().checkpoint (when set), atomically and durably.
+  // Writes state_dict() to config().checkpoint (when set), atomically, durably and
+  // checksummed (serialization/checksummed_file.h).
   void save_search_checkpoint() const;
   // The searcher's resumable state, and how to load it back.
   virtual std::string state_dict() const { return ""; }

@@ -4,16 +4,26 @@
 #include <torch/csrc/autograd/grad_mode.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <exception>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
 #include <limits>
+#include <map>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "distributed/tensor_slice.h"
 #include "modes/quantization/multiple_choice_knapsack.h"
 #include "modes/quantization/presets.h"
@@ -23,7 +33,12 @@
 #include "modes/quantization/tensor_quantizer.h"
 #include "opt/conversion.h"
 #include "opt/errors.h"
+#include "opt/collective.h"
 #include "opt/nn/linear.h"
+#include "serialization/checkpoint_error.h"
+#include "serialization/checkpoint_layout.h"
+#include "serialization/checksum.h"
+#include "serialization/checksummed_file.h"
 
 namespace mto {
 namespace quantization {
@@ -32,6 +47,7 @@ namespace {
 constexpr char kInputProbe[] = "auto_quantize_input_probe";
 constexpr char kOutputProbe[] = "auto_quantize_output_probe";
 constexpr int kNoneBits = 16;
+constexpr char kCheckpointKind[] = "auto_quantize search checkpoint";
 
 // A candidate format: its name, its parsed config and the bits its weights count for.
 struct Format {
@@ -67,15 +83,24 @@ Format parse_format(const std::string& name) {
 }
 
 // What the probes of one layer keep: its candidates' quantizers, the input's amax while
-// calibrating, the last input while scoring, and the scores.
+// calibrating, the input while scoring, and this batch's scores.
 struct LayerProbe {
+  enum class Phase { kCalibrating, kGradient, kKlDiv };
   std::string name;
   nn::LinearImpl* layer = nullptr;
   std::vector<std::shared_ptr<TensorQuantizerImpl>> weight_quantizers, input_quantizers;
-  bool calibrating = true;
+  Phase phase = Phase::kCalibrating;
   at::Tensor input_amax;
   at::Tensor input;
+  // kl_div: the candidate this layer computes its output with; -1 for none (float).
+  int substitute = -1;
   std::vector<double> scores;
+
+  // The layer's output on `x` with candidate `f`.
+  at::Tensor quantized_output(const at::Tensor& x, size_t f) const {
+    return at::linear(input_quantizers[f]->forward(x), weight_quantizers[f]->forward(layer->weight.detach()),
+                      layer->bias);
+  }
 };
 
 // In the input slot: records the input's amax (calibrating) or the input (scoring).
@@ -83,7 +108,7 @@ class InputProbeImpl : public nn::TransformImpl {
  public:
   explicit InputProbeImpl(LayerProbe* probe) : probe_(probe) {}
   at::Tensor forward(const at::Tensor& x) override {
-    if (probe_->calibrating) {
+    if (probe_->phase == LayerProbe::Phase::kCalibrating) {
       const at::Tensor amax = x.detach().abs().max().to(at::kFloat);
       probe_->input_amax = probe_->input_amax.defined() ? at::max(probe_->input_amax, amax) : amax;
     } else {
@@ -96,28 +121,25 @@ class InputProbeImpl : public nn::TransformImpl {
   LayerProbe* probe_;
 };
 
-// In the output slot: while scoring, the change each candidate makes to the output, and a
-// hook that adds sum((dLoss/dY * change)^2) to its score when the loss back-propagates.
+// In the output slot. Gradient: a hook that, when the loss back-propagates, adds
+// sum((dLoss/dY * (Y_f - Y))^2) to each candidate f's score, computing Y_f - Y then from the
+// input (which autograd keeps anyway), so no candidate's output outlives its layer's
+// backward. kl_div: the output of the substituted candidate, if any.
 class OutputProbeImpl : public nn::TransformImpl {
  public:
   explicit OutputProbeImpl(LayerProbe* probe) : probe_(probe) {}
   at::Tensor forward(const at::Tensor& y) override {
-    if (probe_->calibrating || !y.requires_grad()) return y;
-    auto changes = std::make_shared<std::vector<at::Tensor>>();
-    {
-      torch::NoGradGuard no_grad;
-      const at::Tensor reference = y.detach();
-      const at::Tensor weight = probe_->layer->weight.detach();
-      for (size_t f = 0; f < probe_->weight_quantizers.size(); ++f) {
-        const at::Tensor quantized = at::linear(probe_->input_quantizers[f]->forward(probe_->input),
-                                                probe_->weight_quantizers[f]->forward(weight), probe_->layer->bias);
-        changes->push_back(quantized - reference);
-      }
-    }
     LayerProbe* probe = probe_;
-    y.register_hook([probe, changes](const at::Tensor& grad) {
-      for (size_t f = 0; f < changes->size(); ++f) {
-        probe->scores[f] += (grad.detach() * (*changes)[f]).clamp(-1e10, 1e10).square().sum().item<double>();
+    if (probe->phase == LayerProbe::Phase::kKlDiv) {
+      return probe->substitute < 0 ? y : probe->quantized_output(probe->input, probe->substitute);
+    }
+    if (probe->phase != LayerProbe::Phase::kGradient || !y.requires_grad()) return y;
+    y.register_hook([probe, input = probe->input](const at::Tensor& grad) {
+      torch::NoGradGuard no_grad;
+      const at::Tensor reference = at::linear(input, probe->layer->weight.detach(), probe->layer->bias);
+      for (size_t f = 0; f < probe->scores.size(); ++f) {
+        const at::Tensor change = probe->quantized_output(input, f) - reference;
+        probe->scores[f] += (grad * change).clamp(-1e10, 1e10).square().sum().item<double>();
       }
       return grad;
     });
@@ -215,19 +237,154 @@ int result_bits(const std::vector<Format>& formats, size_t f) {
   return f < formats.size() ? formats[f].bits : kNoneBits;
 }
 
-// Calibrates every candidate and scores it on every layer (see auto_quantize): the scores,
-// [layers x formats] in order, summed over `group`.
-at::Tensor measure_scores(torch::nn::Module& model, const std::vector<std::unique_ptr<LayerProbe>>& layers,
-                          const std::vector<Format>& formats, const AutoQuantizeOptions& options,
-                          const std::shared_ptr<Communicator>& group) {
-  for (const auto& probe : layers) {
-    probe->layer->add_transform(nn::Slot::kInput, kInputProbe, std::make_shared<InputProbeImpl>(probe.get()));
-    probe->layer->add_transform(nn::Slot::kOutput, kOutputProbe, std::make_shared<OutputProbeImpl>(probe.get()));
+// Runs `step` on every rank of `group` (see run_on_every_rank), or alone without a group.
+void on_every_rank(const std::shared_ptr<Communicator>& group, const std::function<void()>& step) {
+  if (group) {
+    run_on_every_rank(*group, step);
+  } else {
+    step();
   }
-  const ProbeRemover remover{layers};
+}
 
-  // Calibrate: every candidate's per-tensor input amax is the input's, synced in one MAX
-  // whose last value says which rank, if any, failed (the others must not wait for it).
+const char* method_name(ScoreMethod method) { return method == ScoreMethod::kGradient ? "gradient" : "kl_div"; }
+
+// XXH3-64 over the names, dtypes, shapes and bytes of the model's parameters and buffers:
+// which float model a search checkpoint belongs to.
+std::string model_fingerprint(torch::nn::Module& model) {
+  Xxh3Stream stream;
+  auto add = [&](const std::string& name, const at::Tensor& t) {
+    const std::string head = absl::StrCat(name, " ", c10::toString(t.scalar_type()), " ", absl::StrJoin(t.sizes(), "x"), ";");
+    stream.update(head.data(), head.size());
+    const at::Tensor c = t.detach().contiguous();
+    stream.update(c.data_ptr(), c.nbytes());
+  };
+  for (const auto& p : model.named_parameters()) add(p.key(), p.value());
+  for (const auto& b : model.named_buffers()) add(b.key(), b.value());
+  return absl::StrFormat("%016x", stream.digest());
+}
+
+using Json = nlohmann::ordered_json;
+
+// A double in a search checkpoint: a JSON number, or "nan" / "inf" / "-inf".
+Json exact(double value) {
+  if (std::isfinite(value)) return value;
+  return std::isnan(value) ? "nan" : (value > 0 ? "inf" : "-inf");
+}
+
+double exact_double(const Json& value) {
+  if (value.is_number()) return value.get<double>();
+  const std::string text = value.get<std::string>();
+  if (text == "nan") return std::nan("");
+  if (text == "inf" || text == "-inf") return (text == "inf" ? 1 : -1) * std::numeric_limits<double>::infinity();
+  throw std::invalid_argument("'" + text + "' is not a number");
+}
+
+// The progress of a search, as a search checkpoint holds it: what it is for, the input
+// amaxes of the calibration (empty before) and every scored batch's scores.
+struct SearchProgress {
+  Json identity;  // model, formats, method, layers, batches, data
+  std::vector<double> input_amax;
+  std::map<int64_t, std::vector<double>> scored;
+
+  std::string serialize() const {
+    Json out = identity;
+    Json amax = Json::array(), rows = Json::object();
+    for (double a : input_amax) amax.push_back(exact(a));
+    for (const auto& [batch, scores] : scored) {
+      Json& row = rows[std::to_string(batch)] = Json::array();
+      for (double v : scores) row.push_back(exact(v));
+    }
+    out["input_amax"] = amax;
+    out["scores"] = rows;
+    return out.dump(1);
+  }
+
+  // Loads the progress that `text`, read from `path`, holds; throws CheckpointError if it is
+  // damaged or belongs to another search.
+  void load(const std::string& path, const std::string& text) {
+    const std::string start_over = "; delete it to start the search over";
+    try {
+      const Json in = Json::parse(text);
+      for (const auto& [key, expected] : identity.items()) {
+        if (!in.contains(key) || in.at(key) != expected) {
+          throw CheckpointError(absl::StrCat("auto_quantize: search checkpoint ", path, " was written for ", key, " ",
+                                             in.contains(key) ? in.at(key).dump() : "(none)", ", not ",
+                                             expected.dump(), start_over));
+        }
+      }
+      const size_t layers = identity.at("layers").size(), formats = identity.at("formats").size();
+      const int64_t batches = identity.at("batches").get<int64_t>();
+      for (const auto& a : in.at("input_amax")) input_amax.push_back(exact_double(a));
+      if (!input_amax.empty() && input_amax.size() != layers) throw std::invalid_argument("input_amax has a bad length");
+      for (const auto& [key, row] : in.at("scores").items()) {
+        int64_t batch = -1;
+        if (!absl::SimpleAtoi(key, &batch) || batch < 0 || batch >= batches || row.size() != layers * formats) {
+          throw std::invalid_argument(absl::StrCat("bad scores entry '", key, "'"));
+        }
+        std::vector<double>& out = scored[batch];
+        for (const auto& v : row) out.push_back(exact_double(v));
+      }
+    } catch (const Json::exception& e) {
+      throw CheckpointError(absl::StrCat("auto_quantize: search checkpoint ", path, " is damaged: ", e.what(), start_over));
+    } catch (const std::invalid_argument& e) {
+      throw CheckpointError(absl::StrCat("auto_quantize: search checkpoint ", path, " is damaged: ", e.what(), start_over));
+    }
+  }
+};
+
+// Reads the search checkpoint on rank 0 into `progress` on every rank; false if there is none.
+bool resume(const std::string& path, SearchProgress* progress, const std::shared_ptr<Communicator>& group) {
+  std::string text;
+  bool exists = false;
+  on_every_rank(group, [&] {
+    if (group && group->rank() != 0) return;
+    exists = std::filesystem::exists(path);
+    if (exists) text = read_checksummed_file(path, kCheckpointKind, kMaxMetadataBytes);
+  });
+  if (group) {
+    std::string flag = exists ? "1" : "0";
+    group->broadcast(flag, 0);
+    exists = flag == "1";
+    if (exists) group->broadcast(text, 0);
+  }
+  if (exists) on_every_rank(group, [&] { progress->load(path, text); });
+  return exists;
+}
+
+// Writes `progress` to the search checkpoint (rank 0), collectively.
+void keep(const std::string& path, const SearchProgress& progress, const std::shared_ptr<Communicator>& group) {
+  if (path.empty()) return;
+  on_every_rank(group, [&] {
+    if (!group || group->rank() == 0) write_checksummed_file(path, kCheckpointKind, progress.serialize());
+  });
+}
+
+// Resets Linux's peak resident-set counter; whether it could.
+bool reset_peak_rss() {
+  std::ofstream clear("/proc/self/clear_refs");
+  clear << "5";
+  clear.flush();
+  return clear.good();
+}
+
+// A "Vm...:" line of /proc/self/status in bytes; -1 if missing.
+int64_t status_bytes(const std::string& key) {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    int64_t kib = 0;
+    if (absl::StartsWith(line, key + ":") &&
+        absl::SimpleAtoi(absl::StripAsciiWhitespace(absl::StripSuffix(line.substr(key.size() + 1), "kB")), &kib)) {
+      return kib * 1024;
+    }
+  }
+  return -1;
+}
+
+// Calibrates every candidate (per-tensor input amax, max over `group`, synced in one MAX
+// whose last value says which rank, if any, failed): the amaxes, per layer.
+std::vector<double> calibrate_candidates(torch::nn::Module& model, const std::vector<std::unique_ptr<LayerProbe>>& layers,
+                                         const AutoQuantizeOptions& options, const std::shared_ptr<Communicator>& group) {
   std::exception_ptr failure;
   try {
     torch::NoGradGuard no_grad;
@@ -242,32 +399,144 @@ at::Tensor measure_scores(torch::nn::Module& model, const std::vector<std::uniqu
   if (failure) amax[-1] = (group ? group->rank() : 0) + 1;
   if (group) group->all_reduce(amax, ReduceOp::kMax);
   throw_if_failed(failure, amax[-1].item<double>(), "calibration");
+  const at::Tensor values = amax.narrow(0, 0, static_cast<int64_t>(layers.size())).contiguous();
+  return std::vector<double>(values.data_ptr<double>(), values.data_ptr<double>() + values.numel());
+}
+
+// The scores of batch `index`, [layers x formats] in order.
+std::vector<double> score_batch(torch::nn::Module& model, const std::vector<std::unique_ptr<LayerProbe>>& layers,
+                                size_t formats, const AutoQuantizeOptions& options, int64_t index) {
+  std::vector<double> row;
+  if (options.method == ScoreMethod::kGradient) {
+    for (const auto& probe : layers) probe->scores.assign(formats, 0.0);
+    options.score.loss(model, index).backward();
+    for (at::Tensor& p : model.parameters()) p.mutable_grad().reset();
+    for (const auto& probe : layers) row.insert(row.end(), probe->scores.begin(), probe->scores.end());
+    return row;
+  }
+  torch::NoGradGuard no_grad;
+  const at::Tensor log_p = at::log_softmax(options.score.logits(model, index).to(at::kFloat), -1);
+  for (const auto& probe : layers) {
+    for (size_t f = 0; f < formats; ++f) {
+      probe->substitute = static_cast<int>(f);
+      const at::Tensor log_q = at::log_softmax(options.score.logits(model, index).to(at::kFloat), -1);
+      probe->substitute = -1;
+      // KL(p || q), as F.kl_div(log_q, log_p, reduction="sum", log_target=True).
+      row.push_back((log_p.exp() * (log_p - log_q)).sum().item<double>());
+    }
+  }
+  return row;
+}
+
+// What measure_scores found: the scores summed over the batches, [layers x formats].
+struct Measured {
+  std::vector<double> scores;
+  int64_t scored_here = 0;
+  int64_t resumed = 0;
+  int64_t peak_extra_bytes = -1;
+};
+
+// Calibrates every candidate and scores it on every layer, resuming from and keeping the
+// search checkpoint (see auto_quantize).
+Measured measure_scores(torch::nn::Module& model, const std::vector<std::unique_ptr<LayerProbe>>& layers,
+                        const std::vector<Format>& formats, const AutoQuantizeOptions& options,
+                        const std::shared_ptr<Communicator>& group) {
+  const size_t width = layers.size() * formats.size();
+  const int64_t count = options.score.count;
+  SearchProgress progress;
+  progress.identity["model"] = model_fingerprint(model);
+  for (const Format& format : formats) progress.identity["formats"].push_back(format.name);
+  progress.identity["method"] = method_name(options.method);
+  for (const auto& probe : layers) progress.identity["layers"].push_back(probe->name);
+  progress.identity["batches"] = count;
+  progress.identity["data"] = options.score.fingerprint;
+  Measured out;
+  if (!options.checkpoint.empty() && resume(options.checkpoint, &progress, group)) {
+    out.resumed = static_cast<int64_t>(progress.scored.size());
+  }
+
+  for (const auto& probe : layers) {
+    probe->layer->add_transform(nn::Slot::kInput, kInputProbe, std::make_shared<InputProbeImpl>(probe.get()));
+    probe->layer->add_transform(nn::Slot::kOutput, kOutputProbe, std::make_shared<OutputProbeImpl>(probe.get()));
+  }
+  const ProbeRemover remover{layers};
+  if (progress.input_amax.empty()) {
+    progress.input_amax = calibrate_candidates(model, layers, options, group);
+    keep(options.checkpoint, progress, group);
+  }
   for (size_t l = 0; l < layers.size(); ++l) {
     LayerProbe& probe = *layers[l];
     const at::Tensor weight = probe.layer->weight.detach();
     for (size_t f = 0; f < formats.size(); ++f) {
       probe.weight_quantizers[f]->set_amax(probe.weight_quantizers[f]->compute_amax(weight));
-      probe.input_quantizers[f]->set_amax(amax[l].to(at::kFloat));
+      probe.input_quantizers[f]->set_amax(at::scalar_tensor(progress.input_amax[l], at::kFloat));
     }
-    probe.calibrating = false;
+    probe.phase = options.method == ScoreMethod::kGradient ? LayerProbe::Phase::kGradient : LayerProbe::Phase::kKlDiv;
   }
 
-  // Score: the loss back-propagates through the float model; the hooks add the scores,
-  // summed over the ranks in one collective that carries a failing rank as well.
-  try {
-    options.score_loop(model, [](const at::Tensor& loss) { loss.backward(); });
-  } catch (...) {
-    failure = std::current_exception();
+  // Score: the batches not scored yet go round-robin over the ranks, a round at a time (one
+  // round in all without a checkpoint). Each round's scores travel in one SUM whose rows
+  // only their scorer fills (so the sum is exact), with a column marking the rows scored and
+  // a last row that marks a failing rank.
+  std::vector<int64_t> pending;
+  for (int64_t b = 0; b < count; ++b) {
+    if (progress.scored.count(b) == 0) pending.push_back(b);
   }
-  for (at::Tensor& p : model.parameters()) p.mutable_grad().reset();
-  at::Tensor scores = at::zeros({static_cast<int64_t>(layers.size() * formats.size()) + 1}, at::kDouble);
-  for (size_t l = 0; l < layers.size(); ++l) {
-    for (size_t f = 0; f < formats.size(); ++f) scores[l * formats.size() + f] = layers[l]->scores[f];
+  const int ranks = group ? group->world_size() : 1, rank = group ? group->rank() : 0;
+  const size_t round_size = options.checkpoint.empty() ? std::max<size_t>(pending.size(), 1) : ranks;
+  const bool print = options.verbose && rank == 0;
+  const bool measures_memory = reset_peak_rss();
+  const int64_t resident_at_start = status_bytes("VmRSS");
+  const auto start = std::chrono::steady_clock::now();
+  int64_t shown_tenth = -1;
+  for (size_t first = 0; first < pending.size(); first += round_size) {
+    const size_t size = std::min(round_size, pending.size() - first);
+    at::Tensor round = at::zeros({static_cast<int64_t>(size) + 1, static_cast<int64_t>(width) + 1}, at::kDouble);
+    std::exception_ptr failure;
+    for (size_t i = rank; i < size && !failure; i += ranks) {
+      try {
+        const std::vector<double> row = score_batch(model, layers, formats.size(), options, pending[first + i]);
+        for (size_t k = 0; k < width; ++k) round[i][k] = row[k];
+        round[i][width] = 1;
+        ++out.scored_here;
+      } catch (...) {
+        failure = std::current_exception();
+      }
+    }
+    if (failure) round[size][0] = 1;
+    if (group) group->all_reduce(round, ReduceOp::kSum);
+    const at::Tensor rows = round.contiguous();
+    for (size_t i = 0; i < size; ++i) {
+      if (rows[i][width].item<double>() != 1) continue;
+      const double* row = rows.data_ptr<double>() + i * (width + 1);
+      progress.scored[pending[first + i]] = std::vector<double>(row, row + width);
+    }
+    keep(options.checkpoint, progress, group);
+    throw_if_failed(failure, rows[size][0].item<double>(), "scoring");
+    const int64_t done = static_cast<int64_t>(progress.scored.size());
+    if (print && done * 10 / count != shown_tenth) {
+      shown_tenth = done * 10 / count;
+      std::cout << absl::StrFormat("auto_quantize: scored %d/%d batches (%s, %d from the checkpoint) in %.1f s\n", done,
+                                   count, method_name(options.method), out.resumed,
+                                   std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count())
+                << std::flush;
+    }
   }
-  if (failure) scores[-1] = 1;
-  if (group) group->all_reduce(scores, ReduceOp::kSum);
-  throw_if_failed(failure, scores[-1].item<double>(), "scoring");
-  return scores.narrow(0, 0, scores.size(0) - 1);
+  if (measures_memory && resident_at_start >= 0) {
+    out.peak_extra_bytes = std::max<int64_t>(status_bytes("VmHWM") - resident_at_start, 0);
+  }
+  if (group) {
+    at::Tensor peak = at::scalar_tensor(static_cast<double>(out.peak_extra_bytes), at::kDouble).reshape({1});
+    group->all_reduce(peak, ReduceOp::kMax);
+    out.peak_extra_bytes = static_cast<int64_t>(peak.item<double>());
+  }
+
+  // The sums, batch by batch in order: the same bits whatever rank scored which batch.
+  out.scores.assign(width, 0.0);
+  for (const auto& [batch, row] : progress.scored) {
+    for (size_t k = 0; k < width; ++k) out.scores[k] += row[k];
+  }
+  return out;
 }
 
 }  // namespace
@@ -283,12 +552,21 @@ std::pair<ModulePtr, AutoQuantizeResult> auto_quantize(ModulePtr model, const Au
   }
   if (!quantized_slots(*model).empty()) throw ApplyModeError("auto_quantize: the model is quantized already");
   options.context.get(kForwardLoop);  // fails early, naming the missing loop
+  if (options.score.count <= 0) throw ConfigError("auto_quantize: options.score has no batches to score on");
+  if (!(options.method == ScoreMethod::kGradient ? options.score.loss : options.score.logits)) {
+    throw ConfigError(absl::StrCat("auto_quantize: method ", method_name(options.method), " needs options.score.",
+                                   options.method == ScoreMethod::kGradient ? "loss" : "logits"));
+  }
   const std::shared_ptr<Communicator> group = options.context.data_parallel_group();
 
   AutoQuantizeResult result;
   std::vector<std::unique_ptr<LayerProbe>> layers = searched_layers(*model, formats, &result.excluded);
   if (layers.empty()) throw ApplyModeError("auto_quantize: the model has no linear layer to search");
-  const at::Tensor scores = measure_scores(*model, layers, formats, options, group);
+  const Measured measured = measure_scores(*model, layers, formats, options, group);
+  const std::vector<double>& scores = measured.scores;
+  result.batches_scored_here = measured.scored_here;
+  result.batches_resumed = measured.resumed;
+  result.peak_extra_bytes = measured.peak_extra_bytes;
 
   // The knapsack: per layer, the formats from fewest bits up, then none; a format never
   // scores worse than one with fewer bits (Model Optimizer's monotone scores; formats of
@@ -307,7 +585,7 @@ std::pair<ModulePtr, AutoQuantizeResult> auto_quantize(ModulePtr model, const Au
       const int bits = result_bits(formats, f);
       if (f > 0 && bits > result_bits(formats, f - 1)) best_fewer_bits = std::min(best_fewer_bits, best_these_bits);
       const double score =
-          std::min(f < formats.size() ? scores[l * formats.size() + f].item<double>() : 0.0, best_fewer_bits);
+          std::min(f < formats.size() ? scores[l * formats.size() + f] : 0.0, best_fewer_bits);
       best_these_bits = f > 0 && bits == result_bits(formats, f - 1) ? std::min(best_these_bits, score) : score;
       options_of_layer.push_back({static_cast<uint64_t>(layer.params) * bits, score});
       layer.scores.push_back(score);

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <utility>
@@ -15,11 +16,30 @@
 namespace mto {
 namespace quantization {
 
-// Runs this rank's scoring batches through a model and hands each batch's loss (a scalar
-// that requires grad) to `backward`, which back-propagates it.
-using LossLoop = std::function<void(torch::nn::Module& model, const std::function<void(const at::Tensor&)>& backward)>;
+// The scoring data of auto_quantize: `count` batches, numbered alike on every mesh.
+// auto_quantize deals them out over the data-parallel ranks and adds their scores up in
+// batch order, so the scores are the same bits on any number of ranks (with the same
+// number of intra-op threads per rank).
+struct ScoreBatches {
+  int64_t count = 0;
+  // Method kGradient: the loss of batch `index` on `model`, a scalar that requires grad.
+  std::function<at::Tensor(torch::nn::Module& model, int64_t index)> loss;
+  // Method kKlDiv: the logits of batch `index` on `model`, the vocabulary last.
+  std::function<at::Tensor(torch::nn::Module& model, int64_t index)> logits;
+  // Names the data (and the calibration data): a search checkpoint of other data is refused.
+  std::string fingerprint;
+};
 
-// Options of auto_quantize (Model Optimizer's mtq.auto_quantize with method "gradient").
+// How a layer's loss of accuracy under a format is scored (Model Optimizer's `method`).
+enum class ScoreMethod {
+  // Sum over the batches of sum((dLoss/dY * (Y_format - Y))^2), Y the layer's output.
+  kGradient,
+  // Sum over the batches of KL(p_float || p_format) of the model's output distribution,
+  // with only that layer in that format.
+  kKlDiv,
+};
+
+// Options of auto_quantize (Model Optimizer's mtq.auto_quantize).
 struct AutoQuantizeOptions {
   // Candidate formats: quantize presets whose algorithm is "max" (int8, fp8,
   // int4_blockwise); "not quantized" is always a candidate.
@@ -27,8 +47,14 @@ struct AutoQuantizeOptions {
   // The budget: the weights' bits averaged over the searched layers' parameters, in
   // [the fewest bits of a format, 16].
   double effective_bits = 4.8;
-  // This rank's share of the scoring batches and their loss.
-  LossLoop score_loop;
+  ScoreMethod method = ScoreMethod::kGradient;
+  ScoreBatches score;
+  // The search checkpoint, a file on storage every rank can reach (rank 0 writes it after
+  // every round of batches, checksummed and atomically); empty for none. A search
+  // interrupted on any number of ranks resumes from it on any other, with the same result.
+  std::string checkpoint;
+  // Progress lines on rank 0.
+  bool verbose = false;
   // kForwardLoop (this rank's share of the calibration data: it calibrates the candidates
   // and, at the end, the chosen quantizers) and the mesh, whose data-parallel group shares
   // the data and reduces the statistics and scores.
@@ -55,21 +81,30 @@ struct AutoQuantizeResult {
   double effective_bits = 0;
   // The quantize config the choice expands to (rules per layer), as applied.
   std::string config;
+  // Scoring batches scored by this rank, and taken from the search checkpoint.
+  int64_t batches_scored_here = 0;
+  int64_t batches_resumed = 0;
+  // The most memory any rank's resident set grew by while scoring (its peak over its
+  // size when scoring began, e.g. the activations of one batch); -1 where Linux's peak
+  // counter cannot be reset (/proc/self/clear_refs).
+  int64_t peak_extra_bytes = -1;
 };
 
 // Picks one format per linear layer of the float `model` so that the weights' effective
 // bits stay within the budget while the loss suffers least, then applies "quantize" with
 // the per-layer config that choice expands to and "max_calibrate", so the modelopt state
 // records it and restore needs no data. Each candidate is calibrated once on the
-// calibration data (per-tensor input amax, max over the data-parallel group); each layer's
-// score for a format is Model Optimizer's gradient score, the sum over the scoring batches
-// of sum((dLoss/dY * (Y_format - Y))^2) with Y the layer's output, made non-increasing
-// with more bits and summed over the data-parallel group in one collective; the choice is
-// the exact solution of the multiple-choice knapsack (multiple_choice_knapsack.h).
-// Collective over the context's data-parallel group. Returns the converted model and what was
-// found. Throws ConfigError for an unknown or non-"max" format or a budget out of range,
-// ApplyModeError for a model that is quantized already, split over tensor-parallel ranks,
-// or has no linear layer to search.
+// calibration data (per-tensor input amax, max over the data-parallel group). Each layer's
+// score for a format (options.method) is summed over the scoring batches, which are dealt
+// out round-robin over the data-parallel ranks; each batch's scores travel in one
+// collective per round (one round in all without a checkpoint) and are added in batch
+// order. Scores are made non-increasing with more bits; the choice is the exact solution of
+// the multiple-choice knapsack (multiple_choice_knapsack.h), the same on every rank.
+// Collective over the context's data-parallel group. Returns the converted model and what
+// was found. Throws ConfigError for an unknown or non-"max" format, a budget out of range
+// or missing scoring data, ApplyModeError for a model that is quantized already, split over
+// tensor-parallel ranks, or has no linear layer to search, CheckpointError for a search
+// checkpoint that is damaged or was written for another model, formats, method or data.
 std::pair<ModulePtr, AutoQuantizeResult> auto_quantize(ModulePtr model, const AutoQuantizeOptions& options);
 
 }  // namespace quantization

@@ -191,9 +191,9 @@ auto_quantize_within_bits() {
   out=$(ranks 2 "$mto" train --model gpt --model-args "$wide" --train-samples 64 --batch-size 8 \
         --out "$work/wide" 2>&1) || { echo "$out"; return 1; }
   out=$(ranks 2 "$mto" optimize "$work/wide" --mode auto_quantize:effective_bits=6 --calib-samples 32 \
-        --score-samples 32 --out "$work/auto6" 2>&1) || { echo "$out"; return 1; }
+        --score-samples 32 --batch-size 8 --out "$work/auto6" 2>&1) || { echo "$out"; return 1; }
   echo "$out"
-  grep -q "^auto_quantize: effective bits [0-9.]* within 6 over 4 linear layers, scored on 32 sequences over 2" <<<"$out" ||
+  grep -q "^auto_quantize: effective bits [0-9.]* within 6 over 4 linear layers, scored on 32 sequences (4 batches, 0 from the search checkpoint) over 2 replica(s) in [0-9.]* s, peak extra memory [0-9.]* MiB per rank (gradient score" <<<"$out" ||
     return 1
   bits=$(sed -nE 's/^auto_quantize: effective bits ([0-9.]+) .*/\1/p' <<<"$out")
   awk -v b="$bits" 'BEGIN { exit !(b <= 6 && b >= 4) }' || { echo "effective bits $bits not in [4, 6]"; return 1; }
@@ -212,7 +212,25 @@ auto_quantize_within_bits() {
   expect_error_line "$out" "effective_bits 3 is outside \[4, 16\]" || return 1
   out=$("$mto" optimize "$work/wide" --mode auto_quantize --formats int4_awq --calib-samples 8 --out "$work/x" 2>&1) &&
     { echo "int4_awq accepted"; return 1; }
-  expect_error_line "$out" "format 'int4_awq' calibrates with 'awq_lite'"
+  expect_error_line "$out" "format 'int4_awq' calibrates with 'awq_lite'" || return 1
+  # kl_div with a search checkpoint on 2 ranks; the same search on 1 rank takes every batch
+  # from the checkpoint and prints the same table, scores included.
+  out=$(ranks 2 "$mto" optimize "$work/wide" --mode auto_quantize:effective_bits=6 --score-method kl_div \
+        --calib-samples 32 --score-samples 32 --batch-size 8 --search-checkpoint "$work/aq-search" --out "$work/kl2" 2>&1) ||
+    { echo "$out"; return 1; }
+  grep -q "(4 batches, 0 from the search checkpoint) over 2 replica(s).*(kl_div score" <<<"$out" || { echo "$out"; return 1; }
+  table2=$(grep -E "^(layer|blocks\.)" <<<"$out")
+  out=$("$mto" optimize "$work/wide" --mode auto_quantize:effective_bits=6 --score-method kl_div \
+        --calib-samples 32 --score-samples 32 --batch-size 8 --search-checkpoint "$work/aq-search" --out "$work/kl1" 2>&1) ||
+    { echo "$out"; return 1; }
+  grep -q "(4 batches, 4 from the search checkpoint) over 1 replica(s)" <<<"$out" || { echo "$out"; return 1; }
+  [ "$(grep -E "^(layer|blocks\.)" <<<"$out")" = "$table2" ] || { echo "tables differ: $table2 / $out"; return 1; }
+  [ "$(head -c 45 "$work/aq-search/auto_quantize.search")" = "mto-checksummed-file 1 auto_quantize search c" ] ||
+    { echo "not a checksummed search checkpoint"; return 1; }
+  # The checkpoint belongs to kl_div: a gradient search refuses it, naming it.
+  out=$("$mto" optimize "$work/wide" --mode auto_quantize:effective_bits=6 --calib-samples 32 --score-samples 32 \
+        --search-checkpoint "$work/aq-search" --out "$work/x" 2>&1) && { echo "gradient took kl_div's checkpoint"; return 1; }
+  expect_error_line "$out" "search checkpoint $work/aq-search/auto_quantize.search was written for method \"kl_div\", not \"gradient\""
 }
 
 # Fine-tuning with the float GPT as the teacher: on the pruned student (1 replica pair) and on

@@ -52,6 +52,7 @@ struct OptimizeOptions {
   std::string search_checkpoint;
   std::string formats = "int4_blockwise,int8,fp8";
   int64_t score_samples = 128;
+  std::string score_method = "gradient";
   int tp = 1;
   std::string out;
 };
@@ -142,9 +143,9 @@ struct OptimizeData {
   // Runs all of the calibration data (batch norms are measured again for each candidate).
   quantization::ForwardLoop calibrate_all;
   nas::DummyForward trace;
-  // auto_quantize: this rank's share of the first --score-samples training examples, in
-  // batches, with their loss.
-  quantization::LossLoop score_loop;
+  // auto_quantize: the first --score-samples training examples in batches of --batch-size
+  // (every rank has them all; auto_quantize deals the batches out).
+  quantization::ScoreBatches scoring;
   // Higher is better: accuracy, or minus the validation loss of a language model. Every
   // rank scores alone on all of the held-out data.
   std::function<double(torch::nn::Module&)> score;
@@ -156,6 +157,26 @@ struct OptimizeData {
 template <typename Forward>
 void in_batches(int64_t rows, int64_t batch_size, Forward forward) {
   for (int64_t begin = 0; begin < rows; begin += batch_size) forward(begin, std::min(batch_size, rows - begin));
+}
+
+// A function of the examples [begin, begin + count) of a data set.
+using RowsFunction = std::function<at::Tensor(torch::nn::Module&, int64_t begin, int64_t count)>;
+
+// auto_quantize's scoring batches: `rows` examples, `batch_size` at a time.
+quantization::ScoreBatches score_batches(int64_t rows, int64_t batch_size, RowsFunction loss, RowsFunction logits,
+                                         std::string fingerprint) {
+  quantization::ScoreBatches batches;
+  batches.count = (rows + batch_size - 1) / batch_size;
+  auto of_batch = [rows, batch_size](RowsFunction f) {
+    return [rows, batch_size, f](torch::nn::Module& m, int64_t index) {
+      const int64_t begin = index * batch_size;
+      return f(m, begin, std::min(batch_size, rows - begin));
+    };
+  };
+  batches.loss = of_batch(std::move(loss));
+  batches.logits = of_batch(std::move(logits));
+  batches.fingerprint = absl::StrFormat("%s, batches of %d", fingerprint, batch_size);
+  return batches;
 }
 
 // Fashion-MNIST: calibration on the first calib_samples training images, the search scored
@@ -176,15 +197,18 @@ OptimizeData fashion_data(const OptimizeOptions& options, const Mesh& mesh, bool
       zoo::forward(m, calibration_set.images.narrow(0, begin, count));
     });
   };
-  const data::Dataset scoring = data::shard(
-      data::load_fashion_mnist(data::Split::kTrain, data::default_fashion_mnist_root(), options.score_samples),
-      mesh.dp()->rank(), mesh.dp()->world_size());
-  out.score_loop = [scoring, batch_size](torch::nn::Module& m, const std::function<void(const at::Tensor&)>& backward) {
-    in_batches(scoring.size(), batch_size, [&](int64_t begin, int64_t count) {
-      backward(at::cross_entropy_loss(zoo::forward(m, scoring.images.narrow(0, begin, count)),
-                                      scoring.labels.narrow(0, begin, count)));
-    });
-  };
+  const data::Dataset scoring =
+      data::load_fashion_mnist(data::Split::kTrain, data::default_fashion_mnist_root(), options.score_samples);
+  out.scoring = score_batches(
+      scoring.size(), batch_size,
+      [scoring](torch::nn::Module& m, int64_t begin, int64_t count) {
+        return at::cross_entropy_loss(zoo::forward(m, scoring.images.narrow(0, begin, count)),
+                                      scoring.labels.narrow(0, begin, count));
+      },
+      [scoring](torch::nn::Module& m, int64_t begin, int64_t count) {
+        return zoo::forward(m, scoring.images.narrow(0, begin, count));
+      },
+      absl::StrFormat("Fashion-MNIST: calibration on %d, scoring on %d", calibration_set.size(), scoring.size()));
   const at::Tensor trace_input = calibration_set.images.narrow(0, 0, std::min<int64_t>(2, calibration_set.size()));
   out.trace = [trace_input](torch::nn::Module& m) { return zoo::forward(m, trace_input); };
   out.show_score = [](double score) { return absl::StrFormat("validation accuracy %.2f%%", 100 * score); };
@@ -218,13 +242,17 @@ OptimizeData text_data(const OptimizeOptions& options, const Mesh& mesh, int64_t
   out.description = absl::StrFormat("%d sequences of %d bytes", calibration_set.size(0), context);
   out.calibrate_loop = [run, mine](torch::nn::Module& m) { run(m, mine); };
   out.calibrate_all = [run, calibration_set](torch::nn::Module& m) { run(m, calibration_set); };
-  const at::Tensor scoring_set = data::token_windows(corpus.train, context, options.score_samples);
-  const Range scoring_range = split_range(scoring_set.size(0), mesh.dp()->rank(), mesh.dp()->world_size());
-  const at::Tensor scoring = scoring_set.narrow(0, scoring_range.begin, scoring_range.size());
-  out.score_loop = [scoring, batch_size](torch::nn::Module& m, const std::function<void(const at::Tensor&)>& backward) {
-    in_batches(scoring.size(0), batch_size,
-               [&](int64_t begin, int64_t count) { backward(language_model_loss(m, scoring.narrow(0, begin, count))); });
-  };
+  const at::Tensor scoring = data::token_windows(corpus.train, context, options.score_samples);
+  out.scoring = score_batches(
+      scoring.size(0), batch_size,
+      [scoring](torch::nn::Module& m, int64_t begin, int64_t count) {
+        return language_model_loss(m, scoring.narrow(0, begin, count));
+      },
+      [scoring, context](torch::nn::Module& m, int64_t begin, int64_t count) {
+        return zoo::forward(m, scoring.narrow(0, begin, count).narrow(1, 0, context).to(at::kLong));
+      },
+      absl::StrFormat("fortunes: calibration on %d, scoring on %d windows of %d", calibration_set.size(0),
+                      scoring.size(0), context));
   const at::Tensor trace_input = calibration_set.narrow(0, 0, std::min<int64_t>(2, calibration_set.size(0)))
                                      .narrow(1, 0, context)
                                      .to(at::kLong);
@@ -283,17 +311,32 @@ ModulePtr run_auto_quantize(ModulePtr model, double effective_bits, const Optimi
   quantization::AutoQuantizeOptions search;
   search.formats = absl::StrSplit(options.formats, ',', absl::SkipEmpty());
   search.effective_bits = effective_bits;
-  search.score_loop = data.score_loop;
+  search.method = options.score_method == "kl_div" ? quantization::ScoreMethod::kKlDiv
+                                                   : quantization::ScoreMethod::kGradient;
+  search.score = data.scoring;
+  search.verbose = true;
   search.context = runtime;
+  if (!options.search_checkpoint.empty()) {
+    if (mesh.world()->rank() == 0) std::filesystem::create_directories(options.search_checkpoint);
+    search.checkpoint = options.search_checkpoint + "/auto_quantize.search";
+  }
   const auto start = std::chrono::steady_clock::now();
   auto [quantized, result] = quantization::auto_quantize(model, search);
   const double seconds = seconds_since(start);
   if (mesh.world()->rank() != 0) return quantized;
+  const std::string memory =
+      result.peak_extra_bytes < 0
+          ? "peak extra memory not measured (/proc/self/clear_refs is not writable)"
+          : absl::StrFormat("peak extra memory %.1f MiB per rank", result.peak_extra_bytes / 1048576.0);
   std::cout << absl::StrFormat(
-      "auto_quantize: effective bits %.3f within %g over %d linear layers, scored on %d %s over %d replica(s) in "
-      "%.2f s (gradient score: sum over the batches of (dLoss/dY * (Y_format - Y))^2)\n",
+      "auto_quantize: effective bits %.3f within %g over %d linear layers, scored on %d %s (%d batches, %d from the "
+      "search checkpoint) over %d replica(s) in %.2f s, %s (%s score: %s)\n",
       result.effective_bits, effective_bits, result.layers.size(), options.score_samples,
-      zoo::language_model_context(*model) > 0 ? "sequences" : "images", mesh.dp_size(), seconds);
+      zoo::language_model_context(*model) > 0 ? "sequences" : "images", data.scoring.count, result.batches_resumed,
+      mesh.dp_size(), seconds, memory, options.score_method,
+      search.method == quantization::ScoreMethod::kGradient
+          ? "sum over the batches of (dLoss/dY * (Y_format - Y))^2"
+          : "sum over the batches of KL(p_float || p_format), one layer quantized at a time");
   if (!result.excluded.empty()) {
     std::cout << "left in floating point (a candidate format does not quantize them): "
               << absl::StrJoin(result.excluded, ", ") << "\n";
@@ -402,15 +445,22 @@ void add_optimize_command(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   command->add_option("--search-checkpoint", options->search_checkpoint,
-                      "fastnas: directory of per-rank search checkpoints; an interrupted search resumes");
+                      "fastnas and auto_quantize: directory of search checkpoints (fastnas: one per rank; "
+                      "auto_quantize: one, which must be on storage every rank reaches); an interrupted search "
+                      "resumes, auto_quantize's on any number of ranks");
   command->add_option("--formats", options->formats,
                       "auto_quantize: the candidate formats, comma-separated (presets calibrated with max)")
       ->capture_default_str();
   command->add_option("--score-samples", options->score_samples,
-                      "auto_quantize: score on the first N training images or sequences, split over the "
-                      "data-parallel ranks")
+                      "auto_quantize: score on the first N training images or sequences, in batches of "
+                      "--batch-size dealt out over the data-parallel ranks")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  command->add_option("--score-method", options->score_method,
+                      "auto_quantize: gradient (the loss's sensitivity to each layer's output) or kl_div (the "
+                      "change of the output distribution, one layer quantized at a time)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"gradient", "kl_div"}));
   command->add_option("--out", options->out, "Checkpoint directory to write")->required();
   command->callback([options] { run_optimize(*options); });
 }

@@ -1,7 +1,8 @@
-// AutoQuantize on 4 real mpirun ranks: the same GPT on every rank (world mesh (4, 1)), the
-// calibration and scoring batches split over the ranks (each rank one row of every batch):
-// the input amaxes are the maxima over all ranks and the scores the sums, so every rank
-// makes the same choice, and it is the one a single process makes on all of the data.
+// AutoQuantize on 4 real mpirun ranks, the same GPT on every rank: the scoring batches dealt
+// out over data-parallel groups of 1, 2, 3 and 4 ranks give the same scores to the bit and
+// the same choice; a search interrupted on 4 ranks resumes on 3 and one interrupted on 3
+// resumes on 2, each to the uninterrupted result, scoring only what was left; a failing
+// rank fails every rank without a hang.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
@@ -9,6 +10,7 @@
 
 #include <cmath>
 #include <memory>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -22,6 +24,7 @@
 #include "modes/quantization/tensor_quantizer.h"
 #include "opt/conversion.h"
 #include "tests/testing/errors.h"
+#include "tests/testing/temp_dir.h"
 #include "tools/zoo/forward.h"
 #include "tools/zoo/gpt.h"
 
@@ -32,58 +35,69 @@ namespace {
 constexpr int kRanks = 4;
 constexpr int64_t kContext = 16;
 constexpr int64_t kVocab = 256;
-// Scores summed over ranks differ from one process's by the order of their sums.
-constexpr double kTolerance = 1e-4;
+constexpr int64_t kCalibrationBatches = 4;
+constexpr int64_t kScoreBatches = 9;
 
 std::shared_ptr<zoo::GptImpl> gpt(std::shared_ptr<Mesh> mesh) {
   const nlohmann::json args = {{"width", 128}, {"depth", 1}, {"heads", 4}, {"context", kContext}, {"seed", 7}};
   return std::make_shared<zoo::GptImpl>(zoo::GptOptions::from_json(args).mesh(std::move(mesh)));
 }
 
-// Windows of kContext + 1 tokens, kRanks rows, the same on every rank.
+// Batch `seed`: 2 windows of kContext + 1 tokens, the same on every rank.
 at::Tensor windows(int64_t seed) {
   at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(seed);
-  return at::randint(kVocab, {kRanks, kContext + 1}, generator, at::kLong);
+  return at::randint(kVocab, {2, kContext + 1}, generator, at::kLong);
 }
 
-const std::vector<int64_t> kCalibrationSeeds = {1, 2};
-const std::vector<int64_t> kScoreSeeds = {11, 12, 13};
-
-// `rows` of a batch: [first, first + count).
-struct Rows {
-  int64_t first, count;
-};
-
-ForwardLoop calibration_loop(Rows rows) {
-  return [rows](torch::nn::Module& model) {
-    for (int64_t seed : kCalibrationSeeds) {
-      zoo::forward(model, windows(seed).narrow(0, rows.first, rows.count).narrow(1, 0, kContext));
-    }
+// This rank's share of the calibration batches: every n-th, from its rank in `group`.
+ForwardLoop calibration_loop(const std::shared_ptr<Communicator>& group) {
+  const int rank = group->rank(), size = group->world_size();
+  return [rank, size](torch::nn::Module& model) {
+    for (int64_t b = rank; b < kCalibrationBatches; b += size) zoo::forward(model, windows(b).narrow(1, 0, kContext));
   };
 }
 
-// The language-model cross-entropy of the whole batch, restricted to `rows`: their summed
-// token losses over all of the batch's tokens, so that the ranks' gradients are the
-// single process's rows and their scores add up to its scores.
-LossLoop score_loop(Rows rows) {
-  return [rows](torch::nn::Module& model, const std::function<void(const at::Tensor&)>& backward) {
-    for (int64_t seed : kScoreSeeds) {
-      const at::Tensor w = windows(seed).narrow(0, rows.first, rows.count);
-      const at::Tensor logits = zoo::forward(model, w.narrow(1, 0, kContext));
-      const at::Tensor sum = at::cross_entropy_loss(logits.reshape({-1, kVocab}), w.narrow(1, 1, kContext).reshape({-1}),
-                                                    {}, at::Reduction::Sum);
-      backward(sum / static_cast<double>(kRanks * kContext));
-    }
+ScoreBatches score_batches() {
+  ScoreBatches batches;
+  batches.count = kScoreBatches;
+  batches.loss = [](torch::nn::Module& model, int64_t index) {
+    const at::Tensor w = windows(100 + index);
+    const at::Tensor logits = zoo::forward(model, w.narrow(1, 0, kContext));
+    return at::cross_entropy_loss(logits.reshape({-1, kVocab}), w.narrow(1, 1, kContext).reshape({-1}));
   };
+  batches.logits = [](torch::nn::Module& model, int64_t index) {
+    return zoo::forward(model, windows(100 + index).narrow(1, 0, kContext));
+  };
+  batches.fingerprint = "windows 0-3, 100-108";
+  return batches;
 }
 
-AutoQuantizeOptions options(Rows rows) {
+// The world's mesh (kRanks, 1), made once by every rank (the first call is collective).
+const std::shared_ptr<Mesh>& world_mesh() {
+  static const std::shared_ptr<Mesh> mesh = Mesh::create(world(), 1);
+  return mesh;
+}
+
+// A search over `group` (a sub-group of the world), on the world's mesh.
+AutoQuantizeOptions options(const std::shared_ptr<Communicator>& group, ScoreMethod method = ScoreMethod::kGradient) {
   AutoQuantizeOptions o;
   o.formats = {"int4_blockwise", "int8", "fp8"};
   o.effective_bits = 6;
-  o.score_loop = score_loop(rows);
-  o.context.set(kForwardLoop, calibration_loop(rows));
+  o.method = method;
+  o.score = score_batches();
+  o.context.set(kForwardLoop, calibration_loop(group));
+  o.context.set_mesh(world_mesh()).set_data_parallel_group(group);
   return o;
+}
+
+AutoQuantizeResult search(const AutoQuantizeOptions& o) {
+  return auto_quantize(gpt(o.context.mesh()), o).second;
+}
+
+std::vector<std::vector<double>> scores(const AutoQuantizeResult& result) {
+  std::vector<std::vector<double>> out;
+  for (const AutoQuantizeLayer& layer : result.layers) out.push_back(layer.scores);
+  return out;
 }
 
 std::vector<int> choice(const AutoQuantizeResult& result) {
@@ -92,98 +106,138 @@ std::vector<int> choice(const AutoQuantizeResult& result) {
   return out;
 }
 
-TEST(AutoQuantizeMpi, SplitDataGivesTheSingleProcessChoiceOnEveryRank) {
-  at::set_num_threads(1);
-  ASSERT_EQ(world()->world_size(), kRanks) << "run with 4 ranks";
+// Ranks [0, size) in one group, the others alone.
+std::shared_ptr<Communicator> group_of_first(int size) {
   const int rank = world()->rank();
-  const std::shared_ptr<Mesh> mesh = Mesh::create(world(), 1);
-  ASSERT_EQ(mesh->dp()->world_size(), kRanks);
-  const std::shared_ptr<Communicator> alone = world()->split(rank, 0);
-  const std::shared_ptr<Mesh> solo = Mesh::create(alone, 1);
+  return world()->split(rank < size ? 0 : 1 + rank, rank);
+}
 
-  AutoQuantizeOptions split = options({rank, 1});
-  split.context.set_mesh(mesh);
-  const auto [model, result] = auto_quantize(gpt(mesh), split);
+// A directory every rank names alike.
+std::string shared_dir() {
+  std::string dir = world()->rank() == 0 ? test::make_temp_dir() : "";
+  world()->broadcast(dir, 0);
+  return dir;
+}
 
-  AutoQuantizeOptions whole = options({0, kRanks});
-  whole.context.set_mesh(solo).set_data_parallel_group(alone);
-  const auto [reference_model, reference] = auto_quantize(gpt(solo), whole);
+class AutoQuantizeMpi : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    at::set_num_threads(1);
+    ASSERT_EQ(world()->world_size(), kRanks) << "run with 4 ranks";
+    world_mesh();
+  }
+  void TearDown() override { world()->barrier(); }
+};
 
-  // The same choice as one process on all of the data, within the budget.
-  EXPECT_EQ(choice(result), choice(reference));
-  EXPECT_LE(result.effective_bits, 6);
-  EXPECT_EQ(result.effective_bits, reference.effective_bits);
-  EXPECT_EQ(result.config, reference.config);
-  ASSERT_EQ(result.layers.size(), reference.layers.size());
-  for (size_t l = 0; l < result.layers.size(); ++l) {
-    for (size_t f = 0; f < result.formats.size(); ++f) {
-      const double expected = reference.layers[l].scores[f];
-      EXPECT_NEAR(result.layers[l].scores[f], expected, kTolerance * std::abs(expected))
-          << result.layers[l].name << " " << result.formats[f];
+TEST_F(AutoQuantizeMpi, EveryMeshScoresTheSameBitsAndChoosesAlike) {
+  for (const ScoreMethod method : {ScoreMethod::kGradient, ScoreMethod::kKlDiv}) {
+    SCOPED_TRACE(method == ScoreMethod::kGradient ? "gradient" : "kl_div");
+    const std::shared_ptr<Communicator> alone = world()->split(world()->rank(), 0);
+    const AutoQuantizeResult reference = search(options(alone, method));
+    EXPECT_EQ(reference.batches_scored_here, kScoreBatches);
+    for (const int size : {2, 3, 4}) {
+      SCOPED_TRACE(size);
+      const std::shared_ptr<Communicator> group = size == 2 ? world()->split(world()->rank() / 2, world()->rank())
+                                                            : group_of_first(size);
+      const AutoQuantizeResult result = search(options(group, method));
+      EXPECT_EQ(scores(result), scores(reference));  // exactly, not nearly
+      EXPECT_EQ(choice(result), choice(reference));
+      EXPECT_EQ(result.config, reference.config);
+      EXPECT_EQ(result.effective_bits, reference.effective_bits);
+      // Batches dealt round-robin: rank r of n scores the batches r, r + n, ...
+      const int n = group->world_size(), r = group->rank();
+      EXPECT_EQ(result.batches_scored_here, (kScoreBatches - r + n - 1) / n);
+      EXPECT_GE(result.peak_extra_bytes, 0);
     }
   }
+}
 
-  // Every rank the same choice (and scores): the maximum and the sum over the ranks.
-  std::vector<double> mine;
-  for (const AutoQuantizeLayer& layer : result.layers) {
-    mine.push_back(layer.chosen);
-    for (double s : layer.scores) mine.push_back(s);
-  }
-  const at::Tensor local = at::tensor(mine, at::kDouble);
-  at::Tensor most = local.clone(), sum = local.clone();
-  world()->all_reduce(most, ReduceOp::kMax);
-  world()->all_reduce(sum, ReduceOp::kSum);
-  EXPECT_TRUE(at::equal(most, local));
-  EXPECT_TRUE(at::equal(sum, local * kRanks));
+// Interrupts a search on `group` at batch `fail_at`: the rank that scores it throws, the
+// others fail with the common message.
+void interrupt(const std::shared_ptr<Communicator>& group, int64_t fail_at, const std::string& checkpoint) {
+  AutoQuantizeOptions failing = options(group);
+  failing.checkpoint = checkpoint;
+  const auto loss = failing.score.loss;
+  failing.score.loss = [loss, fail_at](torch::nn::Module& model, int64_t index) {
+    if (index == fail_at) throw std::runtime_error("node lost");
+    return loss(model, index);
+  };
+  const std::string error = test::error_of([&] { search(failing); });
+  // Rounds of one batch per rank: batch b is rank (b mod n)'s.
+  EXPECT_EQ(error, fail_at % group->world_size() == group->rank()
+                       ? "node lost"
+                       : "auto_quantize: scoring failed on another rank (its own error says why); no rank went on");
+}
 
-  // The calibrated input amaxes are the maxima over all of the data: the same as one process's.
-  torch::nn::Module& quantized = *model;
-  torch::nn::Module& single = *reference_model;
-  for (const QuantizerSlot& slot : quantized_slots(quantized)) {
-    TensorQuantizerImpl* q = slot.quantizer();
-    if (!q->attributes().enable()) continue;
-    bool found = false;
-    for (const QuantizerSlot& other : quantized_slots(single)) {
-      if (other.name != slot.name) continue;
-      found = true;
-      ASSERT_TRUE(q->has_amax()) << slot.name;
-      EXPECT_TRUE(at::equal(q->amax(), other.quantizer()->amax())) << slot.name;
-    }
-    EXPECT_TRUE(found) << slot.name;
-  }
+// Resumes the search of `checkpoint` on `group`: it gives `uninterrupted`'s result, scores
+// only the `left` batches the checkpoint lacks (over all of the group's ranks), and
+// calibrates nothing but the final choice.
+void resume_and_check(const std::shared_ptr<Communicator>& group, const std::string& checkpoint, int64_t left,
+                      const AutoQuantizeResult& uninterrupted) {
+  AutoQuantizeOptions resumed = options(group);
+  resumed.checkpoint = checkpoint;
+  std::set<int64_t> scored;
+  const auto loss = resumed.score.loss;
+  resumed.score.loss = [&scored, loss](torch::nn::Module& model, int64_t index) {
+    scored.insert(index);
+    return loss(model, index);
+  };
+  int calibrations = 0;
+  const ForwardLoop calibrate = resumed.context.get(kForwardLoop);
+  resumed.context.set(kForwardLoop, ForwardLoop([&calibrations, calibrate](torch::nn::Module& model) {
+                        ++calibrations;
+                        calibrate(model);
+                      }));
+  const AutoQuantizeResult result = search(resumed);
+  EXPECT_EQ(scores(result), scores(uninterrupted));
+  EXPECT_EQ(choice(result), choice(uninterrupted));
+  EXPECT_EQ(result.config, uninterrupted.config);
+  at::Tensor total = at::scalar_tensor(static_cast<double>(scored.size()), at::kDouble).reshape({1});
+  group->all_reduce(total, ReduceOp::kSum);
+  EXPECT_EQ(total.item<double>(), left);
+  EXPECT_EQ(result.batches_resumed, kScoreBatches - left);
+  EXPECT_EQ(calibrations, 1);
+}
 
-  // And the quantized models compute the same outputs on every rank.
-  torch::NoGradGuard no_grad;
-  const at::Tensor input = windows(99).narrow(1, 0, kContext);
-  const at::Tensor out = zoo::forward(quantized, input);
-  EXPECT_TRUE(at::equal(out, zoo::forward(single, input)));
-  world()->barrier();
+TEST_F(AutoQuantizeMpi, InterruptedOnFourRanksResumesOnThree) {
+  const std::string checkpoint = shared_dir() + "/search";
+  const AutoQuantizeResult uninterrupted = search(options(world()->split(world()->rank(), 0)));
+  const std::shared_ptr<Communicator> three = group_of_first(3);
+  // Rounds 0-3 and 4-7: batch 5 fails, 4, 6 and 7 are kept; 5 and 8 are left.
+  interrupt(world(), 5, checkpoint);
+  if (world()->rank() < 3) resume_and_check(three, checkpoint, 2, uninterrupted);
+}
+
+TEST_F(AutoQuantizeMpi, InterruptedOnThreeRanksResumesOnTwo) {
+  const std::string checkpoint = shared_dir() + "/search";
+  const AutoQuantizeResult uninterrupted = search(options(world()->split(world()->rank(), 0)));
+  const std::shared_ptr<Communicator> three = group_of_first(3);
+  const std::shared_ptr<Communicator> two = group_of_first(2);
+  // Rounds 0-2 and 3-5: batch 4 fails, 3 and 5 are kept; 4, 6, 7 and 8 are left.
+  if (world()->rank() < 3) interrupt(three, 4, checkpoint);
+  if (world()->rank() < 2) resume_and_check(two, checkpoint, 4, uninterrupted);
 }
 
 // A rank whose calibration or scoring throws fails every rank, each with a clear message,
 // and nobody waits for it.
-TEST(AutoQuantizeMpi, ARankThatFailsFailsEveryRankWithoutAHang) {
-  at::set_num_threads(1);
+TEST_F(AutoQuantizeMpi, ARankThatFailsFailsEveryRankWithoutAHang) {
   const int rank = world()->rank();
-  const std::shared_ptr<Mesh> mesh = Mesh::create(world(), 1);
   for (const std::string phase : {"calibration", "scoring"}) {
-    AutoQuantizeOptions failing = options({rank, 1});
-    failing.context.set_mesh(mesh);
+    AutoQuantizeOptions failing = options(world());
     if (rank == 2 && phase == "calibration") {
       failing.context.set(kForwardLoop, [](torch::nn::Module&) { throw std::runtime_error("rank 2's data is gone"); });
     }
     if (rank == 2 && phase == "scoring") {
-      failing.score_loop = [](torch::nn::Module&, const std::function<void(const at::Tensor&)>&) {
+      failing.score.loss = [](torch::nn::Module&, int64_t) -> at::Tensor {
         throw std::runtime_error("rank 2's data is gone");
       };
     }
-    const std::string error = test::error_of<std::exception>([&] { auto_quantize(gpt(mesh), failing); });
+    const std::string error = test::error_of<std::exception>([&] { search(failing); });
     EXPECT_EQ(error, rank == 2 ? "rank 2's data is gone"
                                : "auto_quantize: " + phase +
                                      " failed on another rank (its own error says why); no rank went on")
         << phase;
   }
-  world()->barrier();
 }
 
 }  // namespace

@@ -12,6 +12,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
+#include <functional>
 #include <limits>
 #include <map>
 #include <memory>
@@ -33,6 +35,8 @@
 #include "opt/errors.h"
 #include "opt/model_like.h"
 #include "opt/nn/linear.h"
+#include "serialization/checkpoint_error.h"
+#include "serialization/file.h"
 #include "tests/testing/errors.h"
 #include "tests/testing/model_checks.h"
 #include "tests/testing/temp_dir.h"
@@ -167,17 +171,23 @@ ForwardLoop calibration_loop() {
   };
 }
 
-LossLoop score_loop() {
-  return [](torch::nn::Module& model, const std::function<void(const at::Tensor&)>& backward) {
-    for (const at::Tensor& w : score_batches()) backward(lm_loss(model, w));
+ScoreBatches scoring() {
+  ScoreBatches batches;
+  batches.count = static_cast<int64_t>(score_batches().size());
+  batches.loss = [](torch::nn::Module& model, int64_t index) { return lm_loss(model, score_batches()[index]); };
+  batches.logits = [](torch::nn::Module& model, int64_t index) {
+    return zoo::forward(model, score_batches()[index].narrow(1, 0, kContext));
   };
+  batches.fingerprint = "windows 11-13";
+  return batches;
 }
 
-AutoQuantizeOptions options(double effective_bits) {
+AutoQuantizeOptions options(double effective_bits, ScoreMethod method = ScoreMethod::kGradient) {
   AutoQuantizeOptions o;
   o.formats = {"int4_blockwise", "int8", "fp8"};
   o.effective_bits = effective_bits;
-  o.score_loop = score_loop();
+  o.method = method;
+  o.score = scoring();
   o.context.set(kForwardLoop, calibration_loop());
   return o;
 }
@@ -217,58 +227,131 @@ nn::LinearImpl* linear(torch::nn::Module& model, const std::string& name) {
   throw std::runtime_error("no layer " + name);
 }
 
-// The raw scores by hand, [layer][format] with formats int4_blockwise, int8, fp8.
-std::vector<std::vector<double>> scores_by_hand() {
-  ModulePtr model = float_gpt();
-  std::map<std::string, Captured> calibration, scoring;
-  auto attach = [&](std::map<std::string, Captured>& into) {
-    for (const std::string& name : kLayers) {
-      linear(*model, name)->add_transform(nn::Slot::kInput, "capture_in", std::make_shared<CaptureImpl>(&into[name], false));
-      linear(*model, name)->add_transform(nn::Slot::kOutput, "capture_out", std::make_shared<CaptureImpl>(&into[name], true));
+// Our own fake quantization of one layer in the three formats (int4_blockwise, int8, fp8),
+// with the per-tensor input amax of the calibration data.
+struct HandFormats {
+  nn::LinearImpl* layer = nullptr;
+  at::Tensor input_amax, w_int4, w_int8, w_fp8;
+
+  at::Tensor output(const at::Tensor& x, size_t f) const {
+    switch (f) {
+      case 0:
+        return at::linear(x, w_int4, layer->bias);
+      case 1:
+        return at::linear(fake_quant_int(x, input_amax, 8, false), w_int8, layer->bias);
+      default:
+        return at::linear(fake_quant_e4m3(x, input_amax), w_fp8, layer->bias);
     }
-  };
-  auto detach = [&]() {
-    for (const std::string& name : kLayers) {
-      linear(*model, name)->remove_transform("capture_in");
-      linear(*model, name)->remove_transform("capture_out");
-    }
-  };
-  attach(calibration);
+  }
+};
+
+// The float model's layers' inputs over the calibration data, and the formats from them.
+std::map<std::string, HandFormats> hand_formats(torch::nn::Module& model) {
+  std::map<std::string, Captured> calibration;
+  for (const std::string& name : kLayers) {
+    linear(model, name)->add_transform(nn::Slot::kInput, "capture_in", std::make_shared<CaptureImpl>(&calibration[name], false));
+  }
   {
     torch::NoGradGuard no_grad;
-    calibration_loop()(*model);
+    calibration_loop()(model);
   }
-  detach();
-  attach(scoring);
+  std::map<std::string, HandFormats> out;
+  torch::NoGradGuard no_grad;
+  for (const std::string& name : kLayers) {
+    nn::LinearImpl* layer = linear(model, name);
+    layer->remove_transform("capture_in");
+    const at::Tensor w = layer->weight.detach();
+    HandFormats& formats = out[name];
+    formats.layer = layer;
+    formats.input_amax = at::zeros({}, at::kFloat);
+    for (const at::Tensor& x : calibration[name].x) formats.input_amax = at::max(formats.input_amax, x.abs().max());
+    const int64_t rows = w.size(0), cols = w.size(1);
+    const at::Tensor blocks = w.reshape({rows, cols / 128, 128});
+    formats.w_int4 = fake_quant_int(blocks, blocks.abs().amax({2}, true), 4, false).reshape({rows, cols});
+    formats.w_int8 = fake_quant_int(w, w.abs().amax({1}, true), 8, false);
+    formats.w_fp8 = fake_quant_e4m3(w, w.abs().max());
+  }
+  return out;
+}
+
+// The raw gradient scores by hand, [layer][format] with formats int4_blockwise, int8, fp8.
+std::vector<std::vector<double>> scores_by_hand() {
+  ModulePtr model = float_gpt();
+  const std::map<std::string, HandFormats> formats = hand_formats(*model);
+  std::map<std::string, Captured> scoring;
+  for (const std::string& name : kLayers) {
+    linear(*model, name)->add_transform(nn::Slot::kInput, "capture_in", std::make_shared<CaptureImpl>(&scoring[name], false));
+    linear(*model, name)->add_transform(nn::Slot::kOutput, "capture_out", std::make_shared<CaptureImpl>(&scoring[name], true));
+  }
   for (const at::Tensor& w : score_batches()) lm_loss(*model, w).backward();
-  detach();
 
   std::vector<std::vector<double>> out;
   torch::NoGradGuard no_grad;
   for (const std::string& name : kLayers) {
-    nn::LinearImpl* layer = linear(*model, name);
-    const at::Tensor w = layer->weight.detach();
-    at::Tensor input_amax = at::zeros({}, at::kFloat);
-    for (const at::Tensor& x : calibration[name].x) input_amax = at::max(input_amax, x.abs().max());
-    const int64_t rows = w.size(0), cols = w.size(1);
-    const at::Tensor blocks = w.reshape({rows, cols / 128, 128});
-    const at::Tensor w_int4 = fake_quant_int(blocks, blocks.abs().amax({2}, true), 4, false).reshape({rows, cols});
-    const at::Tensor w_int8 = fake_quant_int(w, w.abs().amax({1}, true), 8, false);
-    const at::Tensor w_fp8 = fake_quant_e4m3(w, w.abs().max());
-    const Captured& c = scoring[name];
+    const Captured& c = scoring.at(name);
     EXPECT_EQ(c.x.size(), score_batches().size()) << name;
     EXPECT_EQ(c.g.size(), score_batches().size()) << name;
     std::vector<double> s(3, 0.0);
     for (size_t b = 0; b < c.x.size(); ++b) {
-      const at::Tensor& x = c.x[b];
-      const at::Tensor& y = c.y[b];
-      const at::Tensor& g = c.g[b];
-      const std::vector<at::Tensor> quantized = {
-          at::linear(x, w_int4, layer->bias),
-          at::linear(fake_quant_int(x, input_amax, 8, false), w_int8, layer->bias),
-          at::linear(fake_quant_e4m3(x, input_amax), w_fp8, layer->bias),
-      };
-      for (size_t f = 0; f < 3; ++f) s[f] += (g * (quantized[f] - y)).square().sum().item<double>();
+      for (size_t f = 0; f < 3; ++f) {
+        s[f] += (c.g[b] * (formats.at(name).output(c.x[b], f) - c.y[b])).square().sum().item<double>();
+      }
+    }
+    out.push_back(s);
+  }
+  return out;
+}
+
+// In a layer's input slot: keeps the latest input.
+class KeepImpl : public nn::TransformImpl {
+ public:
+  explicit KeepImpl(at::Tensor* latest) : latest_(latest) {}
+  at::Tensor forward(const at::Tensor& x) override {
+    *latest_ = x;
+    return x;
+  }
+
+ private:
+  at::Tensor* latest_;
+};
+
+// In a layer's output slot: the output of our own fake quantization in format `f` of the
+// latest input.
+class HandQuantizedImpl : public nn::TransformImpl {
+ public:
+  HandQuantizedImpl(const HandFormats* formats, size_t f, const at::Tensor* input)
+      : formats_(formats), f_(f), input_(input) {}
+  at::Tensor forward(const at::Tensor&) override { return formats_->output(*input_, f_); }
+
+ private:
+  const HandFormats* formats_;
+  size_t f_;
+  const at::Tensor* input_;
+};
+
+// The raw kl_div scores by hand, [layer][format]: the float model with that one layer's
+// output replaced by our own fake-quantized one, KL(p_float || p_quantized) summed over the
+// batches' tokens.
+std::vector<std::vector<double>> kl_scores_by_hand() {
+  ModulePtr model = float_gpt();
+  const std::map<std::string, HandFormats> formats = hand_formats(*model);
+  torch::NoGradGuard no_grad;
+  std::vector<std::vector<double>> out;
+  for (const std::string& name : kLayers) {
+    nn::LinearImpl* layer = linear(*model, name);
+    std::vector<double> s(3, 0.0);
+    for (const at::Tensor& w : score_batches()) {
+      const at::Tensor input = w.narrow(1, 0, kContext);
+      const at::Tensor log_p = at::log_softmax(zoo::forward(*model, input), -1);
+      for (size_t f = 0; f < 3; ++f) {
+        at::Tensor latest;
+        layer->add_transform(nn::Slot::kInput, "keep", std::make_shared<KeepImpl>(&latest));
+        layer->add_transform(nn::Slot::kOutput, "hand", std::make_shared<HandQuantizedImpl>(&formats.at(name), f, &latest));
+        const at::Tensor log_q = at::log_softmax(zoo::forward(*model, input), -1);
+        layer->remove_transform("keep");
+        layer->remove_transform("hand");
+        s[f] += (log_p.exp() * (log_p - log_q)).sum().item<double>();
+      }
     }
     out.push_back(s);
   }
@@ -292,13 +375,15 @@ class AutoQuantizeGpt : public ::testing::Test {
   void SetUp() override { at::set_num_threads(1); }
 };
 
-TEST_F(AutoQuantizeGpt, ScoresMatchTheGradientScoreByHandMadeMonotone) {
-  const auto [model, result] = auto_quantize(float_gpt(), options(6));
+// auto_quantize's scores with `method` against `raw` (by hand), made monotone.
+void expect_scores(ScoreMethod method, const std::vector<std::vector<double>>& raw) {
+  const auto [model, result] = auto_quantize(float_gpt(), options(6, method));
   EXPECT_EQ(result.formats, (std::vector<std::string>{"int4_blockwise", "int8", "fp8", "none"}));
   EXPECT_EQ(result.bits, (std::vector<int>{4, 8, 8, 16}));
   EXPECT_EQ(result.excluded, std::vector<std::string>{"lm_head"});
+  EXPECT_EQ(result.batches_scored_here, 3);
+  EXPECT_EQ(result.batches_resumed, 0);
   ASSERT_EQ(result.layers.size(), kLayers.size());
-  const std::vector<std::vector<double>> raw = scores_by_hand();
   for (size_t l = 0; l < kLayers.size(); ++l) {
     const AutoQuantizeLayer& layer = result.layers[l];
     EXPECT_EQ(layer.name, kLayers[l]);
@@ -313,6 +398,92 @@ TEST_F(AutoQuantizeGpt, ScoresMatchTheGradientScoreByHandMadeMonotone) {
     EXPECT_GT(raw[l][0], 0) << layer.name;
     for (size_t f = 1; f < 4; ++f) EXPECT_LE(layer.scores[f], layer.scores[0]) << layer.name;
   }
+}
+
+TEST_F(AutoQuantizeGpt, ScoresMatchTheGradientScoreByHandMadeMonotone) {
+  expect_scores(ScoreMethod::kGradient, scores_by_hand());
+}
+
+TEST_F(AutoQuantizeGpt, ScoresMatchTheKlDivScoreByHandMadeMonotone) {
+  expect_scores(ScoreMethod::kKlDiv, kl_scores_by_hand());
+}
+
+std::vector<std::vector<double>> scores_of(const AutoQuantizeResult& result) {
+  std::vector<std::vector<double>> out;
+  for (const AutoQuantizeLayer& layer : result.layers) out.push_back(layer.scores);
+  return out;
+}
+
+// A search killed at its last batch resumes from its checkpoint to the uninterrupted
+// result, scoring only that batch and calibrating only the final choice.
+TEST_F(AutoQuantizeGpt, InterruptedSearchResumesFromItsCheckpoint) {
+  const AutoQuantizeResult uninterrupted = auto_quantize(float_gpt(), options(6)).second;
+  const std::string checkpoint = test::make_temp_dir() + "/search";
+  AutoQuantizeOptions failing = options(6);
+  failing.checkpoint = checkpoint;
+  failing.score.loss = [](torch::nn::Module& model, int64_t index) {
+    if (index == 2) throw std::runtime_error("node lost");
+    return lm_loss(model, score_batches()[index]);
+  };
+  EXPECT_EQ(error_of<std::runtime_error>([&] { auto_quantize(float_gpt(), failing); }), "node lost");
+  EXPECT_FALSE(std::filesystem::exists(checkpoint + ".tmp"));
+
+  AutoQuantizeOptions resumed = options(6);
+  resumed.checkpoint = checkpoint;
+  std::vector<int64_t> scored;
+  resumed.score.loss = [&scored](torch::nn::Module& model, int64_t index) {
+    scored.push_back(index);
+    return lm_loss(model, score_batches()[index]);
+  };
+  int calibrations = 0;
+  resumed.context.set(kForwardLoop, ForwardLoop([&calibrations](torch::nn::Module& model) {
+                        ++calibrations;
+                        calibration_loop()(model);
+                      }));
+  const AutoQuantizeResult result = auto_quantize(float_gpt(), resumed).second;
+  EXPECT_EQ(scored, std::vector<int64_t>{2});
+  EXPECT_EQ(calibrations, 1);  // the final max_calibrate only
+  EXPECT_EQ(result.batches_resumed, 2);
+  EXPECT_EQ(result.batches_scored_here, 1);
+  EXPECT_EQ(scores_of(result), scores_of(uninterrupted));  // to the bit
+  EXPECT_EQ(result.config, uninterrupted.config);
+
+  // Finished: a rerun scores nothing.
+  scored.clear();
+  EXPECT_EQ(scores_of(auto_quantize(float_gpt(), resumed).second), scores_of(uninterrupted));
+  EXPECT_TRUE(scored.empty());
+}
+
+TEST_F(AutoQuantizeGpt, ACheckpointOfAnotherSearchIsRefused) {
+  const std::string checkpoint = test::make_temp_dir() + "/search";
+  AutoQuantizeOptions first = options(6);
+  first.checkpoint = checkpoint;
+  auto_quantize(float_gpt(), first);
+  auto refused = [&](const std::function<void(AutoQuantizeOptions&)>& change,
+                     ModulePtr model = nullptr) {
+    AutoQuantizeOptions o = options(6);
+    o.checkpoint = checkpoint;
+    change(o);
+    return error_of<CheckpointError>([&] { auto_quantize(model ? model : float_gpt(), o); });
+  };
+  const std::string tail = "; delete it to start the search over";
+  EXPECT_EQ(refused([](AutoQuantizeOptions& o) { o.formats = {"fp8", "int8", "int4_blockwise"}; }),
+            "auto_quantize: search checkpoint " + checkpoint +
+                " was written for formats [\"int4_blockwise\",\"int8\",\"fp8\"], not [\"int4_blockwise\",\"fp8\",\"int8\"]" + tail);
+  EXPECT_THAT(refused([](AutoQuantizeOptions& o) { o.method = ScoreMethod::kKlDiv; }),
+              HasSubstr("was written for method \"gradient\", not \"kl_div\""));
+  EXPECT_THAT(refused([](AutoQuantizeOptions& o) { o.score.fingerprint = "other data"; }),
+              HasSubstr("was written for data \"windows 11-13\", not \"other data\""));
+  EXPECT_THAT(refused([](AutoQuantizeOptions& o) { o.score.count = 2; }), HasSubstr("was written for batches 3, not 2"));
+  ModulePtr other = ModelLike("gpt", {{"width", 128}, {"depth", 1}, {"heads", 4}, {"context", kContext}, {"seed", 8}}).build();
+  EXPECT_THAT(refused([](AutoQuantizeOptions&) {}, other), HasSubstr("was written for model \""));
+  // The effective bits are not part of the search: the same checkpoint serves any budget.
+  EXPECT_EQ(refused([](AutoQuantizeOptions& o) { o.effective_bits = 8; }), "no error");
+  // A damaged byte.
+  std::string bytes = read_file(checkpoint, 1 << 20);
+  bytes[bytes.size() / 2] ^= 4;
+  write_file_synced(checkpoint, bytes);
+  EXPECT_THAT(refused([](AutoQuantizeOptions&) {}), HasSubstr(checkpoint + " is damaged"));
 }
 
 // The exact optimum over all 4^layers choices of the result's scores and costs.
@@ -449,9 +620,7 @@ TEST_F(AutoQuantizeGpt, Refusals) {
   // A failed search leaves the model as it was: no probes left behind.
   ModulePtr model = float_gpt();
   AutoQuantizeOptions failing = options(6);
-  failing.score_loop = [](torch::nn::Module&, const std::function<void(const at::Tensor&)>&) {
-    throw std::runtime_error("scoring failed");
-  };
+  failing.score.loss = [](torch::nn::Module&, int64_t) -> at::Tensor { throw std::runtime_error("scoring failed"); };
   EXPECT_EQ(error_of<std::runtime_error>([&] { auto_quantize(model, failing); }), "scoring failed");
   for (const std::string& name : kLayers) {
     EXPECT_TRUE(linear(*model, name)->transform_names(nn::Slot::kInput).empty()) << name;
