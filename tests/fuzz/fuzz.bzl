@@ -45,11 +45,15 @@ fuzz_binary = rule(
     executable = True,
 )
 
-def fuzz_test(name, srcs, deps, seconds = 15):
+def fuzz_test(name, srcs, deps, seconds = 10, in_suite = True):
     """`name`: fuzzes the function of `srcs` (LLVMFuzzerTestOneInput) for `seconds`.
 
     Seeds come from corpus/`name`/. Builds `name`_bin (the fuzzer, for --config=fuzz),
-    `name`_fuzzer (the same, from any configuration) and the test `name`.
+    `name`_fuzzer (the same, from any configuration) and the test `name`. With
+    `in_suite = False` the test `name` is manual (tools/fuzz.sh runs it) and `bazel test //...`
+    runs `name`_mutations instead: the same function built with the ordinary compiler, on the
+    seeds and random mutations of them (mutation_main.cc), for targets whose clang build would
+    compile most of the tree a second time.
     """
     native.cc_binary(
         name = name + "_bin",
@@ -63,6 +67,7 @@ def fuzz_test(name, srcs, deps, seconds = 15):
         binary = ":" + name + "_bin",
         tags = ["manual"],
     )
+    corpus = native.glob(["corpus/%s/*" % name])
     native.sh_test(
         name = name,
         size = "small",
@@ -72,5 +77,15 @@ def fuzz_test(name, srcs, deps, seconds = 15):
             "tests/fuzz/corpus/" + name,
             str(seconds),
         ],
-        data = [":" + name + "_fuzzer"] + native.glob(["corpus/%s/*" % name]),
+        data = [":" + name + "_fuzzer"] + corpus,
+        tags = [] if in_suite else ["manual"],
     )
+    if not in_suite:
+        native.cc_test(
+            name = name + "_mutations",
+            size = "small",
+            srcs = srcs + ["mutation_main.cc"],
+            args = ["tests/fuzz/corpus/" + name, str(seconds)],
+            data = corpus,
+            deps = deps + ["//tests/fuzz:fuzz_input"],
+        )
