@@ -104,11 +104,17 @@ gpt_job() {
     echo "== exporting gpt $format as a deployable checkpoint (real low-bit weights) on 4 ranks, tp=$tp"
     ranks 4 "$mto" export "$gpt/$format" --tp "$tp" --out "$gpt/$format.deployed"
   done
-  echo "== auto_quantize: a format per layer (int4_blockwise, int8, fp8 or none) within 6 bits per weight"
-  ranks 4 "$mto" optimize "$gpt/float" --mode auto_quantize:effective_bits=6 --calib-samples 512 --score-samples 256 \
-    --out "$gpt/auto_6bit" | tee "$gpt/auto_6bit.log"
-  printf 'auto_6bit\t(4,1)\t(2,1)\n' >>"$gpt/meshes.tsv"
-  ranks 4 "$mto" export "$gpt/auto_6bit" --out "$gpt/auto_6bit.deployed"
+  # One search serves every budget: the first run keeps its scores in the search checkpoint,
+  # the others take them all from it.
+  rm -rf "$gpt/auto_search"
+  for bits in 6 4.5 8; do
+    echo "== auto_quantize: a format per layer (int4_blockwise, int8, fp8 or none) within $bits bits per weight"
+    ranks 4 "$mto" optimize "$gpt/float" --mode "auto_quantize:effective_bits=$bits" --calib-samples 512 \
+      --score-samples 256 --search-checkpoint "$gpt/auto_search" --out "$gpt/auto_${bits}bit" |
+      tee "$gpt/auto_${bits}bit.log"
+    printf 'auto_%sbit\t(4,1)\t(2,1)\n' "$bits" >>"$gpt/meshes.tsv"
+    ranks 4 "$mto" export "$gpt/auto_${bits}bit" --out "$gpt/auto_${bits}bit.deployed"
+  done
 
   echo "== 2:4 sparsity on (2,2), then fine-tuning on 8000 sequences"
   ranks 4 "$mto" optimize "$gpt/float" --tp 2 --mode sparse_magnitude --out "$gpt/sparse" | tee "$gpt/sparse.log"

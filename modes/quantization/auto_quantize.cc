@@ -6,13 +6,16 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <limits>
 #include <map>
 #include <memory>
+#include <numeric>
 #include <optional>
 #include <stdexcept>
 
@@ -24,12 +27,14 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "distributed/mesh.h"
 #include "distributed/tensor_slice.h"
 #include "modes/quantization/multiple_choice_knapsack.h"
 #include "modes/quantization/presets.h"
 #include "modes/quantization/quantize.h"
 #include "modes/quantization/quantize_config.h"
 #include "modes/quantization/quantized_model.h"
+#include "modes/quantization/split_reduction.h"
 #include "modes/quantization/tensor_quantizer.h"
 #include "opt/conversion.h"
 #include "opt/errors.h"
@@ -88,7 +93,16 @@ struct LayerProbe {
   enum class Phase { kCalibrating, kGradient, kKlDiv };
   std::string name;
   nn::LinearImpl* layer = nullptr;
+  // The weight's parameters, of the whole layer if it is split.
+  int64_t params = 0;
   std::vector<std::shared_ptr<TensorQuantizerImpl>> weight_quantizers, input_quantizers;
+  // Split over a tensor-parallel group of more than one rank: `split` reports the slices,
+  // `tp` is the group. A row-parallel layer (input features split) all-reduces its output,
+  // so every rank of the group sees the whole output; a column-parallel one (output
+  // features split) sees its own features.
+  const SplitModule* split = nullptr;
+  Communicator* tp = nullptr;
+  bool row_parallel = false;
   Phase phase = Phase::kCalibrating;
   at::Tensor input_amax;
   at::Tensor input;
@@ -96,10 +110,38 @@ struct LayerProbe {
   int substitute = -1;
   std::vector<double> scores;
 
-  // The layer's output on `x` with candidate `f`.
-  at::Tensor quantized_output(const at::Tensor& x, size_t f) const {
-    return at::linear(input_quantizers[f]->forward(x), weight_quantizers[f]->forward(layer->weight.detach()),
-                      layer->bias);
+  // The layer's output on its input `x` (this rank's part of it) with candidate `f`, or in
+  // float with f = -1, as the layer computes it: a row-parallel layer sums the ranks' parts.
+  at::Tensor output(const at::Tensor& x, int f) const {
+    const at::Tensor w = layer->weight.detach();
+    const at::Tensor in = f < 0 ? x : input_quantizers[f]->forward(x);
+    const at::Tensor weight = f < 0 ? w : weight_quantizers[f]->forward(w);
+    if (!row_parallel) return at::linear(in, weight, layer->bias);
+    at::Tensor sum = at::linear(in, weight);
+    tp->all_reduce(sum, ReduceOp::kSum);
+    return layer->bias.defined() ? sum + layer->bias : sum;
+  }
+
+  // Y_f - Y for every candidate f, with Y the float output: of this rank's output features
+  // for a column-parallel layer, of the whole output for a row-parallel one (whose ranks'
+  // parts travel in one all-reduce).
+  std::vector<at::Tensor> changes(const at::Tensor& x) const {
+    const at::Tensor w = layer->weight.detach();
+    std::vector<at::Tensor> outputs;
+    for (size_t f = 0; f < weight_quantizers.size(); ++f) {
+      outputs.push_back(at::linear(input_quantizers[f]->forward(x), weight_quantizers[f]->forward(w),
+                                   row_parallel ? at::Tensor() : layer->bias));
+    }
+    outputs.push_back(at::linear(x, w, row_parallel ? at::Tensor() : layer->bias));
+    if (row_parallel) {
+      at::Tensor all = at::stack(outputs);
+      tp->all_reduce(all, ReduceOp::kSum);
+      if (layer->bias.defined()) all = all + layer->bias;
+      outputs = all.unbind(0);
+    }
+    std::vector<at::Tensor> out;
+    for (size_t f = 0; f + 1 < outputs.size(); ++f) out.push_back(outputs[f] - outputs.back());
+    return out;
   }
 };
 
@@ -131,15 +173,14 @@ class OutputProbeImpl : public nn::TransformImpl {
   at::Tensor forward(const at::Tensor& y) override {
     LayerProbe* probe = probe_;
     if (probe->phase == LayerProbe::Phase::kKlDiv) {
-      return probe->substitute < 0 ? y : probe->quantized_output(probe->input, probe->substitute);
+      return probe->substitute < 0 ? y : probe->output(probe->input, probe->substitute);
     }
     if (probe->phase != LayerProbe::Phase::kGradient || !y.requires_grad()) return y;
     y.register_hook([probe, input = probe->input](const at::Tensor& grad) {
       torch::NoGradGuard no_grad;
-      const at::Tensor reference = at::linear(input, probe->layer->weight.detach(), probe->layer->bias);
-      for (size_t f = 0; f < probe->scores.size(); ++f) {
-        const at::Tensor change = probe->quantized_output(input, f) - reference;
-        probe->scores[f] += (grad * change).clamp(-1e10, 1e10).square().sum().item<double>();
+      const std::vector<at::Tensor> changes = probe->changes(input);
+      for (size_t f = 0; f < changes.size(); ++f) {
+        probe->scores[f] += (grad * changes[f]).clamp(-1e10, 1e10).square().sum().item<double>();
       }
       return grad;
     });
@@ -157,11 +198,6 @@ std::vector<std::unique_ptr<LayerProbe>> searched_layers(torch::nn::Module& mode
   for (const nn::NamedDynamicLayer& entry : nn::named_dynamic_layers(model)) {
     auto* linear = dynamic_cast<nn::LinearImpl*>(entry.layer);
     if (linear == nullptr) continue;
-    if (const auto* split = dynamic_cast<const SplitModule*>(entry.layer); split && split->split_group()->world_size() > 1) {
-      throw ApplyModeError(absl::StrCat("auto_quantize: layer '", entry.name, "' is split over ",
-                                        split->split_group()->world_size(),
-                                        " tensor-parallel ranks; auto_quantize runs at tp = 1 for now"));
-    }
     if (!entry.layer->transform_names(nn::Slot::kWeight).empty()) {
       throw ApplyModeError(absl::StrCat("auto_quantize: layer '", entry.name, "' transforms its weight (",
                                         absl::StrJoin(entry.layer->transform_names(nn::Slot::kWeight), ", "),
@@ -170,11 +206,29 @@ std::vector<std::unique_ptr<LayerProbe>> searched_layers(torch::nn::Module& mode
     auto probe = std::make_unique<LayerProbe>();
     probe->name = entry.name;
     probe->layer = linear;
+    probe->params = linear->weight.numel();
+    if (const auto* split = dynamic_cast<const SplitModule*>(entry.layer); split && split->split_group()->world_size() > 1) {
+      probe->split = split;
+      probe->tp = split->split_group().get();
+      const std::optional<TensorSlice> slice = split->slice_of("weight", linear->weight);
+      probe->row_parallel = slice && slice->dim == 1;
+      if (slice) probe->params = std::accumulate(slice->global_shape.begin(), slice->global_shape.end(), int64_t{1},
+                                                 std::multiplies<int64_t>());
+    }
     bool searched = true;
     for (const Format& format : formats) {
       const QuantizerAttributes weight = resolve(format, entry.name, true);
       const QuantizerAttributes input = resolve(format, entry.name, false);
       if (!weight.enable()) searched = false;
+      if (weight.enable() && weight.block_size() > 0 && linear->weight.size(1) % weight.block_size() != 0) {
+        throw ConfigError(absl::StrCat("auto_quantize: format '", format.name, "' quantizes blocks of ",
+                                       weight.block_size(), " input features, but layer '", entry.name, "' has ",
+                                       linear->weight.size(1), " on this rank",
+                                       probe->tp ? absl::StrCat(" (split over ", probe->tp->world_size(),
+                                                                " tensor-parallel ranks)")
+                                                 : "",
+                                       "; leave the format out or use a smaller tp"));
+      }
       if (input.enable() && (input.has_axis() || input.block_size() > 0)) {
         throw ConfigError(absl::StrCat("auto_quantize: format '", format.name,
                                        "' quantizes inputs per channel or per block; auto_quantize takes per-tensor "
@@ -248,19 +302,64 @@ void on_every_rank(const std::shared_ptr<Communicator>& group, const std::functi
 
 const char* method_name(ScoreMethod method) { return method == ScoreMethod::kGradient ? "gradient" : "kl_div"; }
 
-// XXH3-64 over the names, dtypes, shapes and bytes of the model's parameters and buffers:
-// which float model a search checkpoint belongs to.
-std::string model_fingerprint(torch::nn::Module& model) {
-  Xxh3Stream stream;
-  auto add = [&](const std::string& name, const at::Tensor& t) {
-    const std::string head = absl::StrCat(name, " ", c10::toString(t.scalar_type()), " ", absl::StrJoin(t.sizes(), "x"), ";");
-    stream.update(head.data(), head.size());
-    const at::Tensor c = t.detach().contiguous();
-    stream.update(c.data_ptr(), c.nbytes());
+// SplitMix64's finalizer: a 64-bit mix in which every input bit moves every output bit.
+uint64_t mix(uint64_t x) {
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+// Which float model a search checkpoint belongs to, the same however its tensors are split
+// over tensor-parallel ranks: per element, a mix of its tensor's name, dtype and global
+// shape, its index in the global tensor and its bits, summed modulo 2^64 over the elements
+// (so the ranks' parts add up in any order) and over the tp group. A tensor every rank of
+// the group holds whole counts on its first rank only.
+std::string model_fingerprint(torch::nn::Module& model, Communicator* tp) {
+  const bool first = tp == nullptr || tp->rank() == 0;
+  uint64_t sum = 0;
+  auto add = [&](const std::string& name, const at::Tensor& tensor, const SplitModule* split, const std::string& key) {
+    const at::Tensor t = tensor.detach().contiguous();
+    const std::optional<TensorSlice> slice = split ? split->slice_of(key, t) : std::nullopt;
+    if (!slice && !first) return;
+    const std::vector<int64_t> global = slice ? slice->global_shape : t.sizes().vec();
+    const std::string head = absl::StrCat(name, " ", c10::toString(t.scalar_type()), " ", absl::StrJoin(global, "x"));
+    const uint64_t seed = xxh3_64(head.data(), head.size());
+    if (first) sum += mix(seed);
+    const int64_t d = slice ? slice->dim : 0;
+    int64_t outer = 1, inner = 1;
+    for (int64_t i = 0; i < d; ++i) outer *= t.size(i);
+    for (int64_t i = d + 1; i < t.dim(); ++i) inner *= t.size(i);
+    const int64_t local = t.dim() > 0 ? t.size(d) : 1, whole = t.dim() > 0 ? global[d] : 1;
+    const int64_t offset = slice ? slice->offset : 0;
+    const size_t width = t.element_size();
+    const char* bytes = static_cast<const char*>(t.data_ptr());
+    for (int64_t o = 0; o < outer; ++o) {
+      for (int64_t i = 0; i < local; ++i) {
+        const uint64_t row = static_cast<uint64_t>((o * whole + offset + i) * inner);
+        for (int64_t k = 0; k < inner; ++k, bytes += width) {
+          uint64_t bits = 0;
+          std::memcpy(&bits, bytes, std::min<size_t>(width, sizeof(bits)));
+          sum += mix(seed ^ mix((row + k) * 0x9e3779b97f4a7c15ULL ^ mix(bits)));
+        }
+      }
+    }
   };
-  for (const auto& p : model.named_parameters()) add(p.key(), p.value());
-  for (const auto& b : model.named_buffers()) add(b.key(), b.value());
-  return absl::StrFormat("%016x", stream.digest());
+  for (const auto& entry : model.named_modules("", /*include_self=*/true)) {
+    const auto* split = dynamic_cast<const SplitModule*>(entry.value().get());
+    const std::string prefix = entry.key().empty() ? "" : entry.key() + ".";
+    for (const auto& p : entry.value()->named_parameters(/*recurse=*/false)) add(prefix + p.key(), p.value(), split, p.key());
+    for (const auto& b : entry.value()->named_buffers(/*recurse=*/false)) add(prefix + b.key(), b.value(), split, b.key());
+  }
+  if (tp != nullptr) {
+    const std::vector<std::string> parts = tp->all_gather(std::string(reinterpret_cast<const char*>(&sum), sizeof(sum)));
+    sum = 0;
+    for (const std::string& part : parts) {
+      uint64_t value = 0;
+      std::memcpy(&value, part.data(), sizeof(value));
+      sum += value;
+    }
+  }
+  return absl::StrFormat("%016x", sum);
 }
 
 using Json = nlohmann::ordered_json;
@@ -392,10 +491,16 @@ std::vector<double> calibrate_candidates(torch::nn::Module& model, const std::ve
   } catch (...) {
     failure = std::current_exception();
   }
-  at::Tensor amax = at::zeros({static_cast<int64_t>(layers.size()) + 1}, at::kDouble);
+  // A row-parallel layer's ranks see parts of its input: the amax is their maximum.
+  std::vector<at::Tensor> input_amax(layers.size());
+  SplitReduction parts;
   for (size_t l = 0; l < layers.size(); ++l) {
-    if (layers[l]->input_amax.defined()) amax[l] = layers[l]->input_amax.item<double>();
+    input_amax[l] = layers[l]->input_amax.defined() ? layers[l]->input_amax.reshape({1}) : at::zeros({1}, at::kFloat);
+    if (layers[l]->row_parallel) parts.add(layers[l]->layer, &input_amax[l]);
   }
+  parts.run(ReduceOp::kMax);
+  at::Tensor amax = at::zeros({static_cast<int64_t>(layers.size()) + 1}, at::kDouble);
+  for (size_t l = 0; l < layers.size(); ++l) amax[l] = input_amax[l].item<double>();
   if (failure) amax[-1] = (group ? group->rank() : 0) + 1;
   if (group) group->all_reduce(amax, ReduceOp::kMax);
   throw_if_failed(failure, amax[-1].item<double>(), "calibration");
@@ -411,7 +516,16 @@ std::vector<double> score_batch(torch::nn::Module& model, const std::vector<std:
     for (const auto& probe : layers) probe->scores.assign(formats, 0.0);
     options.score.loss(model, index).backward();
     for (at::Tensor& p : model.parameters()) p.mutable_grad().reset();
-    for (const auto& probe : layers) row.insert(row.end(), probe->scores.begin(), probe->scores.end());
+    // A column-parallel layer's ranks scored their own output features: the score is their
+    // sum, in one all-reduce per group (a row-parallel layer's ranks all scored the whole).
+    std::vector<at::Tensor> partial(layers.size());
+    SplitReduction sums;
+    for (size_t l = 0; l < layers.size(); ++l) {
+      partial[l] = at::tensor(layers[l]->scores, at::kDouble);
+      if (layers[l]->tp && !layers[l]->row_parallel) sums.add(layers[l]->layer, &partial[l]);
+    }
+    sums.run(ReduceOp::kSum);
+    for (const at::Tensor& p : partial) row.insert(row.end(), p.data_ptr<double>(), p.data_ptr<double>() + p.numel());
     return row;
   }
   torch::NoGradGuard no_grad;
@@ -438,20 +552,23 @@ struct Measured {
 
 // Calibrates every candidate and scores it on every layer, resuming from and keeping the
 // search checkpoint (see auto_quantize).
+// `group` shares the batches; `search` (group, or the mesh's world on a tensor-parallel
+// model, `tp` its tp group) keeps the search checkpoint.
 Measured measure_scores(torch::nn::Module& model, const std::vector<std::unique_ptr<LayerProbe>>& layers,
                         const std::vector<Format>& formats, const AutoQuantizeOptions& options,
-                        const std::shared_ptr<Communicator>& group) {
+                        const std::shared_ptr<Communicator>& group, const std::shared_ptr<Communicator>& search,
+                        Communicator* tp) {
   const size_t width = layers.size() * formats.size();
   const int64_t count = options.score.count;
   SearchProgress progress;
-  progress.identity["model"] = model_fingerprint(model);
+  progress.identity["model"] = model_fingerprint(model, tp);
   for (const Format& format : formats) progress.identity["formats"].push_back(format.name);
   progress.identity["method"] = method_name(options.method);
   for (const auto& probe : layers) progress.identity["layers"].push_back(probe->name);
   progress.identity["batches"] = count;
   progress.identity["data"] = options.score.fingerprint;
   Measured out;
-  if (!options.checkpoint.empty() && resume(options.checkpoint, &progress, group)) {
+  if (!options.checkpoint.empty() && resume(options.checkpoint, &progress, search)) {
     out.resumed = static_cast<int64_t>(progress.scored.size());
   }
 
@@ -462,13 +579,26 @@ Measured measure_scores(torch::nn::Module& model, const std::vector<std::unique_
   const ProbeRemover remover{layers};
   if (progress.input_amax.empty()) {
     progress.input_amax = calibrate_candidates(model, layers, options, group);
-    keep(options.checkpoint, progress, group);
+    keep(options.checkpoint, progress, search);
   }
+  // Weight amaxes: a split layer's ranks share those that span the split dimension (per
+  // tensor; per output channel of a row-parallel layer), as max_calibrate does.
+  std::vector<at::Tensor> weight_amax;
+  weight_amax.reserve(layers.size() * formats.size());
+  SplitReduction shared;
+  for (const auto& probe : layers) {
+    for (size_t f = 0; f < formats.size(); ++f) {
+      weight_amax.push_back(probe->weight_quantizers[f]->compute_amax(probe->layer->weight.detach()));
+      if (probe->split && !probe->split->slice_of("weight_quantizer._amax", weight_amax.back())) {
+        shared.add(probe->layer, &weight_amax.back());
+      }
+    }
+  }
+  shared.run(ReduceOp::kMax);
   for (size_t l = 0; l < layers.size(); ++l) {
     LayerProbe& probe = *layers[l];
-    const at::Tensor weight = probe.layer->weight.detach();
     for (size_t f = 0; f < formats.size(); ++f) {
-      probe.weight_quantizers[f]->set_amax(probe.weight_quantizers[f]->compute_amax(weight));
+      probe.weight_quantizers[f]->set_amax(weight_amax[l * formats.size() + f]);
       probe.input_quantizers[f]->set_amax(at::scalar_tensor(progress.input_amax[l], at::kFloat));
     }
     probe.phase = options.method == ScoreMethod::kGradient ? LayerProbe::Phase::kGradient : LayerProbe::Phase::kKlDiv;
@@ -492,27 +622,26 @@ Measured measure_scores(torch::nn::Module& model, const std::vector<std::unique_
   for (size_t first = 0; first < pending.size(); first += round_size) {
     const size_t size = std::min(round_size, pending.size() - first);
     at::Tensor round = at::zeros({static_cast<int64_t>(size) + 1, static_cast<int64_t>(width) + 1}, at::kDouble);
+    double* rows = round.data_ptr<double>();
     std::exception_ptr failure;
     for (size_t i = rank; i < size && !failure; i += ranks) {
       try {
         const std::vector<double> row = score_batch(model, layers, formats.size(), options, pending[first + i]);
-        for (size_t k = 0; k < width; ++k) round[i][k] = row[k];
-        round[i][width] = 1;
+        std::copy(row.begin(), row.end(), rows + i * (width + 1));
+        rows[i * (width + 1) + width] = 1;
         ++out.scored_here;
       } catch (...) {
         failure = std::current_exception();
       }
     }
-    if (failure) round[size][0] = 1;
+    if (failure) rows[size * (width + 1)] = 1;
     if (group) group->all_reduce(round, ReduceOp::kSum);
-    const at::Tensor rows = round.contiguous();
     for (size_t i = 0; i < size; ++i) {
-      if (rows[i][width].item<double>() != 1) continue;
-      const double* row = rows.data_ptr<double>() + i * (width + 1);
-      progress.scored[pending[first + i]] = std::vector<double>(row, row + width);
+      const double* row = rows + i * (width + 1);
+      if (row[width] == 1) progress.scored[pending[first + i]] = std::vector<double>(row, row + width);
     }
-    keep(options.checkpoint, progress, group);
-    throw_if_failed(failure, rows[size][0].item<double>(), "scoring");
+    keep(options.checkpoint, progress, search);
+    throw_if_failed(failure, rows[size * (width + 1)], "scoring");
     const int64_t done = static_cast<int64_t>(progress.scored.size());
     if (print && done * 10 / count != shown_tenth) {
       shown_tenth = done * 10 / count;
@@ -562,7 +691,18 @@ std::pair<ModulePtr, AutoQuantizeResult> auto_quantize(ModulePtr model, const Au
   AutoQuantizeResult result;
   std::vector<std::unique_ptr<LayerProbe>> layers = searched_layers(*model, formats, &result.excluded);
   if (layers.empty()) throw ApplyModeError("auto_quantize: the model has no linear layer to search");
-  const Measured measured = measure_scores(*model, layers, formats, options, group);
+  Communicator* tp = nullptr;
+  for (const auto& probe : layers) tp = tp ? tp : probe->tp;
+  std::shared_ptr<Communicator> search = group;
+  if (tp != nullptr) {
+    const std::shared_ptr<Mesh> mesh = options.context.mesh();
+    if (group != mesh->dp()) {
+      throw ConfigError("auto_quantize: a model split over tensor-parallel ranks shares its batches over its mesh's "
+                        "data-parallel group, not another group");
+    }
+    search = mesh->world();
+  }
+  const Measured measured = measure_scores(*model, layers, formats, options, group, search, tp);
   const std::vector<double>& scores = measured.scores;
   result.batches_scored_here = measured.scored_here;
   result.batches_resumed = measured.resumed;
@@ -576,7 +716,7 @@ std::pair<ModulePtr, AutoQuantizeResult> auto_quantize(ModulePtr model, const Au
   for (size_t l = 0; l < layers.size(); ++l) {
     AutoQuantizeLayer& layer = result.layers.emplace_back();
     layer.name = layers[l]->name;
-    layer.params = layers[l]->layer->weight.numel();
+    layer.params = layers[l]->params;
     params_total += static_cast<uint64_t>(layer.params);
     std::vector<KnapsackOption>& options_of_layer = groups.emplace_back();
     double best_fewer_bits = std::numeric_limits<double>::infinity();

@@ -100,11 +100,20 @@ struct AutoQuantizeResult {
 // collective per round (one round in all without a checkpoint) and are added in batch
 // order. Scores are made non-increasing with more bits; the choice is the exact solution of
 // the multiple-choice knapsack (multiple_choice_knapsack.h), the same on every rank.
-// Collective over the context's data-parallel group. Returns the converted model and what
-// was found. Throws ConfigError for an unknown or non-"max" format, a budget out of range
-// or missing scoring data, ApplyModeError for a model that is quantized already, split over
-// tensor-parallel ranks, or has no linear layer to search, CheckpointError for a search
-// checkpoint that is damaged or was written for another model, formats, method or data.
+//
+// A model split over tensor-parallel ranks (the context's mesh) is searched split: each
+// tensor-parallel layer is one decision; a row-parallel layer's ranks share its input and
+// weight amaxes (max) and sum their parts of each candidate's output; a column-parallel
+// layer's scores are the sum of its ranks' output features, reduced once per batch. The
+// scores then agree with the unsplit model's up to the rounding of those sums.
+//
+// Collective over the context's data-parallel group (and tensor-parallel groups). Returns
+// the converted model and what was found. Throws ConfigError for an unknown or non-"max"
+// format, a budget out of range, missing scoring data, or a block format whose blocks a
+// split layer's ranks cannot hold whole; ApplyModeError for a model that is quantized
+// already or has no linear layer to search; CheckpointError for a search checkpoint that is
+// damaged or was written for another model (its tensors, whatever their split), formats,
+// method or data.
 std::pair<ModulePtr, AutoQuantizeResult> auto_quantize(ModulePtr model, const AutoQuantizeOptions& options);
 
 }  // namespace quantization

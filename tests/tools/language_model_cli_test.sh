@@ -227,6 +227,18 @@ auto_quantize_within_bits() {
   [ "$(grep -E "^(layer|blocks\.)" <<<"$out")" = "$table2" ] || { echo "tables differ: $table2 / $out"; return 1; }
   [ "$(head -c 45 "$work/aq-search/auto_quantize.search")" = "mto-checksummed-file 1 auto_quantize search c" ] ||
     { echo "not a checksummed search checkpoint"; return 1; }
+  # Split over tp = 2 (int8 and fp8: int4's blocks of 128 inputs would straddle the ranks of
+  # attn.proj); int4 at tp = 2 is refused, naming the layer.
+  out=$(ranks 2 "$mto" optimize "$work/wide" --tp 2 --mode auto_quantize:effective_bits=12 --formats int8,fp8 \
+        --calib-samples 32 --score-samples 32 --batch-size 8 --out "$work/auto-tp2" 2>&1) || { echo "$out"; return 1; }
+  grep -q "^applied auto_quantize on 2 rank(s) (dp=1, tp=2)" <<<"$out" || { echo "$out"; return 1; }
+  [ "$(grep -cE "^blocks\.0\.[a-z0-9.]+ +(int8|fp8|none) " <<<"$out")" = 4 ] || { echo "$out"; return 1; }
+  one=$("$mto" eval "$work/auto-tp2" --samples 16 --json) || { echo "$one"; return 1; }
+  finite "$(field "$one" loss)" || return 1
+  out=$(ranks 2 "$mto" optimize "$work/wide" --tp 2 --mode auto_quantize:effective_bits=6 --calib-samples 8 \
+        --score-samples 8 --out "$work/x" 2>&1) && { echo "int4 at tp 2 accepted"; return 1; }
+  expect_error_line "$out" "layer 'blocks.0.attn.proj' has 64 on this rank (split over 2 tensor-parallel ranks)" ||
+    return 1
   # The checkpoint belongs to kl_div: a gradient search refuses it, naming it.
   out=$("$mto" optimize "$work/wide" --mode auto_quantize:effective_bits=6 --calib-samples 32 --score-samples 32 \
         --search-checkpoint "$work/aq-search" --out "$work/x" 2>&1) && { echo "gradient took kl_div's checkpoint"; return 1; }

@@ -23,6 +23,7 @@
 #include "modes/quantization/quantized_model.h"
 #include "modes/quantization/tensor_quantizer.h"
 #include "opt/conversion.h"
+#include "opt/errors.h"
 #include "tests/testing/errors.h"
 #include "tests/testing/temp_dir.h"
 #include "tools/zoo/forward.h"
@@ -38,8 +39,8 @@ constexpr int64_t kVocab = 256;
 constexpr int64_t kCalibrationBatches = 4;
 constexpr int64_t kScoreBatches = 9;
 
-std::shared_ptr<zoo::GptImpl> gpt(std::shared_ptr<Mesh> mesh) {
-  const nlohmann::json args = {{"width", 128}, {"depth", 1}, {"heads", 4}, {"context", kContext}, {"seed", 7}};
+std::shared_ptr<zoo::GptImpl> gpt(std::shared_ptr<Mesh> mesh, int64_t width = 128) {
+  const nlohmann::json args = {{"width", width}, {"depth", 1}, {"heads", 4}, {"context", kContext}, {"seed", 7}};
   return std::make_shared<zoo::GptImpl>(zoo::GptOptions::from_json(args).mesh(std::move(mesh)));
 }
 
@@ -75,6 +76,12 @@ ScoreBatches score_batches() {
 // The world's mesh (kRanks, 1), made once by every rank (the first call is collective).
 const std::shared_ptr<Mesh>& world_mesh() {
   static const std::shared_ptr<Mesh> mesh = Mesh::create(world(), 1);
+  return mesh;
+}
+
+// The mesh (2, 2), likewise.
+const std::shared_ptr<Mesh>& split_mesh() {
+  static const std::shared_ptr<Mesh> mesh = Mesh::create(world(), 2);
   return mesh;
 }
 
@@ -125,6 +132,7 @@ class AutoQuantizeMpi : public ::testing::Test {
     at::set_num_threads(1);
     ASSERT_EQ(world()->world_size(), kRanks) << "run with 4 ranks";
     world_mesh();
+    split_mesh();
   }
   void TearDown() override { world()->barrier(); }
 };
@@ -216,6 +224,73 @@ TEST_F(AutoQuantizeMpi, InterruptedOnThreeRanksResumesOnTwo) {
   // Rounds 0-2 and 3-5: batch 4 fails, 3 and 5 are kept; 4, 6, 7 and 8 are left.
   if (world()->rank() < 3) interrupt(three, 4, checkpoint);
   if (world()->rank() < 2) resume_and_check(two, checkpoint, 4, uninterrupted);
+}
+
+// A GPT of width 256 (so that int4's blocks of 128 inputs stay whole on each of 2 ranks).
+AutoQuantizeResult search_wide(AutoQuantizeOptions o, const std::shared_ptr<Mesh>& mesh) {
+  o.context.set_mesh(mesh).set_data_parallel_group(mesh->dp());
+  o.context.set(kForwardLoop, calibration_loop(mesh->dp()));
+  return auto_quantize(gpt(mesh, 256), o).second;
+}
+
+void expect_close(const AutoQuantizeResult& result, const AutoQuantizeResult& reference) {
+  EXPECT_EQ(choice(result), choice(reference));
+  ASSERT_EQ(result.layers.size(), reference.layers.size());
+  for (size_t l = 0; l < result.layers.size(); ++l) {
+    for (size_t f = 0; f < result.formats.size(); ++f) {
+      const double expected = reference.layers[l].scores[f];
+      EXPECT_NEAR(result.layers[l].scores[f], expected, 1e-3 * std::abs(expected))
+          << result.layers[l].name << " " << result.formats[f];
+    }
+  }
+}
+
+// The GPT split over (dp=2, tp=2) scores what the unsplit one scores on (4, 1), up to the
+// rounding of the tensor-parallel sums, and chooses alike; every rank holds the same result;
+// a search interrupted on (2, 2) resumes on (4, 1) from its checkpoint (the model's
+// fingerprint does not depend on the split); a block format whose blocks a split would cut
+// is refused by name.
+TEST_F(AutoQuantizeMpi, TensorParallelSearchAgreesWithTheUnsplitOne) {
+  const AutoQuantizeResult reference = search_wide(options(world()), world_mesh());
+  const AutoQuantizeResult split = search_wide(options(world()), split_mesh());
+  expect_close(split, reference);
+  for (size_t l = 0; l < split.layers.size(); ++l) EXPECT_EQ(split.layers[l].params, reference.layers[l].params);
+  EXPECT_EQ(split.effective_bits, reference.effective_bits);
+  EXPECT_EQ(split.config, reference.config);
+  EXPECT_EQ(split.batches_scored_here, (kScoreBatches - split_mesh()->dp()->rank() + 1) / 2);
+  std::vector<double> mine;
+  for (const AutoQuantizeLayer& layer : split.layers) mine.insert(mine.end(), layer.scores.begin(), layer.scores.end());
+  const at::Tensor local = at::tensor(mine, at::kDouble);
+  at::Tensor most = local.clone(), least = local.clone();
+  world()->all_reduce(most, ReduceOp::kMax);
+  world()->all_reduce(least, ReduceOp::kMin);
+  EXPECT_TRUE(at::equal(most, local));
+  EXPECT_TRUE(at::equal(least, local));
+
+  const std::string checkpoint = shared_dir() + "/search";
+  AutoQuantizeOptions failing = options(world());
+  failing.checkpoint = checkpoint;
+  const auto loss = failing.score.loss;
+  failing.score.loss = [loss](torch::nn::Module& model, int64_t index) {
+    if (index == 3) throw std::runtime_error("node lost");
+    return loss(model, index);
+  };
+  EXPECT_NE(test::error_of([&] { search_wide(failing, split_mesh()); }), "no error");
+  AutoQuantizeOptions resumed = options(world());
+  resumed.checkpoint = checkpoint;
+  const AutoQuantizeResult result = search_wide(resumed, world_mesh());
+  // Rounds of 2 batches (one per replica): 0-1 and 2-3 (3 failed, 2 kept); 7 are left.
+  EXPECT_EQ(result.batches_resumed, 3);
+  expect_close(result, reference);
+
+  AutoQuantizeOptions int4 = options(world());
+  int4.formats = {"int4_blockwise", "int8"};
+  const std::shared_ptr<Mesh> four = Mesh::create(world(), 4);
+  int4.context.set_mesh(four).set_data_parallel_group(four->dp());
+  EXPECT_EQ(test::error_of<ConfigError>([&] { auto_quantize(gpt(four, 256), int4); }),
+            "auto_quantize: format 'int4_blockwise' quantizes blocks of 128 input features, but layer "
+            "'blocks.0.attn.proj' has 64 on this rank (split over 4 tensor-parallel ranks); leave the format out or "
+            "use a smaller tp");
 }
 
 // A rank whose calibration or scoring throws fails every rank, each with a clear message,
