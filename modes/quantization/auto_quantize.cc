@@ -423,9 +423,9 @@ struct SearchProgress {
         std::vector<double>& out = scored[batch];
         for (const auto& v : row) out.push_back(exact_double(v));
       }
-    } catch (const Json::exception& e) {
-      throw CheckpointError(absl::StrCat("auto_quantize: search checkpoint ", path, " is damaged: ", e.what(), start_over));
-    } catch (const std::invalid_argument& e) {
+    } catch (const CheckpointError&) {
+      throw;
+    } catch (const std::exception& e) {  // the JSON library's errors, and the checks above
       throw CheckpointError(absl::StrCat("auto_quantize: search checkpoint ", path, " is damaged: ", e.what(), start_over));
     }
   }
