@@ -3,7 +3,10 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdlib>
 #include <map>
 #include <optional>
 #include <unordered_map>
@@ -31,6 +34,22 @@ namespace {
 // Small tensors travel together in broadcasts of at most this many bytes.
 constexpr size_t kBroadcastBucketBytes = size_t{4} << 20;
 
+// The node this rank runs on: MTO_NODE_NAME where set, else the host name.
+std::string node_name() {
+  if (const char* name = std::getenv("MTO_NODE_NAME"); name != nullptr && *name != '\0') return name;
+  char host[256] = {};
+  if (::gethostname(host, sizeof(host) - 1) != 0) return "";
+  return host;
+}
+
+// The strategy `requested` means for `comm` (see RestoreStrategy::kAuto). Collective when
+// `requested` is kAuto.
+RestoreStrategy chosen_strategy(RestoreStrategy requested, Communicator& comm) {
+  if (requested != RestoreStrategy::kAuto) return requested;
+  const std::vector<std::string> nodes = comm.all_gather(node_name());
+  const bool one_node = std::all_of(nodes.begin(), nodes.end(), [&](const std::string& n) { return n == nodes[0]; });
+  return one_node ? RestoreStrategy::kReadAll : RestoreStrategy::kReadShareBroadcast;
+}
 
 // A tensor of the model, the record of the checkpoint that fills it and the part it is.
 struct Destination {
@@ -167,7 +186,7 @@ ModulePtr restore_checkpoint(const ModelOrModelLike* model, const std::string& d
     const MatrixShape m = matrix_shape({d.record->shape().begin(), d.record->shape().end()});
     return !(d.rect == whole_rect(m));
   });
-  if (options.strategy == RestoreStrategy::kReadAll || comm->world_size() == 1 || split) {
+  if (comm->world_size() == 1 || split || chosen_strategy(options.strategy, *comm) == RestoreStrategy::kReadAll) {
     std::vector<const Destination*> all;
     for (const auto& d : destinations) all.push_back(&d);
     run_on_every_rank(*comm, [&] { read_destinations(all, manifest, dir); });

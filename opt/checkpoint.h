@@ -21,9 +21,14 @@ namespace mto {
 
 // How restore brings the weights from the files to every rank.
 enum class RestoreStrategy {
-  // Every rank reads every tensor straight into its model and checks every checksum. The
-  // default: measured faster on one node, where the page cache serves every rank (see
-  // tools/bench).
+  // The default, chosen per restore: kReadAll when every rank of the communicator runs on
+  // one node, where the page cache serves the repeated reads (measured faster than sharing
+  // on 1, 2 and 4 ranks here, tools/bench/checkpoint_bench.sh); kReadShareBroadcast when the
+  // ranks span nodes, so that each byte leaves the shared file system once. A rank's node is
+  // its host name, or MTO_NODE_NAME where set (e.g. containers on one machine that have host
+  // names of their own). Costs one small all-gather.
+  kAuto,
+  // Every rank reads every tensor straight into its model and checks every checksum.
   kReadAll,
   // Each rank reads its share of the tensors (balanced by bytes) and checks their
   // checksums, then each share is broadcast from its reader. Moves each byte off the
@@ -53,7 +58,7 @@ struct RestoreOptions {
   // The ranks that restore together; each ends with its own part of the weights (all of
   // them for tensors it holds whole). Null means the default mesh's world.
   std::shared_ptr<Communicator> communicator;
-  RestoreStrategy strategy = RestoreStrategy::kReadAll;
+  RestoreStrategy strategy = RestoreStrategy::kAuto;
   // Extra tensors of the checkpoint (SaveOptions::extra_tensors) to read: called with the
   // restored model once its modes are replayed, it returns the tensors to fill, matched by
   // name, global shape and dtype like the model's. None when unset.

@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -99,6 +100,30 @@ TEST_F(CheckpointMpiTest, SaveOnNRanksRestoreOnMRanks) {
     }
     comm->barrier();
   }
+}
+
+// The default strategy reads everything on every rank when the ranks share a node, and
+// shares the reading (broadcasting the weights) when they span nodes (MTO_NODE_NAME: two
+// ranks per "node"); either way the model is the reference.
+TEST_F(CheckpointMpiTest, TheDefaultStrategyFollowsTheNodes) {
+  const std::string dir = base + "/ckpt";
+  save(*reference_model(), dir, {comm});
+  auto bytes_of = [&](RestoreStrategy strategy) {
+    comm->reset_stats();
+    ModulePtr restored = restore(fresh_model_like(rank), dir, {comm, strategy});
+    expect_reference(restored, "restored with the default strategy");
+    return static_cast<int64_t>(comm->stats().bytes);
+  };
+  const int64_t all = bytes_of(RestoreStrategy::kReadAll);
+  const int64_t shared = bytes_of(RestoreStrategy::kReadShareBroadcast);
+  ASSERT_GT(shared - all, 1000) << "sharing broadcasts the weights";
+  // The node names travel in one all-gather of a few hundred bytes.
+  EXPECT_NEAR(static_cast<double>(bytes_of(RestoreStrategy::kAuto)), static_cast<double>(all), 512);
+  ::setenv("MTO_NODE_NAME", ("node-" + std::to_string(rank / 2)).c_str(), 1);
+  EXPECT_NEAR(static_cast<double>(bytes_of(RestoreStrategy::kAuto)), static_cast<double>(shared), 512);
+  ::setenv("MTO_NODE_NAME", "one-node", 1);
+  EXPECT_NEAR(static_cast<double>(bytes_of(RestoreStrategy::kAuto)), static_cast<double>(all), 512);
+  ::unsetenv("MTO_NODE_NAME");
 }
 
 TEST_F(CheckpointMpiTest, EachShardIsWrittenByItsRank) {

@@ -28,7 +28,7 @@ struct EvalOptions {
   int tp = 1;
   int64_t samples = -1;
   int64_t batch_size = 256;
-  std::string strategy = "read-all";
+  std::string strategy = "auto";
   bool json = false;
 };
 
@@ -96,8 +96,9 @@ void evaluate_text(torch::nn::Module& model, int64_t context, const EvalOptions&
 void run_eval(const EvalOptions& options) {
   const std::shared_ptr<Mesh> mesh = join_mesh(options.tp);
   RestoreOptions restore_options;
-  restore_options.strategy =
-      options.strategy == "read-share" ? RestoreStrategy::kReadShareBroadcast : RestoreStrategy::kReadAll;
+  restore_options.strategy = options.strategy == "read-share" ? RestoreStrategy::kReadShareBroadcast
+                             : options.strategy == "read-all" ? RestoreStrategy::kReadAll
+                                                              : RestoreStrategy::kAuto;
   const auto start = std::chrono::steady_clock::now();
   ModulePtr model = restore(options.checkpoint, restore_options);
   const double restore_seconds = seconds_since(start);
@@ -127,10 +128,11 @@ void add_eval_command(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   command->add_option("--strategy", options->strategy,
-                      "How the ranks read the weights: read-all (each rank reads everything) or "
-                      "read-share (each reads 1/N, then broadcast)")
+                      "How the ranks read the weights: read-all (each rank reads everything), read-share "
+                      "(each reads 1/N, then broadcast), or auto (read-all when the ranks share one node, "
+                      "read-share when they span nodes; MTO_NODE_NAME overrides a rank's host name)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"read-all", "read-share"}));
+      ->check(CLI::IsMember({"auto", "read-all", "read-share"}));
   command->add_flag("--json", options->json, "Print one JSON line instead of text");
   command->callback([options] { run_eval(*options); });
 }
