@@ -242,7 +242,12 @@ auto_quantize_within_bits() {
   # The checkpoint belongs to kl_div: a gradient search refuses it, naming it.
   out=$("$mto" optimize "$work/wide" --mode auto_quantize:effective_bits=6 --calib-samples 32 --score-samples 32 \
         --search-checkpoint "$work/aq-search" --out "$work/x" 2>&1) && { echo "gradient took kl_div's checkpoint"; return 1; }
-  expect_error_line "$out" "search checkpoint $work/aq-search/auto_quantize.search was written for method \"kl_div\", not \"gradient\""
+  expect_error_line "$out" "search checkpoint $work/aq-search/auto_quantize.search was written for method \"kl_div\", not \"gradient\"" ||
+    return 1
+  # A search checkpoint directory that cannot be made fails every rank with one line, no hang.
+  out=$(ranks 2 "$mto" optimize "$work/wide" --mode auto_quantize:effective_bits=6 --calib-samples 8 --score-samples 8 \
+        --search-checkpoint /proc/mto-no-such-dir --out "$work/x" 2>&1) && { echo "an impossible directory was taken"; return 1; }
+  expect_error_line "$out" "cannot create directories: .*/proc/mto-no-such-dir"
 }
 
 # Fine-tuning with the float GPT as the teacher: on the pruned student (1 replica pair) and on

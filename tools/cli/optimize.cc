@@ -26,6 +26,7 @@
 #include "modes/quantization/presets.h"
 #include "modes/quantization/quantize.h"
 #include "opt/checkpoint.h"
+#include "opt/collective.h"
 #include "opt/conversion.h"
 #include "opt/errors.h"
 #include "tools/cli/commands.h"
@@ -317,7 +318,10 @@ ModulePtr run_auto_quantize(ModulePtr model, double effective_bits, const Optimi
   search.verbose = true;
   search.context = runtime;
   if (!options.search_checkpoint.empty()) {
-    if (mesh.world()->rank() == 0) std::filesystem::create_directories(options.search_checkpoint);
+    // Rank 0 keeps the checkpoint; a directory it cannot make fails every rank.
+    run_on_every_rank(*mesh.world(), [&] {
+      if (mesh.world()->rank() == 0) std::filesystem::create_directories(options.search_checkpoint);
+    });
     search.checkpoint = options.search_checkpoint + "/auto_quantize.search";
   }
   const auto start = std::chrono::steady_clock::now();
