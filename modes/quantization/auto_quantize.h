@@ -49,9 +49,10 @@ struct AutoQuantizeOptions {
   double effective_bits = 4.8;
   ScoreMethod method = ScoreMethod::kGradient;
   ScoreBatches score;
-  // The search checkpoint, a file on storage every rank can reach (rank 0 writes it after
-  // every round of batches, checksummed and atomically); empty for none. A search
-  // interrupted on any number of ranks resumes from it on any other, with the same result.
+  // The search checkpoint, a file that the search's first rank reads (and broadcasts) and
+  // writes after calibration and after every round of batches, checksummed and atomically;
+  // empty for none. A search interrupted on any number of ranks resumes from it on any
+  // other, with the same result.
   std::string checkpoint;
   // Progress lines on rank 0.
   bool verbose = false;

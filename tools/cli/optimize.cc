@@ -450,8 +450,8 @@ void add_optimize_command(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   command->add_option("--search-checkpoint", options->search_checkpoint,
                       "fastnas and auto_quantize: directory of search checkpoints (fastnas: one per rank; "
-                      "auto_quantize: one, which must be on storage every rank reaches); an interrupted search "
-                      "resumes, auto_quantize's on any number of ranks");
+                      "auto_quantize: one, kept by rank 0); an interrupted search resumes, auto_quantize's on any "
+                      "number of ranks");
   command->add_option("--formats", options->formats,
                       "auto_quantize: the candidate formats, comma-separated (presets calibrated with max)")
       ->capture_default_str();
