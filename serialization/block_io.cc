@@ -117,7 +117,7 @@ std::vector<Block> write_slice(File& file, uint64_t tensor_offset, uint64_t cols
           next_buffer = 1 - next_buffer;
         } else {
           file.write_at(bounce, n, at + done);
-          file.start_writeback(at + done, n);
+          file.start_writeback_of_windows(at + done, n);
         }
       }
     });

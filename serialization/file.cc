@@ -146,6 +146,13 @@ void File::start_writeback(uint64_t offset, uint64_t size) {
   ::sync_file_range(fd_, static_cast<off_t>(offset), static_cast<off_t>(size), SYNC_FILE_RANGE_WRITE);
 }
 
+void File::start_writeback_of_windows(uint64_t offset, uint64_t size) {
+  constexpr uint64_t kWindow = uint64_t{8} << 20;
+  for (uint64_t end = (offset / kWindow + 1) * kWindow; end <= offset + size; end += kWindow) {
+    start_writeback(end - kWindow, kWindow);
+  }
+}
+
 void File::sync() {
   if (::fsync(fd_) != 0) throw CheckpointError(io_error_message("cannot fsync", path_, errno));
 }

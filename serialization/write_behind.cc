@@ -26,7 +26,7 @@ void WriteBehind::run() {
     std::exception_ptr error;
     try {
       file_->write_at(data_, size_, offset_);
-      file_->start_writeback(offset_, size_);
+      file_->start_writeback_of_windows(offset_, size_);
     } catch (...) {
       error = std::current_exception();
     }
