@@ -291,15 +291,6 @@ int result_bits(const std::vector<Format>& formats, size_t f) {
   return f < formats.size() ? formats[f].bits : kNoneBits;
 }
 
-// Runs `step` on every rank of `group` (see run_on_every_rank), or alone without a group.
-void on_every_rank(const std::shared_ptr<Communicator>& group, const std::function<void()>& step) {
-  if (group) {
-    run_on_every_rank(*group, step);
-  } else {
-    step();
-  }
-}
-
 const char* method_name(ScoreMethod method) { return method == ScoreMethod::kGradient ? "gradient" : "kl_div"; }
 
 // SplitMix64's finalizer: a 64-bit mix in which every input bit moves every output bit.
@@ -432,29 +423,27 @@ struct SearchProgress {
 };
 
 // Reads the search checkpoint on rank 0 into `progress` on every rank; false if there is none.
-bool resume(const std::string& path, SearchProgress* progress, const std::shared_ptr<Communicator>& group) {
+bool resume(const std::string& path, SearchProgress* progress, Communicator& group) {
   std::string text;
   bool exists = false;
-  on_every_rank(group, [&] {
-    if (group && group->rank() != 0) return;
+  run_on_every_rank(group, [&] {
+    if (group.rank() != 0) return;
     exists = std::filesystem::exists(path);
     if (exists) text = read_checksummed_file(path, kCheckpointKind, kMaxMetadataBytes);
   });
-  if (group) {
-    std::string flag = exists ? "1" : "0";
-    group->broadcast(flag, 0);
-    exists = flag == "1";
-    if (exists) group->broadcast(text, 0);
-  }
-  if (exists) on_every_rank(group, [&] { progress->load(path, text); });
+  std::string flag = exists ? "1" : "0";
+  group.broadcast(flag, 0);
+  exists = flag == "1";
+  if (exists) group.broadcast(text, 0);
+  if (exists) run_on_every_rank(group, [&] { progress->load(path, text); });
   return exists;
 }
 
 // Writes `progress` to the search checkpoint (rank 0), collectively.
-void keep(const std::string& path, const SearchProgress& progress, const std::shared_ptr<Communicator>& group) {
+void keep(const std::string& path, const SearchProgress& progress, Communicator& group) {
   if (path.empty()) return;
-  on_every_rank(group, [&] {
-    if (!group || group->rank() == 0) write_checksummed_file(path, kCheckpointKind, progress.serialize());
+  run_on_every_rank(group, [&] {
+    if (group.rank() == 0) write_checksummed_file(path, kCheckpointKind, progress.serialize());
   });
 }
 
@@ -483,7 +472,7 @@ int64_t status_bytes(const std::string& key) {
 // Calibrates every candidate (per-tensor input amax, max over `group`, synced in one MAX
 // whose last value says which rank, if any, failed): the amaxes, per layer.
 std::vector<double> calibrate_candidates(torch::nn::Module& model, const std::vector<std::unique_ptr<LayerProbe>>& layers,
-                                         const AutoQuantizeOptions& options, const std::shared_ptr<Communicator>& group) {
+                                         const AutoQuantizeOptions& options, Communicator& group) {
   std::exception_ptr failure;
   try {
     torch::NoGradGuard no_grad;
@@ -501,8 +490,8 @@ std::vector<double> calibrate_candidates(torch::nn::Module& model, const std::ve
   parts.run(ReduceOp::kMax);
   at::Tensor amax = at::zeros({static_cast<int64_t>(layers.size()) + 1}, at::kDouble);
   for (size_t l = 0; l < layers.size(); ++l) amax[l] = input_amax[l].item<double>();
-  if (failure) amax[-1] = (group ? group->rank() : 0) + 1;
-  if (group) group->all_reduce(amax, ReduceOp::kMax);
+  if (failure) amax[-1] = group.rank() + 1;
+  group.all_reduce(amax, ReduceOp::kMax);
   throw_if_failed(failure, amax[-1].item<double>(), "calibration");
   const at::Tensor values = amax.narrow(0, 0, static_cast<int64_t>(layers.size())).contiguous();
   return std::vector<double>(values.data_ptr<double>(), values.data_ptr<double>() + values.numel());
@@ -556,8 +545,7 @@ struct Measured {
 // model, `tp` its tp group) keeps the search checkpoint.
 Measured measure_scores(torch::nn::Module& model, const std::vector<std::unique_ptr<LayerProbe>>& layers,
                         const std::vector<Format>& formats, const AutoQuantizeOptions& options,
-                        const std::shared_ptr<Communicator>& group, const std::shared_ptr<Communicator>& search,
-                        Communicator* tp) {
+                        Communicator& group, Communicator& search, Communicator* tp) {
   const size_t width = layers.size() * formats.size();
   const int64_t count = options.score.count;
   SearchProgress progress;
@@ -612,7 +600,7 @@ Measured measure_scores(torch::nn::Module& model, const std::vector<std::unique_
   for (int64_t b = 0; b < count; ++b) {
     if (progress.scored.count(b) == 0) pending.push_back(b);
   }
-  const int ranks = group ? group->world_size() : 1, rank = group ? group->rank() : 0;
+  const int ranks = group.world_size(), rank = group.rank();
   const size_t round_size = options.checkpoint.empty() ? std::max<size_t>(pending.size(), 1) : ranks;
   const bool print = options.verbose && rank == 0;
   const bool measures_memory = reset_peak_rss();
@@ -635,7 +623,7 @@ Measured measure_scores(torch::nn::Module& model, const std::vector<std::unique_
       }
     }
     if (failure) rows[size * (width + 1)] = 1;
-    if (group) group->all_reduce(round, ReduceOp::kSum);
+    group.all_reduce(round, ReduceOp::kSum);
     for (size_t i = 0; i < size; ++i) {
       const double* row = rows + i * (width + 1);
       if (row[width] == 1) progress.scored[pending[first + i]] = std::vector<double>(row, row + width);
@@ -654,11 +642,9 @@ Measured measure_scores(torch::nn::Module& model, const std::vector<std::unique_
   if (measures_memory && resident_at_start >= 0) {
     out.peak_extra_bytes = std::max<int64_t>(status_bytes("VmHWM") - resident_at_start, 0);
   }
-  if (group) {
-    at::Tensor peak = at::scalar_tensor(static_cast<double>(out.peak_extra_bytes), at::kDouble).reshape({1});
-    group->all_reduce(peak, ReduceOp::kMax);
-    out.peak_extra_bytes = static_cast<int64_t>(peak.item<double>());
-  }
+  at::Tensor peak = at::scalar_tensor(static_cast<double>(out.peak_extra_bytes), at::kDouble).reshape({1});
+  group.all_reduce(peak, ReduceOp::kMax);
+  out.peak_extra_bytes = static_cast<int64_t>(peak.item<double>());
 
   // The sums, batch by batch in order: the same bits whatever rank scored which batch.
   out.scores.assign(width, 0.0);
@@ -702,7 +688,7 @@ std::pair<ModulePtr, AutoQuantizeResult> auto_quantize(ModulePtr model, const Au
     }
     search = mesh->world();
   }
-  const Measured measured = measure_scores(*model, layers, formats, options, group, search, tp);
+  const Measured measured = measure_scores(*model, layers, formats, options, *group, *search, tp);
   const std::vector<double>& scores = measured.scores;
   result.batches_scored_here = measured.scored_here;
   result.batches_resumed = measured.resumed;
