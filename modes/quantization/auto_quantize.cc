@@ -29,17 +29,21 @@
 #include "absl/strings/strip.h"
 #include "distributed/mesh.h"
 #include "distributed/tensor_slice.h"
+#include "modes/quantization/awq_lite.h"
 #include "modes/quantization/multiple_choice_knapsack.h"
 #include "modes/quantization/presets.h"
 #include "modes/quantization/quantize.h"
 #include "modes/quantization/quantize_config.h"
+#include "modes/quantization/quantization.pb.h"
 #include "modes/quantization/quantized_model.h"
+#include "modes/quantization/smoothquant.h"
 #include "modes/quantization/split_reduction.h"
 #include "modes/quantization/tensor_quantizer.h"
 #include "opt/conversion.h"
 #include "opt/errors.h"
 #include "opt/collective.h"
 #include "opt/nn/linear.h"
+#include "opt/registry.h"
 #include "serialization/checkpoint_error.h"
 #include "serialization/checkpoint_layout.h"
 #include "serialization/checksum.h"
@@ -54,11 +58,15 @@ constexpr char kOutputProbe[] = "auto_quantize_output_probe";
 constexpr int kNoneBits = 16;
 constexpr char kCheckpointKind[] = "auto_quantize search checkpoint";
 
-// A candidate format: its name, its parsed config and the bits its weights count for.
+// A candidate format: its name, its parsed config, the bits its weights count for, and its
+// calibration: "max", or a smoothing ("smoothquant" with its alpha, "awq_lite" with its
+// alpha_step as `smoothing`), as every preset is.
 struct Format {
   std::string name;
   QuantizeConfig config;
   int bits = kNoneBits;
+  std::string algorithm;
+  double smoothing = 0;
 };
 
 QuantizerAttributes resolve(const Format& format, const std::string& layer, bool weight) {
@@ -71,14 +79,20 @@ int bits_of(const QuantizerAttributes& a) {
   return a.exponent_bits() > 0 ? a.exponent_bits() + a.mantissa_bits() + 1 : a.num_bits();
 }
 
-// Model Optimizer's count: the fewest bits of any enabled quantizer of the format.
+// Model Optimizer's count: the fewest bits of any enabled quantizer of the format. The
+// calibration's options are read (and checked) as its calibration mode reads them.
 Format parse_format(const std::string& name) {
   Format format;
   format.name = name;
   parse_quantize_config(quantize_preset(name), &format.config);
-  if (format.config.algorithm() != "max") {
-    throw ConfigError(absl::StrCat("auto_quantize: format '", name, "' calibrates with '", format.config.algorithm(),
-                                   "'; auto_quantize takes formats calibrated with max (int8, fp8, int4_blockwise)"));
+  format.algorithm = format.config.algorithm();
+  if (format.algorithm == "smoothquant" || format.algorithm == "awq_lite") {
+    const auto descriptor = ModeRegistry::get_from_any(format.algorithm + "_calibrate");
+    MessagePtr calibration = descriptor->config_class();
+    descriptor->config_from_json(algorithm_json(format.config).dump(), calibration.get());
+    format.smoothing = format.algorithm == "smoothquant"
+                           ? message_as<SmoothQuantCalibrateConfig>(*calibration, name).alpha()
+                           : message_as<AwqLiteCalibrateConfig>(*calibration, name).alpha_step();
   }
   for (const bool weight : {true, false}) {
     const QuantizerAttributes a = resolve(format, "layer", weight);
@@ -96,6 +110,9 @@ struct LayerProbe {
   // The weight's parameters, of the whole layer if it is split.
   int64_t params = 0;
   std::vector<std::shared_ptr<TensorQuantizerImpl>> weight_quantizers, input_quantizers;
+  // Per candidate, what its smoothing multiplies the weight by along the input features
+  // (its quantizers then hold the pre_quant_scale); undefined for max calibration.
+  std::vector<at::Tensor> weight_factors;
   // Split over a tensor-parallel group of more than one rank: `split` reports the slices,
   // `tp` is the group. A row-parallel layer (input features split) all-reduces its output,
   // so every rank of the group sees the whole output; a column-parallel one (output
@@ -110,12 +127,18 @@ struct LayerProbe {
   int substitute = -1;
   std::vector<double> scores;
 
+  // The weight as candidate `f` quantizes it: smoothed, if the candidate smooths.
+  at::Tensor weight_of(size_t f) const {
+    const at::Tensor w = layer->weight.detach();
+    return weight_factors[f].defined() ? w * weight_factors[f].unsqueeze(0) : w;
+  }
+
   // The layer's output on its input `x` (this rank's part of it) with candidate `f`, or in
   // float with f = -1, as the layer computes it: a row-parallel layer sums the ranks' parts.
   at::Tensor output(const at::Tensor& x, int f) const {
     const at::Tensor w = layer->weight.detach();
     const at::Tensor in = f < 0 ? x : input_quantizers[f]->forward(x);
-    const at::Tensor weight = f < 0 ? w : weight_quantizers[f]->forward(w);
+    const at::Tensor weight = f < 0 ? w : weight_quantizers[f]->forward(weight_of(f));
     if (!row_parallel) return at::linear(in, weight, layer->bias);
     at::Tensor sum = at::linear(in, weight);
     tp->all_reduce(sum, ReduceOp::kSum);
@@ -129,7 +152,7 @@ struct LayerProbe {
     const at::Tensor w = layer->weight.detach();
     std::vector<at::Tensor> outputs;
     for (size_t f = 0; f < weight_quantizers.size(); ++f) {
-      outputs.push_back(at::linear(input_quantizers[f]->forward(x), weight_quantizers[f]->forward(w),
+      outputs.push_back(at::linear(input_quantizers[f]->forward(x), weight_quantizers[f]->forward(weight_of(f)),
                                    row_parallel ? at::Tensor() : layer->bias));
     }
     outputs.push_back(at::linear(x, w, row_parallel ? at::Tensor() : layer->bias));
@@ -240,6 +263,7 @@ std::vector<std::unique_ptr<LayerProbe>> searched_layers(torch::nn::Module& mode
           std::make_shared<TensorQuantizerImpl>(entry.name + ".input_quantizer", input, /*keepdim_amax=*/false));
     }
     probe->scores.assign(formats.size(), 0.0);
+    probe->weight_factors.resize(formats.size());
     if (searched) {
       out.push_back(std::move(probe));
     } else {
@@ -497,6 +521,74 @@ std::vector<double> calibrate_candidates(torch::nn::Module& model, const std::ve
   return std::vector<double>(values.data_ptr<double>(), values.data_ptr<double>() + values.numel());
 }
 
+// Puts the float weights back and takes the candidate quantizers out of the layers when it
+// goes, whatever happened.
+struct SmoothingScope {
+  const std::vector<std::unique_ptr<LayerProbe>>& layers;
+  std::vector<at::Tensor> float_weights;
+  ~SmoothingScope() {
+    torch::NoGradGuard no_grad;
+    for (size_t l = 0; l < layers.size(); ++l) {
+      layers[l]->layer->remove_transform("input_quantizer");
+      layers[l]->layer->remove_transform("weight_quantizer");
+      if (l < float_weights.size()) layers[l]->layer->weight.detach().copy_(float_weights[l]);
+    }
+  }
+};
+
+// Calibrates the candidates of every smoothing format (SmoothQuant, AWQ-lite) as its own
+// calibration mode does, on all searched layers at once: the candidates' quantizers go into
+// the layers' slots, the calibration runs over the forward loop (collective over `group` and
+// the tensor-parallel groups), and the quantizers come out again holding their amax and
+// pre_quant_scale; the factors the smoothing multiplied the weights by are kept, and the
+// float weights (copied for the while) are put back.
+void calibrate_smoothing_formats(torch::nn::Module& model, const std::vector<std::unique_ptr<LayerProbe>>& layers,
+                                 const std::vector<Format>& formats, const AutoQuantizeOptions& options,
+                                 Communicator& group) {
+  const ForwardLoop& loop = options.context.get(kForwardLoop);
+  for (size_t f = 0; f < formats.size(); ++f) {
+    if (formats[f].algorithm == "max") continue;
+    SmoothingScope scope{layers, {}};
+    for (const auto& probe : layers) {
+      scope.float_weights.push_back(probe->layer->weight.detach().clone());
+      probe->layer->add_transform(nn::Slot::kInput, "input_quantizer", probe->input_quantizers[f]);
+      probe->layer->add_transform(nn::Slot::kWeight, "weight_quantizer", probe->weight_quantizers[f]);
+    }
+    const std::map<std::string, at::Tensor> factors =
+        formats[f].algorithm == "smoothquant"
+            ? calibrate_smoothquant(model, &loop, &group, formats[f].smoothing).weight_factors
+            : calibrate_awq_lite(model, &loop, &group, formats[f].smoothing).weight_factors;
+    for (const auto& probe : layers) {
+      const auto factor = factors.find(probe->name);
+      if (factor != factors.end()) probe->weight_factors[f] = factor->second;
+    }
+  }
+}
+
+// Gives the layers of `model` that chose a smoothing format that format's calibration, as
+// the search found it: the smoothed weight, the pre_quant_scale and the amaxes.
+void apply_smoothing(torch::nn::Module& model, const std::vector<std::unique_ptr<LayerProbe>>& layers,
+                     const std::vector<int>& chosen) {
+  std::map<std::string, std::pair<const LayerProbe*, size_t>> smoothed;
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const size_t f = static_cast<size_t>(chosen[l]);
+    if (f < layers[l]->weight_factors.size() && layers[l]->weight_factors[f].defined()) {
+      smoothed[layers[l]->name] = {layers[l].get(), f};
+    }
+  }
+  torch::NoGradGuard no_grad;
+  for (const QuantizerSlot& slot : quantizer_slots(model)) {
+    const auto found = smoothed.find(slot.layer_name);
+    if (found == smoothed.end() || slot.slot == nn::Slot::kOutput) continue;
+    const auto& [probe, f] = found->second;
+    const bool weight = slot.slot == nn::Slot::kWeight;
+    const TensorQuantizerImpl& candidate = weight ? *probe->weight_quantizers[f] : *probe->input_quantizers[f];
+    if (weight) slot.weight().detach().mul_(probe->weight_factors[f].unsqueeze(0));
+    if (candidate.has_pre_quant_scale()) slot.quantizer()->set_pre_quant_scale(candidate.pre_quant_scale());
+    if (candidate.has_amax()) slot.quantizer()->set_amax(candidate.amax());
+  }
+}
+
 // The scores of batch `index`, [layers x formats] in order.
 std::vector<double> score_batch(torch::nn::Module& model, const std::vector<std::unique_ptr<LayerProbe>>& layers,
                                 size_t formats, const AutoQuantizeOptions& options, int64_t index) {
@@ -564,18 +656,24 @@ Measured measure_scores(torch::nn::Module& model, const std::vector<std::unique_
     probe->layer->add_transform(nn::Slot::kInput, kInputProbe, std::make_shared<InputProbeImpl>(probe.get()));
     probe->layer->add_transform(nn::Slot::kOutput, kOutputProbe, std::make_shared<OutputProbeImpl>(probe.get()));
   }
+  calibrate_smoothing_formats(model, layers, formats, options, group);
   const ProbeRemover remover{layers};
   if (progress.input_amax.empty()) {
     progress.input_amax = calibrate_candidates(model, layers, options, group);
     keep(options.checkpoint, progress, search);
   }
-  // Weight amaxes: a split layer's ranks share those that span the split dimension (per
-  // tensor; per output channel of a row-parallel layer), as max_calibrate does.
+  // Weight amaxes of the max-calibrated candidates: a split layer's ranks share those that
+  // span the split dimension (per tensor; per output channel of a row-parallel layer), as
+  // max_calibrate does. The smoothing candidates are calibrated already.
   std::vector<at::Tensor> weight_amax;
   weight_amax.reserve(layers.size() * formats.size());
   SplitReduction shared;
   for (const auto& probe : layers) {
     for (size_t f = 0; f < formats.size(); ++f) {
+      if (formats[f].algorithm != "max") {
+        weight_amax.emplace_back();
+        continue;
+      }
       weight_amax.push_back(probe->weight_quantizers[f]->compute_amax(probe->layer->weight.detach()));
       if (probe->split && !probe->split->slice_of("weight_quantizer._amax", weight_amax.back())) {
         shared.add(probe->layer, &weight_amax.back());
@@ -586,6 +684,7 @@ Measured measure_scores(torch::nn::Module& model, const std::vector<std::unique_
   for (size_t l = 0; l < layers.size(); ++l) {
     LayerProbe& probe = *layers[l];
     for (size_t f = 0; f < formats.size(); ++f) {
+      if (formats[f].algorithm != "max") continue;
       probe.weight_quantizers[f]->set_amax(weight_amax[l * formats.size() + f]);
       probe.input_quantizers[f]->set_amax(at::scalar_tensor(progress.input_amax[l], at::kFloat));
     }
@@ -738,6 +837,7 @@ std::pair<ModulePtr, AutoQuantizeResult> auto_quantize(ModulePtr model, const Au
   result.config = choice_config(layers, formats, *chosen);
   ModulePtr quantized = apply_mode(model, ModeList(quantize_modes(result.config)), nullptr, std::nullopt,
                                    options.context);
+  apply_smoothing(*quantized, layers, *chosen);
   return {quantized, std::move(result)};
 }
 

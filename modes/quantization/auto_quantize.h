@@ -41,8 +41,9 @@ enum class ScoreMethod {
 
 // Options of auto_quantize (Model Optimizer's mtq.auto_quantize).
 struct AutoQuantizeOptions {
-  // Candidate formats: quantize presets whose algorithm is "max" (int8, fp8,
-  // int4_blockwise); "not quantized" is always a candidate.
+  // Candidate formats: quantize presets calibrated with max (int8, fp8, int4_blockwise),
+  // SmoothQuant (int8_smoothquant) or AWQ-lite (int4_awq); "not quantized" is always a
+  // candidate.
   std::vector<std::string> formats;
   // The budget: the weights' bits averaged over the searched layers' parameters, in
   // [the fewest bits of a format, 16].
@@ -95,7 +96,15 @@ struct AutoQuantizeResult {
 // bits stay within the budget while the loss suffers least, then applies "quantize" with
 // the per-layer config that choice expands to and "max_calibrate", so the modelopt state
 // records it and restore needs no data. Each candidate is calibrated once on the
-// calibration data (per-tensor input amax, max over the data-parallel group). Each layer's
+// calibration data (per-tensor input amax, max over the data-parallel group); a format that
+// smooths (SmoothQuant, AWQ-lite) is calibrated by its own algorithm on all searched layers
+// at once, as Model Optimizer calibrates each recipe, and scored with its smoothed weight and
+// pre_quant_scale. Layers that choose it keep that calibration (smoothed weight,
+// pre_quant_scale, amaxes), which the "max_calibrate" entry's metadata then records, so that
+// Model Optimizer's single calibrated quantizer state is what restore rebuilds. A smoothing
+// format is calibrated again when a search resumes (deterministic, so its candidates are
+// the same); while it is calibrated, this rank holds a copy of its searched weights. Each
+// layer's
 // score for a format (options.method) is summed over the scoring batches, which are dealt
 // out round-robin over the data-parallel ranks; each batch's scores travel in one
 // collective per round (one round in all without a checkpoint) and are added in batch
@@ -109,8 +118,7 @@ struct AutoQuantizeResult {
 // scores then agree with the unsplit model's up to the rounding of those sums.
 //
 // Collective over the context's data-parallel group (and tensor-parallel groups). Returns
-// the converted model and what was found. Throws ConfigError for an unknown or non-"max"
-// format, a budget out of range, missing scoring data, or a block format whose blocks a
+// the converted model and what was found. Throws ConfigError for an unknown format, a budget out of range, missing scoring data, or a block format whose blocks a
 // split layer's ranks cannot hold whole; ApplyModeError for a model that is quantized
 // already or has no linear layer to search; CheckpointError for a search checkpoint that is
 // damaged or was written for another model (its tensors, whatever their split), formats,

@@ -603,6 +603,7 @@ AwqLiteResult calibrate_awq_lite(torch::nn::Module& model, const ForwardLoop* fo
   for (size_t i = 0; i < layers.size(); ++i) {
     layers[i].weight_quantizer->set_amax(amax[i]);
     result.alphas.emplace_back(layers[i].name, alphas[best[i]]);
+    result.weight_factors[layers[i].name] = layers[i].scales[best[i]];
   }
   return result;
 }

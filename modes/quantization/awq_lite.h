@@ -1,5 +1,6 @@
 #pragma once
 
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -16,6 +17,9 @@ namespace quantization {
 // ("block.0.fc1"), in module order.
 struct AwqLiteResult {
   std::vector<std::pair<std::string, double>> alphas;
+  // The factor each layer's weight was multiplied by along the input features (s of the
+  // chosen alpha, this rank's part of it on a row-parallel layer), by layer name.
+  std::map<std::string, at::Tensor> weight_factors;
 };
 
 // AWQ-lite calibration of weight-only formats (W4A16), as Model Optimizer's `awq_lite` does

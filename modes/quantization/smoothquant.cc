@@ -53,8 +53,8 @@ std::vector<SmoothedLayer> smoothed_layers(torch::nn::Module& model) {
 
 }  // namespace
 
-void calibrate_smoothquant(torch::nn::Module& model, const ForwardLoop* forward_loop,
-                           Communicator* communicator, double alpha) {
+SmoothQuantResult calibrate_smoothquant(torch::nn::Module& model, const ForwardLoop* forward_loop,
+                                        Communicator* communicator, double alpha) {
   const std::vector<SmoothedLayer> layers = smoothed_layers(model);
   // Per-input-channel activation maxima (and every other amax) from the data.
   for (const SmoothedLayer& layer : layers) {
@@ -82,13 +82,16 @@ void calibrate_smoothquant(torch::nn::Module& model, const ForwardLoop* forward_
   column_maxima.run(ReduceOp::kMax);
 
   SplitReduction shared;
+  SmoothQuantResult result;
   std::vector<at::Tensor> input_amax(layers.size()), weight_amax(layers.size());
   for (size_t i = 0; i < layers.size(); ++i) {
     const double tiny = std::ldexp(1.0, -31);
     at::Tensor s = w_max[i].pow(1 - alpha) / a_max[i].pow(alpha);
     s = at::where(a_max[i] <= tiny, at::ones_like(s), s).clamp(1e-4, 1e4);
     at::Tensor weight = layers[i].weight.weight();
-    weight.detach().mul_((1 / s).unsqueeze(0));
+    const at::Tensor factor = 1 / s;
+    weight.detach().mul_(factor.unsqueeze(0));
+    result.weight_factors[layers[i].input.layer_name] = factor;
     layers[i].input.quantizer()->set_pre_quant_scale(s);
     QuantizerAttributes attributes = layers[i].input.quantizer()->attributes();
     attributes.clear_axis();
@@ -107,6 +110,7 @@ void calibrate_smoothquant(torch::nn::Module& model, const ForwardLoop* forward_
     layers[i].input.quantizer()->set_amax(input_amax[i]);
     layers[i].weight.quantizer()->set_amax(weight_amax[i]);
   }
+  return result;
 }
 
 }  // namespace quantization

@@ -1,10 +1,22 @@
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
+#include <map>
+#include <string>
+
 #include "distributed/communicator.h"
 #include "modes/quantization/calibrate.h"
 
 namespace mto {
 namespace quantization {
+
+// What calibrate_smoothquant did to each layer it smoothed, by layer name ("block.0.fc1"):
+// the factor its weight was multiplied by along the input features (1 / s, this rank's part
+// of it on a row-parallel layer).
+struct SmoothQuantResult {
+  std::map<std::string, at::Tensor> weight_factors;
+};
 
 // SmoothQuant calibration, as Model Optimizer's `smoothquant` does it: for every nn.Linear
 // whose input and weight quantizers are 8-bit integers, it moves quantization difficulty
@@ -27,8 +39,8 @@ namespace quantization {
 // Throws ApplyModeError before changing anything if an enabled input quantizer sits on a
 // layer SmoothQuant cannot smooth (not an nn.Linear, or not 8-bit integers on both input and
 // weight), naming the layer; and as calibrate_max does.
-void calibrate_smoothquant(torch::nn::Module& model, const ForwardLoop* forward_loop,
-                           Communicator* communicator, double alpha);
+SmoothQuantResult calibrate_smoothquant(torch::nn::Module& model, const ForwardLoop* forward_loop,
+                                        Communicator* communicator, double alpha);
 
 }  // namespace quantization
 }  // namespace mto

@@ -453,7 +453,7 @@ void add_optimize_command(CLI::App& app) {
                       "auto_quantize: one, kept by rank 0); an interrupted search resumes, auto_quantize's on any "
                       "number of ranks");
   command->add_option("--formats", options->formats,
-                      "auto_quantize: the candidate formats, comma-separated (presets calibrated with max)")
+                      "auto_quantize: the candidate formats, comma-separated (any quantize preset)")
       ->capture_default_str();
   command->add_option("--score-samples", options->score_samples,
                       "auto_quantize: score on the first N training images or sequences, in batches of "

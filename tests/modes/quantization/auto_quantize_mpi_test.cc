@@ -293,6 +293,29 @@ TEST_F(AutoQuantizeMpi, TensorParallelSearchAgreesWithTheUnsplitOne) {
             "use a smaller tp");
 }
 
+// Formats that smooth (int4_awq, int8_smoothquant) score the same bits on 1, 2 and 4
+// data-parallel ranks, and on (2, 2) what the unsplit GPT scores on (4, 1), up to the
+// rounding of the tensor-parallel sums, choosing alike.
+TEST_F(AutoQuantizeMpi, SmoothingFormatsScoreAlikeOnEveryMesh) {
+  auto smoothing = [](const std::shared_ptr<Communicator>& group) {
+    AutoQuantizeOptions o = options(group);
+    o.formats = {"int4_awq", "int8_smoothquant", "fp8"};
+    return o;
+  };
+  const AutoQuantizeResult reference = search(smoothing(world()->split(world()->rank(), 0)));
+  for (const int size : {2, 4}) {
+    SCOPED_TRACE(size);
+    const std::shared_ptr<Communicator> group =
+        size == 2 ? world()->split(world()->rank() / 2, world()->rank()) : world();
+    const AutoQuantizeResult result = search(smoothing(group));
+    EXPECT_EQ(scores(result), scores(reference));  // exactly, not nearly
+    EXPECT_EQ(choice(result), choice(reference));
+    EXPECT_EQ(result.config, reference.config);
+  }
+  const AutoQuantizeResult split = search_wide(smoothing(world()), split_mesh());
+  expect_close(split, search_wide(smoothing(world()), world_mesh()));
+}
+
 // A rank whose calibration or scoring throws fails every rank, each with a clear message,
 // and nobody waits for it.
 TEST_F(AutoQuantizeMpi, ARankThatFailsFailsEveryRankWithoutAHang) {

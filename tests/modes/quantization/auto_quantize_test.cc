@@ -19,6 +19,7 @@
 #include <memory>
 #include <optional>
 #include <random>
+#include <set>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -580,6 +581,105 @@ TEST_F(AutoQuantizeGpt, ChoiceWithinBudgetAppliedAndRestored) {
   EXPECT_FALSE(at::equal(zoo::forward(*float_gpt(), input), zoo::forward(*model, input)));
 }
 
+// --- formats that smooth: SmoothQuant and AWQ-lite ---------------------------------------
+
+AutoQuantizeOptions options_with(double effective_bits, std::vector<std::string> formats) {
+  AutoQuantizeOptions o = options(effective_bits);
+  o.formats = std::move(formats);
+  return o;
+}
+
+// The raw gradient scores by hand, [layer][format], of `formats` as each calibrates on its
+// own: a layer's output in format f is that layer of quantize(float GPT, f) (smoothed weight,
+// pre_quant_scale, amaxes) on the float model's input.
+std::vector<std::vector<double>> scores_of_quantized_models(const std::vector<std::string>& formats) {
+  std::vector<ModulePtr> quantized;
+  for (const std::string& format : formats) quantized.push_back(quantize(float_gpt(), format, calibration_loop()));
+  ModulePtr model = float_gpt();
+  std::map<std::string, Captured> scoring;
+  for (const std::string& name : kLayers) {
+    linear(*model, name)->add_transform(nn::Slot::kInput, "capture_in", std::make_shared<CaptureImpl>(&scoring[name], false));
+    linear(*model, name)->add_transform(nn::Slot::kOutput, "capture_out", std::make_shared<CaptureImpl>(&scoring[name], true));
+  }
+  for (const at::Tensor& w : score_batches()) lm_loss(*model, w).backward();
+  std::vector<std::vector<double>> out;
+  torch::NoGradGuard no_grad;
+  for (const std::string& name : kLayers) {
+    const Captured& c = scoring.at(name);
+    std::vector<double> s(formats.size(), 0.0);
+    for (size_t b = 0; b < c.x.size(); ++b) {
+      for (size_t f = 0; f < formats.size(); ++f) {
+        s[f] += (c.g[b] * (linear(*quantized[f], name)->forward(c.x[b]) - c.y[b])).square().sum().item<double>();
+      }
+    }
+    out.push_back(s);
+  }
+  return out;
+}
+
+// Every parameter and buffer of `a` equals `b`'s, bit for bit, under the same names.
+void expect_same_tensors(torch::nn::Module& a, torch::nn::Module& b) {
+  std::map<std::string, at::Tensor> left, right;
+  for (const auto& p : a.named_parameters()) left[p.key()] = p.value();
+  for (const auto& p : a.named_buffers()) left[p.key()] = p.value();
+  for (const auto& p : b.named_parameters()) right[p.key()] = p.value();
+  for (const auto& p : b.named_buffers()) right[p.key()] = p.value();
+  std::vector<std::string> left_names, right_names;
+  for (const auto& [name, tensor] : left) left_names.push_back(name);
+  for (const auto& [name, tensor] : right) right_names.push_back(name);
+  ASSERT_EQ(left_names, right_names);
+  for (const auto& [name, tensor] : left) EXPECT_TRUE(same_bytes(tensor, right.at(name))) << name;
+}
+
+// int4_awq and int8_smoothquant candidates are calibrated as quantize() calibrates them on
+// their own, so their scores are those of the layers of quantize(float, format); a model that
+// mixes them saves and restores to the same outputs.
+TEST_F(AutoQuantizeGpt, SmoothingFormatsScoreAsTheirOwnCalibration) {
+  const std::vector<std::vector<double>> raw = scores_of_quantized_models({"int4_awq", "int8_smoothquant"});
+  const std::vector<std::vector<double>> max_calibrated = scores_by_hand();
+  const auto [model, result] = auto_quantize(float_gpt(), options_with(6, {"int8_smoothquant", "int4_awq"}));
+  EXPECT_EQ(result.formats, (std::vector<std::string>{"int4_awq", "int8_smoothquant", "none"}));
+  ASSERT_EQ(result.layers.size(), kLayers.size());
+  int smoothing_changed = 0;
+  std::set<int> chosen;
+  for (size_t l = 0; l < kLayers.size(); ++l) {
+    const AutoQuantizeLayer& layer = result.layers[l];
+    EXPECT_NEAR(layer.scores[0], raw[l][0], 1e-5 * raw[l][0]) << layer.name;
+    const double sq = std::min(raw[l][1], raw[l][0]);
+    EXPECT_NEAR(layer.scores[1], sq, 1e-5 * sq + 1e-30) << layer.name;
+    EXPECT_GT(raw[l][0], 0) << layer.name;
+    // AWQ's smoothing moves the score away from int4_blockwise's (max calibration).
+    if (std::abs(raw[l][0] - max_calibrated[l][0]) > 1e-3 * max_calibrated[l][0]) ++smoothing_changed;
+    chosen.insert(layer.chosen);
+  }
+  EXPECT_GT(smoothing_changed, 0);
+  EXPECT_TRUE(chosen.count(0) == 1 && chosen.count(1) == 1);  // both formats in the choice at 6 bits
+
+  const std::string dir = test::make_temp_dir() + "/smoothed";
+  save(*model, dir);
+  ModulePtr restored = restore(gpt_like(), dir);
+  expect_same_tensors(*restored, *model);
+  torch::NoGradGuard no_grad;
+  const at::Tensor input = windows(99, 2).narrow(1, 0, kContext);
+  EXPECT_TRUE(same_bytes(zoo::forward(*restored, input), zoo::forward(*model, input)));
+}
+
+// With one smoothing format and the budget of its bits, every layer takes it, and the
+// model is the one quantize() gives with that format: the same tensors, bit for bit.
+TEST_F(AutoQuantizeGpt, ASmoothingFormatEverywhereIsThatFormatsQuantizedModel) {
+  for (const auto& [format, bits] : std::vector<std::pair<std::string, double>>{{"int4_awq", 4}, {"int8_smoothquant", 8}}) {
+    SCOPED_TRACE(format);
+    const auto [model, result] = auto_quantize(float_gpt(), options_with(bits, {format}));
+    for (const AutoQuantizeLayer& layer : result.layers) EXPECT_EQ(layer.chosen, 0) << layer.name;
+    ModulePtr expected = quantize(float_gpt(), format, calibration_loop());
+    expect_same_tensors(*model, *expected);
+    EXPECT_TRUE(quantizer_of(*model, "blocks.0.fc1.input_quantizer")->has_pre_quant_scale());
+    torch::NoGradGuard no_grad;
+    const at::Tensor input = windows(99, 2).narrow(1, 0, kContext);
+    EXPECT_TRUE(same_bytes(zoo::forward(*model, input), zoo::forward(*expected, input)));
+  }
+}
+
 TEST_F(AutoQuantizeGpt, Refusals) {
   auto with = [](auto change) {
     return [change]() {
@@ -590,10 +690,6 @@ TEST_F(AutoQuantizeGpt, Refusals) {
   };
   EXPECT_THAT(error_of<ConfigError>(with([](AutoQuantizeOptions& o) { o.formats = {"int8", "int3"}; })),
               HasSubstr("int3"));
-  EXPECT_THAT(error_of<ConfigError>(with([](AutoQuantizeOptions& o) { o.formats = {"int4_awq"}; })),
-              HasSubstr("int4_awq"));
-  EXPECT_THAT(error_of<ConfigError>(with([](AutoQuantizeOptions& o) { o.formats = {"fp8", "int8_smoothquant"}; })),
-              HasSubstr("int8_smoothquant"));
   EXPECT_THAT(error_of<ConfigError>(with([](AutoQuantizeOptions& o) { o.formats = {}; })), HasSubstr("formats"));
   EXPECT_THAT(error_of<ConfigError>(with([](AutoQuantizeOptions& o) { o.effective_bits = 3.9; })),
               HasSubstr("effective_bits"));
