@@ -210,9 +210,15 @@ auto_quantize_within_bits() {
   out=$("$mto" optimize "$work/wide" --mode auto_quantize:effective_bits=3 --calib-samples 8 --out "$work/x" 2>&1) &&
     { echo "3 bits accepted"; return 1; }
   expect_error_line "$out" "effective_bits 3 is outside \[4, 16\]" || return 1
-  out=$("$mto" optimize "$work/wide" --mode auto_quantize --formats int4_awq --calib-samples 8 --out "$work/x" 2>&1) &&
-    { echo "int4_awq accepted"; return 1; }
-  expect_error_line "$out" "format 'int4_awq' calibrates with 'awq_lite'" || return 1
+  # Formats that smooth are candidates too; the deployed checkpoint evaluates as its source.
+  out=$(ranks 2 "$mto" optimize "$work/wide" --mode auto_quantize:effective_bits=6 --formats int4_awq,int8_smoothquant \
+        --calib-samples 32 --score-samples 32 --batch-size 8 --out "$work/smooth6" 2>&1) || { echo "$out"; return 1; }
+  grep -qE "^layer +choice +int4_awq \(4 bit\) +int8_smoothquant \(8 bit\) +none \(16 bit\)$" <<<"$out" ||
+    { echo "$out"; return 1; }
+  out=$("$mto" export "$work/smooth6" --out "$work/smooth6.deployed" 2>&1) || { echo "$out"; return 1; }
+  one=$("$mto" eval "$work/smooth6" --samples 16 --json) || { echo "$one"; return 1; }
+  deployed=$("$mto" eval "$work/smooth6.deployed" --samples 16 --json) || { echo "$deployed"; return 1; }
+  [ "$(field "$one" loss)" = "$(field "$deployed" loss)" ] || { echo "$one / $deployed"; return 1; }
   # kl_div with a search checkpoint on 2 ranks; the same search on 1 rank takes every batch
   # from the checkpoint and prints the same table, scores included.
   out=$(ranks 2 "$mto" optimize "$work/wide" --mode auto_quantize:effective_bits=6 --score-method kl_div \
