@@ -83,18 +83,57 @@ Rect span_of(const std::vector<Rect>& band) {
 
 }  // namespace
 
+namespace {
+
+// write_slice for a slice narrower than its tensor's rows (a column slice): each row's part
+// is copied into a mapping of the band's rows and hashed there, where a pwrite per row would
+// take the file's lock as often. False, having written nothing, if the file system cannot
+// reserve the rows' blocks (the mapping then could fault for want of space).
+bool write_columns_mapped(File& file, uint64_t tensor_offset, uint64_t cols, size_t element_size,
+                          const Rect& slice, const char* source, const std::vector<Rect>& blocks,
+                          std::vector<Block>* out) {
+  const uint64_t row_bytes = cols * element_size;
+  if (!file.reserve(tensor_offset + slice.row_begin * row_bytes, slice.rows() * row_bytes)) return false;
+  for (size_t first = 0; first < blocks.size();) {
+    size_t last = first + 1;
+    while (last < blocks.size() && blocks[last].row_begin == blocks[first].row_begin) ++last;
+    const std::vector<Rect> band(blocks.begin() + first, blocks.begin() + last);
+    const Rect span = span_of(band);
+    BandHash hash(band);
+    const FileMapping rows(file, tensor_offset + span.row_begin * row_bytes, span.rows() * row_bytes);
+    for_each_run(span, cols, [&](const Run& run) {
+      const uint64_t size = run.width * run.rows * element_size;
+      char* to = rows.at(tensor_offset + (run.row * cols + run.col) * element_size);
+      std::memcpy(to, source + offset_in(slice, run.row, run.col, element_size), size);
+      for_each_segment(run, 0, run.width * run.rows, to, element_size,
+                       [&](uint64_t, uint64_t col, uint64_t col_end, const char* data) {
+                         hash.update(col, col_end, data, element_size);
+                       });
+    });
+    for (size_t k = 0; k < band.size(); ++k) out->push_back(block_of(band[k], hash.digest(k)));
+    first = last;
+  }
+  return true;
+}
+
+}  // namespace
+
 std::vector<Block> write_slice(File& file, uint64_t tensor_offset, uint64_t cols,
                                size_t element_size, const Rect& slice, const void* local,
                                uint64_t grid) {
   const char* source = static_cast<const char*>(local);
+  const std::vector<Rect> blocks = checksum_blocks(slice, element_size, grid);
+  std::vector<Block> out;
+  if (slice.area() > 0 && slice.cols() < cols &&
+      write_columns_mapped(file, tensor_offset, cols, element_size, slice, source, blocks, &out)) {
+    return out;
+  }
   // Where a core is to spare, a helper writes each chunk while the next is copied and hashed.
   // It lives for this call only, so that no thread of ours outlives it (a fork() between saves
   // copies none); on an early exit its destructor waits for the write in flight.
   const bool pipelined = slice.area() * element_size > kBounceBufferBytes && WriteBehind::worthwhile();
   std::unique_ptr<WriteBehind> helper = pipelined ? std::make_unique<WriteBehind>() : nullptr;
   int next_buffer = 0;
-  const std::vector<Rect> blocks = checksum_blocks(slice, element_size, grid);
-  std::vector<Block> out;
   for (size_t first = 0; first < blocks.size();) {
     size_t last = first + 1;
     while (last < blocks.size() && blocks[last].row_begin == blocks[first].row_begin) ++last;

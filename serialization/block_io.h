@@ -17,10 +17,12 @@ namespace mto {
 
 // Writes the slice `slice` of a tensor whose data starts at byte `tensor_offset` of `file`
 // and whose matrix has `cols` columns, from `local`: the slice's elements, contiguous and
-// row-major. The slice is cut into checksum_blocks(slice, element_size, grid), written one
-// row (or one run of whole rows) per call; returns the blocks with their XXH3-64. Other
-// processes may write other slices of the same file at the same time. Throws
-// CheckpointError on an I/O failure.
+// row-major. The slice is cut into checksum_blocks(slice, element_size, grid); whole rows are
+// written by pwrite, a run of rows at a time, and the parts of rows of a narrower slice
+// through a FileMapping of the rows (whose blocks are reserved first; by pwrite, a row at a
+// time, where the file system cannot reserve them). Returns the blocks with their XXH3-64 of
+// the bytes as written. Other processes may write other slices of the same file at the same
+// time. Throws CheckpointError on an I/O failure or a full disk.
 std::vector<Block> write_slice(File& file, uint64_t tensor_offset, uint64_t cols,
                                size_t element_size, const Rect& slice, const void* local,
                                uint64_t grid);

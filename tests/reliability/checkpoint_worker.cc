@@ -13,7 +13,7 @@
 //                                                rank VICTIM dies in the middle of the
 //                                                collective call (see die()); the others
 //                                                print what they caught
-#include <fcntl.h>
+#include <dlfcn.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -27,7 +27,6 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -37,6 +36,19 @@
 #include "opt/checkpoint.h"
 #include "serialization/checkpoint_layout.h"
 #include "tests/reliability/reliability_model.h"
+
+// Armed by die() on a restore's victim: its next pread, the first read of the checkpoint,
+// ends the process instead.
+static std::atomic<bool> die_at_next_read{false};
+
+// This program's own pread, which the library's reads reach ahead of libc's: libc's, unless
+// a restore's victim is armed to die.
+extern "C" ssize_t pread(int fd, void* data, size_t size, off_t offset) {
+  if (die_at_next_read.load()) std::_Exit(3);
+  using Pread = ssize_t (*)(int, void*, size_t, off_t);
+  static const auto libc_pread = reinterpret_cast<Pread>(::dlsym(RTLD_NEXT, "pread"));
+  return libc_pread(fd, data, size, offset);
+}
 
 namespace mto {
 namespace reliability {
@@ -142,67 +154,29 @@ int check(const std::string& dir, int64_t old_gen, int64_t new_gen, int64_t next
   return 0;
 }
 
-// Bytes this process has read so far (rchar of /proc/self/io: pread included), less what
-// this function read of /proc/self/io itself, so that polling it does not count.
-uint64_t bytes_read() {
-  static std::atomic<uint64_t> own_reads{0};
-  std::ifstream io("/proc/self/io");
-  std::stringstream text;
-  text << io.rdbuf();
-  const std::string content = text.str();
-  const uint64_t before_this_read = own_reads.fetch_add(content.size());
-  std::istringstream fields(content);
-  std::string key;
-  uint64_t value = 0;
-  while (fields >> key >> value) {
-    if (key == "rchar:") return value - before_this_read;
-  }
-  return 0;
-}
-
 // Rank `victim` dies in the middle of `op`: during a save once its own shard file appears in
-// the staging directory (SIGKILL), during a restore as soon as it has read anything of the
-// checkpoint (_exit): then collectives are still to come whatever its share of the weights,
-// however fast it reads them. The others must throw a DistributedError within the collective
-// timeout.
+// the staging directory (SIGKILL), during a restore at its first read of the checkpoint
+// (_exit from pread): then collectives are still to come whatever its share of the weights.
+// The others must throw a DistributedError within the collective timeout.
 int die(const std::string& op, const std::string& dir, int64_t gen, int victim) {
   const auto comm = world();
   const ModulePtr model = make_model(gen + 1);
-  if (comm->rank() == victim) {
+  if (comm->rank() == victim && op == "save") {
     const std::string shard = shard_file_name(victim, comm->world_size());
     const std::string parent = fs::path(dir).parent_path().string();
-    // Reads count from here, not from whenever the watcher first runs: on a loaded machine
-    // that can be after this thread has read everything.
-    const uint64_t reads_before = bytes_read();
     std::thread([=] {
-      if (op == "save") {
-        for (;;) {
-          for (const auto& e : fs::directory_iterator(parent)) {
-            if (e.path().filename().string()[0] == '.' && fs::exists(e.path() / shard)) ::kill(::getpid(), SIGKILL);
-          }
+      for (;;) {
+        for (const auto& e : fs::directory_iterator(parent)) {
+          if (e.path().filename().string()[0] == '.' && fs::exists(e.path() / shard)) ::kill(::getpid(), SIGKILL);
         }
       }
-      // At the first bytes of the manifest: the last read of a rank holding a small slice can
-      // end its part of the restore before the watcher, sharing two cores with every rank,
-      // gets to run again.
-      while (bytes_read() == reads_before) std::this_thread::sleep_for(std::chrono::microseconds(50));
-      std::_Exit(3);
     }).detach();
     // The watcher must see the moment come before this thread, sharing two cores with every
-    // rank, finishes the operation: give this thread the lowest priority (Linux: per thread;
+    // rank, finishes the save: give this thread the lowest priority (Linux: per thread;
     // after starting the watcher, which would inherit it).
     ::setpriority(PRIO_PROCESS, 0, 19);
-    // And a restore must not read everything from the page cache in the few milliseconds a
-    // loaded machine may keep the watcher waiting: the checkpoint's files leave the cache.
-    if (op == "restore") {
-      for (const auto& e : fs::directory_iterator(dir)) {
-        const int fd = ::open(e.path().c_str(), O_RDONLY);
-        if (fd < 0) continue;
-        ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-        ::close(fd);
-      }
-    }
   }
+  if (comm->rank() == victim && op == "restore") die_at_next_read = true;
   const auto start = Clock::now();
   try {
     if (op == "save") {

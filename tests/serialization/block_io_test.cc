@@ -3,7 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
+#include <sys/resource.h>
 
+#include <csignal>
 #include <string>
 #include <vector>
 
@@ -159,6 +161,31 @@ TEST(BlockIoTest, ACorruptBlockIsNamed) {
   EXPECT_EQ(error_of([&] { read_tensor_part(f, record, {0, 8, 2, 4}, right.data_ptr()); }),
             "checksum mismatch in " + path + ": tensor w rows [0, 8) x columns [2, 4) from byte 8 "
             "does not match the manifest (corrupt file)");
+}
+
+// A column slice is written through a mapping of its rows, whose blocks are reserved first:
+// a file that may not grow fails there with a clear error, never a SIGBUS in the copy.
+TEST(BlockIoTest, AColumnSliceWithNoRoomFailsBeforeAnyByteIsCopied) {
+  const std::string path = test::make_temp_dir() + "/t.safetensors";
+  const at::Tensor whole = at::arange(0, 64 * 64, at::kFloat).reshape({64, 64});
+  const at::Tensor local = whole.slice(1, 32, 64).contiguous();
+  File f = File::open_shared(path);
+  struct rlimit before;
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &before), 0);
+  struct rlimit small = before;
+  small.rlim_cur = 4096;
+  const auto old_handler = ::signal(SIGXFSZ, SIG_IGN);
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
+  const std::string error = error_of([&] { write_slice(f, 0, 64, 4, {0, 64, 32, 64}, local.data_ptr(), 64); });
+  ::setrlimit(RLIMIT_FSIZE, &before);
+  ::signal(SIGXFSZ, old_handler);
+  EXPECT_EQ(error, "cannot reserve bytes 0 to 16384 of " + path + ": File too large");
+  // With room, the same slice is written and reads back.
+  const std::vector<Block> blocks = write_slice(f, 0, 64, 4, {0, 64, 32, 64}, local.data_ptr(), 64);
+  f.sync();
+  at::Tensor back = at::empty({64, 32});
+  read_tensor_part(File::open(path), record_of({64, 64}, 0, blocks), {0, 64, 32, 64}, back.data_ptr());
+  EXPECT_TRUE(at::equal(back, local));
 }
 
 HeldSlice held(const std::string& name, std::vector<int64_t> shape, Rect rect) {
