@@ -275,10 +275,14 @@ std::map<std::string, HandFormats> hand_formats(torch::nn::Module& model) {
   return out;
 }
 
-// The raw gradient scores by hand, [layer][format] with formats int4_blockwise, int8, fp8.
-std::vector<std::vector<double>> scores_by_hand() {
+// How a hand computation quantizes: the output of `layer` on its input `x` in format `f`.
+using HandOutput = std::function<at::Tensor(const std::string& layer, const at::Tensor& x, size_t f)>;
+
+// The raw gradient scores by hand, [layer][format]: per layer and format, the sum over the
+// scoring batches of (dLoss/dY * (output(layer, x, f) - Y))^2, with the layer's input x,
+// output Y and gradient dLoss/dY from the float model.
+std::vector<std::vector<double>> gradient_scores(const HandOutput& output, size_t formats) {
   ModulePtr model = float_gpt();
-  const std::map<std::string, HandFormats> formats = hand_formats(*model);
   std::map<std::string, Captured> scoring;
   for (const std::string& name : kLayers) {
     linear(*model, name)->add_transform(nn::Slot::kInput, "capture_in", std::make_shared<CaptureImpl>(&scoring[name], false));
@@ -292,15 +296,23 @@ std::vector<std::vector<double>> scores_by_hand() {
     const Captured& c = scoring.at(name);
     EXPECT_EQ(c.x.size(), score_batches().size()) << name;
     EXPECT_EQ(c.g.size(), score_batches().size()) << name;
-    std::vector<double> s(3, 0.0);
+    std::vector<double> s(formats, 0.0);
     for (size_t b = 0; b < c.x.size(); ++b) {
-      for (size_t f = 0; f < 3; ++f) {
-        s[f] += (c.g[b] * (formats.at(name).output(c.x[b], f) - c.y[b])).square().sum().item<double>();
+      for (size_t f = 0; f < formats; ++f) {
+        s[f] += (c.g[b] * (output(name, c.x[b], f) - c.y[b])).square().sum().item<double>();
       }
     }
     out.push_back(s);
   }
   return out;
+}
+
+// The raw gradient scores by hand with our own int4_blockwise, int8 and fp8.
+std::vector<std::vector<double>> scores_by_hand() {
+  ModulePtr reference = float_gpt();
+  const std::map<std::string, HandFormats> formats = hand_formats(*reference);
+  return gradient_scores(
+      [&](const std::string& layer, const at::Tensor& x, size_t f) { return formats.at(layer).output(x, f); }, 3);
 }
 
 // In a layer's input slot: keeps the latest input.
@@ -589,32 +601,15 @@ AutoQuantizeOptions options_with(double effective_bits, std::vector<std::string>
   return o;
 }
 
-// The raw gradient scores by hand, [layer][format], of `formats` as each calibrates on its
-// own: a layer's output in format f is that layer of quantize(float GPT, f) (smoothed weight,
+// The raw gradient scores by hand of `formats` as each calibrates on its own: a layer's
+// output in format f is that layer of quantize(float GPT, f) (smoothed weight,
 // pre_quant_scale, amaxes) on the float model's input.
 std::vector<std::vector<double>> scores_of_quantized_models(const std::vector<std::string>& formats) {
   std::vector<ModulePtr> quantized;
   for (const std::string& format : formats) quantized.push_back(quantize(float_gpt(), format, calibration_loop()));
-  ModulePtr model = float_gpt();
-  std::map<std::string, Captured> scoring;
-  for (const std::string& name : kLayers) {
-    linear(*model, name)->add_transform(nn::Slot::kInput, "capture_in", std::make_shared<CaptureImpl>(&scoring[name], false));
-    linear(*model, name)->add_transform(nn::Slot::kOutput, "capture_out", std::make_shared<CaptureImpl>(&scoring[name], true));
-  }
-  for (const at::Tensor& w : score_batches()) lm_loss(*model, w).backward();
-  std::vector<std::vector<double>> out;
-  torch::NoGradGuard no_grad;
-  for (const std::string& name : kLayers) {
-    const Captured& c = scoring.at(name);
-    std::vector<double> s(formats.size(), 0.0);
-    for (size_t b = 0; b < c.x.size(); ++b) {
-      for (size_t f = 0; f < formats.size(); ++f) {
-        s[f] += (c.g[b] * (linear(*quantized[f], name)->forward(c.x[b]) - c.y[b])).square().sum().item<double>();
-      }
-    }
-    out.push_back(s);
-  }
-  return out;
+  return gradient_scores(
+      [&](const std::string& layer, const at::Tensor& x, size_t f) { return linear(*quantized[f], layer)->forward(x); },
+      formats.size());
 }
 
 // Every parameter and buffer of `a` equals `b`'s, bit for bit, under the same names.
