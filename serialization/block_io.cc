@@ -81,10 +81,6 @@ Rect span_of(const std::vector<Rect>& band) {
   return {band.front().row_begin, band.front().row_end, band.front().col_begin, band.back().col_end};
 }
 
-}  // namespace
-
-namespace {
-
 // write_slice for a slice narrower than its tensor's rows (a column slice): each row's part
 // is copied into a mapping of the band's rows and hashed there, where a pwrite per row would
 // take the file's lock as often. False, having written nothing, if the file system cannot

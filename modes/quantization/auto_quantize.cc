@@ -652,11 +652,12 @@ Measured measure_scores(torch::nn::Module& model, const std::vector<std::unique_
     out.resumed = static_cast<int64_t>(progress.scored.size());
   }
 
+  // The smoothing formats first, on the model without probes.
+  calibrate_smoothing_formats(model, layers, formats, options, group);
   for (const auto& probe : layers) {
     probe->layer->add_transform(nn::Slot::kInput, kInputProbe, std::make_shared<InputProbeImpl>(probe.get()));
     probe->layer->add_transform(nn::Slot::kOutput, kOutputProbe, std::make_shared<OutputProbeImpl>(probe.get()));
   }
-  calibrate_smoothing_formats(model, layers, formats, options, group);
   const ProbeRemover remover{layers};
   if (progress.input_amax.empty()) {
     progress.input_amax = calibrate_candidates(model, layers, options, group);

@@ -717,6 +717,24 @@ TEST_F(AutoQuantizeGpt, Refusals) {
     EXPECT_TRUE(linear(*model, name)->transform_names(nn::Slot::kInput).empty()) << name;
     EXPECT_TRUE(linear(*model, name)->transform_names(nn::Slot::kOutput).empty()) << name;
   }
+  // So does a calibration of a smoothing format that fails (AWQ-lite's second pass here):
+  // no quantizer left in a slot, the float weights back.
+  ModulePtr smoothed = float_gpt();
+  const at::Tensor before = linear(*smoothed, "blocks.0.fc1")->weight.detach().clone();
+  AutoQuantizeOptions failing_calibration = options_with(6, {"int4_awq", "int8"});
+  int calls = 0;
+  failing_calibration.context.set(kForwardLoop, ForwardLoop([&calls](torch::nn::Module& m) {
+                                    if (++calls == 2) throw std::runtime_error("calibration failed");
+                                    calibration_loop()(m);
+                                  }));
+  EXPECT_EQ(error_of<std::runtime_error>([&] { auto_quantize(smoothed, failing_calibration); }),
+            "calibration failed");
+  for (const std::string& name : kLayers) {
+    for (const nn::Slot slot : {nn::Slot::kInput, nn::Slot::kWeight, nn::Slot::kOutput}) {
+      EXPECT_TRUE(linear(*smoothed, name)->transform_names(slot).empty()) << name;
+    }
+  }
+  EXPECT_TRUE(same_bytes(linear(*smoothed, "blocks.0.fc1")->weight.detach(), before));
 }
 
 }  // namespace
