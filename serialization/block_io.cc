@@ -81,6 +81,18 @@ Rect span_of(const std::vector<Rect>& band) {
   return {band.front().row_begin, band.front().row_end, band.front().col_begin, band.back().col_end};
 }
 
+// Calls `visit(band)` for each band of `blocks` (consecutive blocks of the same rows, as
+// checksum_blocks lists them), in order.
+template <typename Visit>
+void for_each_band(const std::vector<Rect>& blocks, const Visit& visit) {
+  for (size_t first = 0; first < blocks.size();) {
+    size_t last = first + 1;
+    while (last < blocks.size() && blocks[last].row_begin == blocks[first].row_begin) ++last;
+    visit(std::vector<Rect>(blocks.begin() + first, blocks.begin() + last));
+    first = last;
+  }
+}
+
 // write_slice for a slice narrower than its tensor's rows (a column slice): each row's part
 // is copied into a mapping of the band's rows and hashed there, where a pwrite per row would
 // take the file's lock as often. False, having written nothing, if the file system cannot
@@ -90,10 +102,7 @@ bool write_columns_mapped(File& file, uint64_t tensor_offset, uint64_t cols, siz
                           std::vector<Block>* out) {
   const uint64_t row_bytes = cols * element_size;
   if (!file.reserve(tensor_offset + slice.row_begin * row_bytes, slice.rows() * row_bytes)) return false;
-  for (size_t first = 0; first < blocks.size();) {
-    size_t last = first + 1;
-    while (last < blocks.size() && blocks[last].row_begin == blocks[first].row_begin) ++last;
-    const std::vector<Rect> band(blocks.begin() + first, blocks.begin() + last);
+  for_each_band(blocks, [&](const std::vector<Rect>& band) {
     const Rect span = span_of(band);
     BandHash hash(band);
     const FileMapping rows(file, tensor_offset + span.row_begin * row_bytes, span.rows() * row_bytes);
@@ -107,8 +116,7 @@ bool write_columns_mapped(File& file, uint64_t tensor_offset, uint64_t cols, siz
                        });
     });
     for (size_t k = 0; k < band.size(); ++k) out->push_back(block_of(band[k], hash.digest(k)));
-    first = last;
-  }
+  });
   return true;
 }
 
@@ -130,10 +138,7 @@ std::vector<Block> write_slice(File& file, uint64_t tensor_offset, uint64_t cols
   const bool pipelined = slice.area() * element_size > kBounceBufferBytes && WriteBehind::worthwhile();
   std::unique_ptr<WriteBehind> helper = pipelined ? std::make_unique<WriteBehind>() : nullptr;
   int next_buffer = 0;
-  for (size_t first = 0; first < blocks.size();) {
-    size_t last = first + 1;
-    while (last < blocks.size() && blocks[last].row_begin == blocks[first].row_begin) ++last;
-    const std::vector<Rect> band(blocks.begin() + first, blocks.begin() + last);
+  for_each_band(blocks, [&](const std::vector<Rect>& band) {
     BandHash hash(band);
     for_each_run(span_of(band), cols, [&](const Run& run) {
       const char* from = source + offset_in(slice, run.row, run.col, element_size);
@@ -157,8 +162,7 @@ std::vector<Block> write_slice(File& file, uint64_t tensor_offset, uint64_t cols
       }
     });
     for (size_t k = 0; k < band.size(); ++k) out.push_back(block_of(band[k], hash.digest(k)));
-    first = last;
-  }
+  });
   if (pipelined) helper->drain();
   return out;
 }
