@@ -2,12 +2,10 @@
 
 #include <mpi.h>
 
-#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <iostream>
 #include <mutex>
-#include <thread>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -144,11 +142,6 @@ std::shared_ptr<Communicator> init_world(const WorldOptions& options) {
   world_communicator = new std::shared_ptr<Communicator>(
       std::make_shared<Communicator>(std::move(backend), options.timeout));
   return *world_communicator;
-}
-
-int cores_per_local_rank() {
-  const int cores = static_cast<int>(std::thread::hardware_concurrency());
-  return std::max(1, cores / std::max(1, env_int("OMPI_COMM_WORLD_LOCAL_SIZE", 1)));
 }
 
 bool concurrent_communicators() {

@@ -48,10 +48,6 @@ std::shared_ptr<Communicator> init_world(const WorldOptions& options = world_opt
 // unless MPI is initialized with less than MPI_THREAD_MULTIPLE (init_world asks for it).
 bool concurrent_communicators();
 
-// The processor cores this rank may keep busy: the machine's cores shared out between the
-// ranks mpirun started on this node (OMPI_COMM_WORLD_LOCAL_SIZE), at least 1.
-int cores_per_local_rank();
-
 // The world communicator, joining the job with world_options_from_env() if needed.
 std::shared_ptr<Communicator> world();
 

@@ -10,6 +10,7 @@
 #include <map>
 #include <optional>
 #include <unordered_map>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -25,6 +26,7 @@
 #include "opt/state_dict.h"
 #include "serialization/checkpoint_error.h"
 #include "serialization/checkpoint_layout.h"
+#include "serialization/checkpoint_reader.h"
 #include "serialization/file.h"
 #include "serialization/tensor_blocks.h"
 
@@ -108,23 +110,27 @@ std::vector<Destination> match_tensors(torch::nn::Module& model, const Manifest&
   return out;
 }
 
-// Reads the destinations straight into their tensors, checking every block they overlap.
+// Reads the destinations straight into their tensors, checking every block they overlap, on
+// the threads this rank's share of the node's cores allows.
 void read_destinations(const std::vector<const Destination*>& destinations,
                        const Manifest& manifest, const std::string& dir) {
   std::map<uint32_t, File> shards;
   torch::NoGradGuard no_grad;
+  std::vector<TensorPart> parts;
+  std::vector<std::pair<at::Tensor, at::Tensor>> staged;  // (tensor, its contiguous staging copy)
   for (const Destination* d : destinations) {
     const uint32_t shard = d->record->shard();
     auto it = shards.find(shard);
     if (it == shards.end()) it = shards.emplace(shard, open_shard(dir, manifest.shards(shard))).first;
-    if (d->tensor.is_contiguous()) {
-      read_tensor_part(it->second, *d->record, d->rect, d->tensor.data_ptr());
-    } else {
-      at::Tensor staging = d->tensor.contiguous();
-      read_tensor_part(it->second, *d->record, d->rect, staging.data_ptr());
-      d->tensor.copy_(staging);
+    at::Tensor into = d->tensor;
+    if (!into.is_contiguous()) {
+      staged.emplace_back(d->tensor, d->tensor.contiguous());
+      into = staged.back().second;
     }
+    parts.push_back({&it->second, d->record, d->rect, into.data_ptr()});
   }
+  read_tensor_parts(parts, read_threads());
+  for (auto& [tensor, staging] : staged) tensor.copy_(staging);
 }
 
 // The model the caller passed; refuses a DataParallel wrapper.

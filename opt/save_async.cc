@@ -15,6 +15,7 @@
 #include "opt/collective.h"
 #include "opt/save_phases.h"
 #include "opt/snapshot_pool.h"
+#include "serialization/local_cores.h"
 
 namespace mto {
 
@@ -161,7 +162,7 @@ SaveHandle save_async(torch::nn::Module& model, const std::string& dir, const Sa
     std::vector<at::Tensor> sources(save->planned.tensors.size());
     for (size_t i : mine) sources[i] = save->planned.tensors[i].tensor;
     torch::NoGradGuard no_grad;
-    const std::vector<at::Tensor> copies = pool->copy(sources, cores_per_local_rank());
+    const std::vector<at::Tensor> copies = pool->copy(sources, static_cast<int>(cores_per_local_rank()));
     for (size_t i = 0; i < copies.size(); ++i) save->planned.tensors[i].tensor = copies[i];
   });
   {

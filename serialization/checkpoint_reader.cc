@@ -1,6 +1,11 @@
 #include "serialization/checkpoint_reader.h"
 
+#include <algorithm>
+#include <atomic>
+#include <exception>
 #include <map>
+#include <mutex>
+#include <thread>
 #include <unordered_map>
 
 #include <nlohmann/json.hpp>
@@ -10,6 +15,7 @@
 #include "serialization/checkpoint_error.h"
 #include "serialization/checkpoint_layout.h"
 #include "serialization/checksum.h"
+#include "serialization/local_cores.h"
 #include "serialization/manifest_file.h"
 #include "serialization/staging_directory.h"
 
@@ -85,14 +91,69 @@ File open_shard(const std::string& dir, const ShardRecord& shard) {
   return file;
 }
 
+namespace {
+
+// One band of blocks for read_band_into, and the part it belongs to.
+struct BandRead {
+  const TensorPart* part;
+  std::vector<Block> band;
+};
+
+// Runs `work(i)` for every i below `count`, taken in order by `threads` threads (this one
+// included). Rethrows the exception of the lowest failing i: once one fails no new i is
+// taken, and every i below it was taken before it and runs to its end.
+void run_in_order(size_t count, unsigned threads, const std::function<void(size_t)>& work) {
+  std::atomic<size_t> next{0};
+  std::atomic<bool> failed{false};
+  std::mutex mutex;
+  std::map<size_t, std::exception_ptr> errors;
+  auto worker = [&] {
+    for (size_t i = next++; i < count && !failed; i = next++) {
+      try {
+        work(i);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(mutex);
+        errors.emplace(i, std::current_exception());
+        failed = true;
+      }
+    }
+  };
+  std::vector<std::thread> helpers;
+  for (unsigned t = 1; t < threads; ++t) helpers.emplace_back(worker);
+  worker();
+  for (auto& helper : helpers) helper.join();
+  if (!errors.empty()) std::rethrow_exception(errors.begin()->second);
+}
+
+// Parts of tensors of fewer bytes in all are read on one thread: starting threads would cost
+// more than they save.
+constexpr uint64_t kParallelReadBytes = uint64_t{8} << 20;
+
+}  // namespace
+
+void read_tensor_parts(const std::vector<TensorPart>& parts, unsigned threads) {
+  std::vector<BandRead> reads;
+  uint64_t tensor_bytes = 0;
+  for (const TensorPart& part : parts) {
+    std::vector<Block> overlapping;
+    for (const Block& block : blocks_of(*part.record)) {
+      if (intersects(rect_of(block), part.rect)) overlapping.push_back(block);
+    }
+    for (auto& band : row_bands(std::move(overlapping))) reads.push_back({&part, std::move(band)});
+    tensor_bytes += part.record->length();
+  }
+  run_in_order(reads.size(), tensor_bytes >= kParallelReadBytes ? std::max(1u, threads) : 1, [&](size_t i) {
+    const TensorPart& part = *reads[i].part;
+    read_band_into(*part.file, *part.record, reads[i].band, part.dest != nullptr ? part.rect : Rect{}, part.dest);
+  });
+}
+
 void read_tensor_part(const File& file, const TensorRecord& record, const Rect& dest_rect,
                       void* dest) {
-  std::vector<Block> overlapping;
-  for (const Block& block : blocks_of(record)) {
-    if (intersects(rect_of(block), dest_rect)) overlapping.push_back(block);
-  }
-  for (const auto& band : row_bands(std::move(overlapping))) read_band_into(file, record, band, dest_rect, dest);
+  read_tensor_parts({{&file, &record, dest_rect, dest}}, 1);
 }
+
+unsigned read_threads() { return std::min(cores_per_local_rank(), kMaxReadThreads); }
 
 CheckpointContents read_checkpoint_contents(const std::string& dir) {
   CheckpointContents contents;
@@ -118,8 +179,9 @@ void verify_checkpoint(const std::string& dir,
     if (it == shards.end()) {
       it = shards.emplace(record.shard(), open_shard(dir, manifest.shards(record.shard()))).first;
     }
-    // An empty destination: every block is read through the bounce buffer and checked.
-    for (const auto& band : row_bands(blocks_of(record))) read_band_into(it->second, record, band, Rect{}, nullptr);
+    // No destination: every block is read through the bounce buffers and checked.
+    const MatrixShape matrix = matrix_shape({record.shape().begin(), record.shape().end()});
+    read_tensor_parts({{&it->second, &record, whole_rect(matrix), nullptr}}, read_threads());
     done += record.length();
     if (progress) progress(done, total);
   }

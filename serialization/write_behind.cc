@@ -1,7 +1,6 @@
 #include "serialization/write_behind.h"
 
-#include <algorithm>
-#include <cstdlib>
+#include "serialization/local_cores.h"
 
 namespace mto {
 
@@ -60,10 +59,6 @@ void WriteBehind::submit(File& file, const char* data, size_t size, uint64_t off
   changed_.notify_all();
 }
 
-bool WriteBehind::worthwhile() {
-  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
-  const unsigned ranks = local != nullptr ? static_cast<unsigned>(std::max(1, std::atoi(local))) : 1;
-  return std::thread::hardware_concurrency() / ranks >= 2;
-}
+bool WriteBehind::worthwhile() { return cores_per_local_rank() >= 2; }
 
 }  // namespace mto

@@ -30,8 +30,7 @@ class WriteBehind {
   // Waits for the last write; rethrows its failure (a CheckpointError from File::write_at).
   void drain();
 
-  // Whether this process has a core to spare for the helper: two or more per rank started
-  // on this node (OMPI_COMM_WORLD_LOCAL_SIZE ranks, or one).
+  // Whether this process has a core to spare for the helper (cores_per_local_rank() >= 2).
   static bool worthwhile();
 
  private:

@@ -163,6 +163,48 @@ TEST(BlockIoTest, ACorruptBlockIsNamed) {
             "does not match the manifest (corrupt file)");
 }
 
+// read_tensor_parts spreads bands over threads: the bytes are the same as on one thread, and
+// of two corrupt blocks the error names the first, whatever thread reached it.
+TEST(BlockIoTest, PartsReadOnThreadsGiveTheBytesAndTheFirstErrorOfOneThread) {
+  const std::string path = test::make_temp_dir() + "/t.safetensors";
+  // 16 MiB: rows of 16 KiB, 64 rows (1 MiB) a block, 16 blocks.
+  const at::Tensor whole = at::arange(0, 1024 * 4096, at::kFloat).reshape({1024, 4096});
+  std::vector<Block> blocks;
+  {
+    File f = File::open_shared(path);
+    blocks = write_slice(f, 0, 4096, 4, {0, 1024, 0, 4096}, whole.data_ptr(), 4096);
+    f.sync();
+  }
+  ASSERT_EQ(blocks.size(), 16u);
+  const TensorRecord record = record_of({1024, 4096}, 0, blocks);
+  {
+    const File f = File::open(path);
+    at::Tensor top = at::full({300, 4096}, -1.0f);
+    at::Tensor rest = at::full({724, 4096}, -1.0f);
+    read_tensor_parts({{&f, &record, {0, 300, 0, 4096}, top.data_ptr()},
+                       {&f, &record, {300, 1024, 0, 4096}, rest.data_ptr()}},
+                      4);
+    EXPECT_TRUE(at::equal(top, whole.slice(0, 0, 300)));
+    EXPECT_TRUE(at::equal(rest, whole.slice(0, 300, 1024)));
+  }
+  {
+    File f = File::open_shared(path);
+    const float bad = -1.0f;
+    f.write_at(&bad, 4, (200 * 4096 + 7) * 4);  // row 200: block [192, 256)
+    f.write_at(&bad, 4, (900 * 4096 + 7) * 4);  // row 900: block [896, 960)
+  }
+  const File f = File::open(path);
+  at::Tensor dest = at::empty({1024, 4096});
+  for (int attempt = 0; attempt < 10; ++attempt) {
+    EXPECT_EQ(error_of([&] { read_tensor_parts({{&f, &record, {0, 1024, 0, 4096}, dest.data_ptr()}}, 4); }),
+              "checksum mismatch in " + path + ": tensor w rows [192, 256) x columns [0, 4096) from byte " +
+                  std::to_string(192 * 4096 * 4) + " does not match the manifest (corrupt file)");
+  }
+  // With no destination the blocks are verified only, with the same error.
+  EXPECT_EQ(error_of([&] { read_tensor_parts({{&f, &record, {0, 1024, 0, 4096}, nullptr}}, 4); }),
+            error_of([&] { read_tensor_part(f, record, {0, 1024, 0, 4096}, dest.data_ptr()); }));
+}
+
 // A column slice is written through a mapping of its rows, whose blocks are reserved first:
 // a file that may not grow fails there with a clear error, never a SIGBUS in the copy.
 TEST(BlockIoTest, AColumnSliceWithNoRoomFailsBeforeAnyByteIsCopied) {
