@@ -70,8 +70,8 @@ std::string encode_safetensors_header(const std::vector<SafetensorsEntry>& entri
     header[e.name] = {{"dtype", e.dtype}, {"shape", e.shape}, {"data_offsets", {e.begin, e.end}}};
   }
   std::string json = header.dump();
-  // Pad with spaces so that the data starts 8-byte aligned.
-  json.append((8 - json.size() % 8) % 8, ' ');
+  // Pad with spaces so that the data starts at a multiple of kDataAlignment.
+  json.append((kDataAlignment - (8 + json.size()) % kDataAlignment) % kDataAlignment, ' ');
   std::string out(8, '\0');
   uint64_t length = json.size();
   for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((length >> (8 * i)) & 0xff);
