@@ -5,6 +5,7 @@
 #include <exception>
 #include <map>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <unordered_map>
 
@@ -119,7 +120,13 @@ void run_in_order(size_t count, unsigned threads, const std::function<void(size_
     }
   };
   std::vector<std::thread> helpers;
-  for (unsigned t = 1; t < threads; ++t) helpers.emplace_back(worker);
+  for (unsigned t = 1; t < threads; ++t) {
+    try {
+      helpers.emplace_back(worker);
+    } catch (const std::system_error&) {
+      break;  // no thread to be had: the ones started (or this one alone) do the work
+    }
+  }
   worker();
   for (auto& helper : helpers) helper.join();
   if (!errors.empty()) std::rethrow_exception(errors.begin()->second);
@@ -144,7 +151,8 @@ void read_tensor_parts(const std::vector<TensorPart>& parts, unsigned threads) {
   }
   run_in_order(reads.size(), tensor_bytes >= kParallelReadBytes ? std::max(1u, threads) : 1, [&](size_t i) {
     const TensorPart& part = *reads[i].part;
-    read_band_into(*part.file, *part.record, reads[i].band, part.dest != nullptr ? part.rect : Rect{}, part.dest);
+    const Rect dest_rect = part.dest != nullptr ? part.rect : Rect{};
+    read_band_into(*part.file, *part.record, reads[i].band, dest_rect, part.dest);
   });
 }
 

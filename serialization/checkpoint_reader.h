@@ -76,10 +76,11 @@ struct CheckpointContents {
 CheckpointContents read_checkpoint_contents(const std::string& dir);
 
 // Checks the metadata files of `dir` (read_checkpoint_contents) and its extra files, then
-// reads every byte of every shard through small buffers (read_tensor_parts, on read_threads())
-// and checks it against the manifest: sizes, safetensors headers, every block's XXH3-64.
-// Calls `progress` with the bytes checked so far and the total after each tensor. Throws CheckpointError naming the
-// file, the tensor and the block of the first mismatch.
+// reads every byte of every shard through small buffers (read_tensor_parts, on
+// read_threads()) and checks it against the manifest: sizes, safetensors headers, every
+// block's XXH3-64. Calls `progress` with the bytes checked so far and the total after each
+// tensor. Throws CheckpointError naming the file, the tensor and the block of the first
+// mismatch.
 void verify_checkpoint(const std::string& dir,
                        const std::function<void(uint64_t done, uint64_t total)>& progress = nullptr);
 

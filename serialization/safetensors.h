@@ -49,10 +49,10 @@ struct SafetensorsHeader {
 };
 
 // Where the data of a file mto writes starts: a multiple of 64 bytes (the header is padded
-// with spaces, as the format allows). The kernel copies a file's bytes into memory at a third
-// of the speed, or less, when the two are not aligned alike: 764 MiB from the page cache into
-// 64-byte-aligned memory took 0.063 s from a file offset that is a multiple of 32, 0.092 s
-// from one 8 bytes past it (8-byte alignment, the format's own, before).
+// with spaces, as the format allows). The kernel copies a file's bytes into memory more
+// slowly when the two are not aligned alike: 764 MiB from the page cache into 64-byte-aligned
+// memory took 0.063 s from a file offset that is a multiple of 32, and 0.092 s from one 8
+// bytes past it (the format's own 8-byte alignment, which mto used before).
 inline constexpr uint64_t kDataAlignment = 64;
 
 // Builds the header bytes (length prefix, JSON, padding to kDataAlignment) for `entries`,

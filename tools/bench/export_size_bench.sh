@@ -18,11 +18,7 @@ while [ $# -gt 0 ]; do
     *) echo "export_size_bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
-bazel build //tools/cli:mto >/dev/null 2>&1 || bazel build //tools/cli:mto
-mto="$(bazel info bazel-bin 2>/dev/null)/tools/cli/mto"
-dir=$(mktemp -d /tmp/mto-export-bench.XXXXXX)
-trap 'rm -rf "$dir"' EXIT
-export OMP_NUM_THREADS=1
+source tools/bench/cli_bench_setup.sh export-bench
 ranks() { mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS "$@" </dev/null; }
 # Runs a step quietly; on failure shows its output and stops.
 step() {

@@ -18,11 +18,7 @@ while [ $# -gt 0 ]; do
     *) echo "gpt_train_bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
-bazel build //tools/cli:mto >/dev/null 2>&1 || bazel build //tools/cli:mto
-mto="$(bazel info bazel-bin 2>/dev/null)/tools/cli/mto"
-dir=$(mktemp -d /tmp/mto-train-bench.XXXXXX)
-trap 'rm -rf "$dir"' EXIT
-export OMP_NUM_THREADS=1
+source tools/bench/cli_bench_setup.sh train-bench
 
 # tokens/s of one run: the rate on the final progress line ("... tokens in T s (R tokens/s)").
 rate() {
