@@ -146,7 +146,7 @@ TEST_F(CheckpointTest, LayoutIsReadableByOtherTools) {
   SafetensorsHeader header = read_safetensors_header(dir_ + "/model-00001-of-00001.safetensors");
   EXPECT_EQ(header.metadata.at("writer_rank"), "0");
   EXPECT_EQ(header.metadata.at("format"), "pt");
-  EXPECT_EQ(header.data_begin % 8, 0u);
+  EXPECT_EQ(header.data_begin % kDataAlignment, 0u);
   uint64_t total = 0;
   for (const auto& e : header.entries) total += e.end - e.begin;
   EXPECT_EQ(index["metadata"]["total_size"], total);
@@ -166,6 +166,19 @@ TEST_F(CheckpointTest, RestoredWeightsAreBitIdentical) {
   for (const auto& p : restored->named_parameters()) EXPECT_TRUE(p.value().equal(params[p.key()])) << p.key();
   for (const auto& b : restored->named_buffers()) EXPECT_TRUE(b.value().equal(original[b.key()])) << b.key();
   EXPECT_TRUE(test::test_forward(restored, x_).equal(expected_));
+}
+
+// Past 8 MiB a restore reads its bands on read_threads() threads (2 on a 2-core machine).
+TEST_F(CheckpointTest, ALargeModelReadOnThreadsRestoresBitForBit) {
+  const ModulePtr large = ModelLike("test_mlp", {{"seed", 1}, {"hidden", 1536}}).build();
+  uint64_t bytes = 0;
+  for (const auto& p : large->named_parameters()) bytes += p.value().nbytes();
+  ASSERT_GT(bytes, uint64_t{8} << 20);
+  save(*large, dir_);
+  const ModulePtr restored = restore(ModelLike("test_mlp", {{"seed", 2}, {"hidden", 1536}}), dir_);
+  auto params = large->named_parameters();
+  for (const auto& p : restored->named_parameters()) EXPECT_TRUE(p.value().equal(params[p.key()])) << p.key();
+  verify_checkpoint(dir_);
 }
 
 TEST_F(CheckpointTest, SavingOverACheckpointReplacesItAtomically) {
