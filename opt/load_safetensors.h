@@ -32,7 +32,8 @@ struct LoadSafetensorsReport {
 // F16 and BF16 sources are cast on read into F32 tensors (any floating source into any
 // floating tensor); other sources must have the tensor's dtype, and FP8 sources (F8_E4M3,
 // F8_E5M2) a uint8 tensor that holds their codes. Not collective: every rank reads on its
-// own. The files carry no checksums, so nothing beyond the headers can be verified.
+// own, its tensors spread over read_threads() threads past kParallelReadBytes. The files
+// carry no checksums, so nothing beyond the headers can be verified.
 //
 // Throws CheckpointError naming every offender, before changing any tensor, when model
 // tensors are missing from the set (unless allow_missing), the set holds tensors the model

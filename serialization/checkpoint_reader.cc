@@ -1,12 +1,7 @@
 #include "serialization/checkpoint_reader.h"
 
 #include <algorithm>
-#include <atomic>
-#include <exception>
 #include <map>
-#include <mutex>
-#include <system_error>
-#include <thread>
 #include <unordered_map>
 
 #include <nlohmann/json.hpp>
@@ -18,6 +13,7 @@
 #include "serialization/checksum.h"
 #include "serialization/local_cores.h"
 #include "serialization/manifest_file.h"
+#include "serialization/ordered_work.h"
 #include "serialization/staging_directory.h"
 
 namespace mto {
@@ -99,42 +95,6 @@ struct BandRead {
   const TensorPart* part;
   std::vector<Block> band;
 };
-
-// Runs `work(i)` for every i below `count`, taken in order by `threads` threads (this one
-// included). Rethrows the exception of the lowest failing i: once one fails no new i is
-// taken, and every i below it was taken before it and runs to its end.
-void run_in_order(size_t count, unsigned threads, const std::function<void(size_t)>& work) {
-  std::atomic<size_t> next{0};
-  std::atomic<bool> failed{false};
-  std::mutex mutex;
-  std::map<size_t, std::exception_ptr> errors;
-  auto worker = [&] {
-    for (size_t i = next++; i < count && !failed; i = next++) {
-      try {
-        work(i);
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(mutex);
-        errors.emplace(i, std::current_exception());
-        failed = true;
-      }
-    }
-  };
-  std::vector<std::thread> helpers;
-  for (unsigned t = 1; t < threads; ++t) {
-    try {
-      helpers.emplace_back(worker);
-    } catch (const std::system_error&) {
-      break;  // no thread to be had: the ones started (or this one alone) do the work
-    }
-  }
-  worker();
-  for (auto& helper : helpers) helper.join();
-  if (!errors.empty()) std::rethrow_exception(errors.begin()->second);
-}
-
-// Parts of tensors of fewer bytes in all are read on one thread: starting threads would cost
-// more than they save.
-constexpr uint64_t kParallelReadBytes = uint64_t{8} << 20;
 
 }  // namespace
 

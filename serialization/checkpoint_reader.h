@@ -65,6 +65,10 @@ void read_tensor_parts(const std::vector<TensorPart>& parts, unsigned threads);
 unsigned read_threads();
 inline constexpr unsigned kMaxReadThreads = 8;
 
+// Reads of fewer bytes in all (counting each part's whole tensor) stay on one thread:
+// starting threads would cost more than they save.
+inline constexpr uint64_t kParallelReadBytes = uint64_t{8} << 20;
+
 // What a checkpoint directory says about itself: its manifest and its modelopt state.
 struct CheckpointContents {
   Manifest manifest;

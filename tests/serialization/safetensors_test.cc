@@ -22,7 +22,7 @@ TEST(SafetensorsTest, HeaderRoundTripsAndIsAligned) {
   const std::string bytes = encode_safetensors_header(entries, {{"writer_rank", "3"}});
   // The data starts at a multiple of 64 bytes, whatever the header's length.
   ASSERT_EQ(bytes.size() % 64, 0u);
-  for (const std::string& name : {"c", "cc", "ccc", "cccc", "ccccccccc"}) {
+  for (const char* name : {"c", "cc", "ccc", "cccc", "ccccccccc"}) {
     EXPECT_EQ(encode_safetensors_header({{name, "F32", {1}, 0, 4}}, {}).size() % 64, 0u) << name;
   }
   uint64_t length = 0;
