@@ -137,7 +137,7 @@ LoadSafetensorsReport load_safetensors(torch::nn::Module& model, const std::stri
   }
   // The tensors spread over the threads this rank's cores allow, as a restore reads.
   std::vector<uint64_t> bytes_read(plan.size(), 0);
-  run_in_order(plan.size(), tensor_bytes >= kParallelReadBytes ? read_threads() : 1, [&](size_t i) {
+  run_in_order(plan.size(), threads_for_read(tensor_bytes, read_threads()), [&](size_t i) {
     torch::NoGradGuard no_grad;
     const Read& read = plan[i];
     const File& file = *files.at(read.location->file);

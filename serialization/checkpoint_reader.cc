@@ -109,7 +109,7 @@ void read_tensor_parts(const std::vector<TensorPart>& parts, unsigned threads) {
     for (auto& band : row_bands(std::move(overlapping))) reads.push_back({&part, std::move(band)});
     tensor_bytes += part.record->length();
   }
-  run_in_order(reads.size(), tensor_bytes >= kParallelReadBytes ? std::max(1u, threads) : 1, [&](size_t i) {
+  run_in_order(reads.size(), threads_for_read(tensor_bytes, threads), [&](size_t i) {
     const TensorPart& part = *reads[i].part;
     const Rect dest_rect = part.dest != nullptr ? part.rect : Rect{};
     read_band_into(*part.file, *part.record, reads[i].band, dest_rect, part.dest);
@@ -122,6 +122,10 @@ void read_tensor_part(const File& file, const TensorRecord& record, const Rect& 
 }
 
 unsigned read_threads() { return std::min(cores_per_local_rank(), kMaxReadThreads); }
+
+unsigned threads_for_read(uint64_t bytes, unsigned threads) {
+  return bytes >= kParallelReadBytes ? std::max(1u, threads) : 1;
+}
 
 CheckpointContents read_checkpoint_contents(const std::string& dir) {
   CheckpointContents contents;

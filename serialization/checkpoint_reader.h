@@ -69,6 +69,10 @@ inline constexpr unsigned kMaxReadThreads = 8;
 // starting threads would cost more than they save.
 inline constexpr uint64_t kParallelReadBytes = uint64_t{8} << 20;
 
+// The threads, of `threads`, that a read of `bytes` in all takes: one below
+// kParallelReadBytes, at least one always.
+unsigned threads_for_read(uint64_t bytes, unsigned threads);
+
 // What a checkpoint directory says about itself: its manifest and its modelopt state.
 struct CheckpointContents {
   Manifest manifest;

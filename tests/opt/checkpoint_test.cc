@@ -173,7 +173,7 @@ TEST_F(CheckpointTest, ALargeModelReadOnThreadsRestoresBitForBit) {
   const ModulePtr large = ModelLike("test_mlp", {{"seed", 1}, {"hidden", 1536}}).build();
   uint64_t bytes = 0;
   for (const auto& p : large->named_parameters()) bytes += p.value().nbytes();
-  ASSERT_GT(bytes, uint64_t{8} << 20);
+  ASSERT_GT(bytes, kParallelReadBytes);
   save(*large, dir_);
   const ModulePtr restored = restore(ModelLike("test_mlp", {{"seed", 2}, {"hidden", 1536}}), dir_);
   auto params = large->named_parameters();
