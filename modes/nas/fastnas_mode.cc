@@ -63,7 +63,7 @@ class FastNasModeDescriptor : public ModeDescriptor {
     // is still on the export stack; only the modes linked in take part.
     return ModeRegistry::registered(
         {"export_nas", "kd_loss", "quantize", "sparse_magnitude", "sparsegpt", "max_calibrate",
-         "smoothquant_calibrate", "awq_lite_calibrate"});
+         "smoothquant_calibrate", "awq_lite_calibrate", "awq_clip_calibrate", "awq_full_calibrate"});
   }
 
   SearcherFactory search_algorithm() const override {

@@ -1,12 +1,14 @@
 // The calibration modes, each recorded after "quantize" (Model Optimizer's
-// "<algorithm>_calibrate" entries): "max_calibrate", "smoothquant_calibrate" and
-// "awq_lite_calibrate". Each sets the quantizers' amax (and, for SmoothQuant and AWQ, the
-// input quantizers' pre-quantization scales and the smoothed weights) from the weights and a
-// forward loop over this rank's calibration data, synchronized over the ranks. Restore
-// needs no data: the metadata records every quantizer's buffers, the state dict their values.
+// "<algorithm>_calibrate" entries): "max_calibrate", "smoothquant_calibrate",
+// "awq_lite_calibrate", "awq_clip_calibrate" and "awq_full_calibrate". Each sets the
+// quantizers' amax (and, for SmoothQuant and AWQ-lite, the input quantizers'
+// pre-quantization scales and the smoothed weights) from the weights and a forward loop
+// over this rank's calibration data, synchronized over the ranks. Restore needs no data:
+// the metadata records every quantizer's buffers, the state dict their values.
 #include <memory>
 
 #include "absl/strings/str_cat.h"
+#include "modes/quantization/awq_clip.h"
 #include "modes/quantization/awq_lite.h"
 #include "modes/quantization/calibrate.h"
 #include "modes/quantization/quantization.pb.h"
@@ -138,9 +140,87 @@ class AwqLiteCalibrateModeDescriptor : public CalibrateModeDescriptor {
   }
 };
 
+// AWQ clip's options from a config that holds them (AwqClipCalibrateConfig,
+// AwqFullCalibrateConfig).
+template <typename Config>
+AwqClipOptions clip_options(const Config& config) {
+  AwqClipOptions options;
+  options.min_clip_ratio = config.min_clip_ratio();
+  options.shrink_step = config.shrink_step();
+  options.max_co_batch_size = config.max_co_batch_size();
+  return options;
+}
+
+// Model Optimizer's AWQClipCalibConfig defaults, into either config.
+template <typename Config>
+void set_clip_defaults(Config* config) {
+  config->set_max_co_batch_size(1024);
+  config->set_max_tokens_per_batch(64);
+  config->set_min_clip_ratio(0.5);
+  config->set_shrink_step(0.05);
+}
+
+class AwqClipCalibrateModeDescriptor : public CalibrateModeDescriptor {
+ public:
+  std::string name() const override { return "awq_clip_calibrate"; }
+  MessagePtr config_class() const override {
+    auto config = std::make_unique<AwqClipCalibrateConfig>();
+    config->set_method("awq_clip");
+    set_clip_defaults(config.get());
+    return config;
+  }
+  void validate_config(const Message& message) const override {
+    const auto& config = message_as<AwqClipCalibrateConfig>(message, config_name());
+    if (config.method() != "awq_clip") {
+      throw ConfigError(absl::StrCat(config_name(), ": method must be \"awq_clip\", got \"", config.method(), "\""));
+    }
+    check_awq_clip_options(clip_options(config), config_name());
+  }
+
+ protected:
+  void calibrate(torch::nn::Module& model, const Message& config, const ForwardLoop* forward_loop,
+                 Communicator* communicator) const override {
+    calibrate_awq_clip(model, forward_loop, communicator,
+                       clip_options(message_as<AwqClipCalibrateConfig>(config, config_name())));
+  }
+};
+
+// AWQ-lite, then AWQ clip on the smoothed weights (Model Optimizer's "awq_full").
+class AwqFullCalibrateModeDescriptor : public CalibrateModeDescriptor {
+ public:
+  std::string name() const override { return "awq_full_calibrate"; }
+  MessagePtr config_class() const override {
+    auto config = std::make_unique<AwqFullCalibrateConfig>();
+    config->set_method("awq_full");
+    config->set_alpha_step(0.1);
+    set_clip_defaults(config.get());
+    return config;
+  }
+  void validate_config(const Message& message) const override {
+    const auto& config = message_as<AwqFullCalibrateConfig>(message, config_name());
+    if (config.method() != "awq_full") {
+      throw ConfigError(absl::StrCat(config_name(), ": method must be \"awq_full\", got \"", config.method(), "\""));
+    }
+    if (!(config.alpha_step() > 0 && config.alpha_step() <= 1)) {
+      throw ConfigError(absl::StrCat(config_name(), ": alpha_step must be in (0, 1], got ", config.alpha_step()));
+    }
+    check_awq_clip_options(clip_options(config), config_name());
+  }
+
+ protected:
+  void calibrate(torch::nn::Module& model, const Message& message, const ForwardLoop* forward_loop,
+                 Communicator* communicator) const override {
+    const auto& config = message_as<AwqFullCalibrateConfig>(message, config_name());
+    calibrate_awq_lite(model, forward_loop, communicator, config.alpha_step());
+    calibrate_awq_clip(model, forward_loop, communicator, clip_options(config));
+  }
+};
+
 MTO_REGISTER_MODE(quantization, MaxCalibrateModeDescriptor);
 MTO_REGISTER_MODE(quantization, SmoothQuantCalibrateModeDescriptor);
 MTO_REGISTER_MODE(quantization, AwqLiteCalibrateModeDescriptor);
+MTO_REGISTER_MODE(quantization, AwqClipCalibrateModeDescriptor);
+MTO_REGISTER_MODE(quantization, AwqFullCalibrateModeDescriptor);
 
 }  // namespace
 }  // namespace quantization

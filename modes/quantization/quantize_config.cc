@@ -219,7 +219,7 @@ void parse_quantize_config(std::string_view json, QuantizeConfig* config) {
         options.erase("method");
         if (!options.empty()) *out.mutable_algorithm_options() = to_struct(options, "algorithm");
       } else {
-        fail("algorithm", absl::StrCat(" must be a method name (\"max\", \"smoothquant\", \"awq_lite\"), "
+        fail("algorithm", absl::StrCat(" must be a method name (\"max\", \"smoothquant\", \"awq_lite\", ...), "
                                        "{\"method\": NAME, ...options} or null, got ", value.dump()));
       }
     } else {
@@ -269,9 +269,10 @@ void validate_quantize_config(const QuantizeConfig& config) {
     apply_rule_attributes(rule.attributes(), where, &scratch);
   }
   const std::string& algorithm = config.algorithm();
-  if (!algorithm.empty() && algorithm != "max" && algorithm != "smoothquant" && algorithm != "awq_lite") {
-    fail("algorithm", absl::StrCat(": unknown calibration algorithm '", algorithm,
-                                   "' (known: \"max\", \"smoothquant\", \"awq_lite\", or null for none)"));
+  const std::vector<std::string> known = {"max", "smoothquant", "awq_lite", "awq_clip", "awq_full"};
+  if (!algorithm.empty() && std::find(known.begin(), known.end(), algorithm) == known.end()) {
+    fail("algorithm", absl::StrCat(": unknown calibration algorithm '", algorithm, "' (known: \"",
+                                   absl::StrJoin(known, "\", \""), "\", or null for none)"));
   }
 }
 

@@ -47,7 +47,8 @@ class SparseMagnitudeModeDescriptor : public ModeDescriptor {
     // its own entry after quantize and must pass the export stack, whose top is this mode.
     // Only the modes linked in take part, so that the relation names no missing mode.
     return ModeRegistry::registered({"export_sparse", "kd_loss", "quantize", "max_calibrate",
-                                      "smoothquant_calibrate", "awq_lite_calibrate"});
+                                      "smoothquant_calibrate", "awq_lite_calibrate", "awq_clip_calibrate",
+                                      "awq_full_calibrate"});
   }
 
   ConvertResult convert(ModulePtr model, const Message& message, const RuntimeContext&) const override {

@@ -21,7 +21,9 @@
 #include "opt/checkpoint.h"
 #include "opt/conversion.h"
 #include "modes/nas/search_space.h"
+#include "modes/quantization/awq_clip.h"
 #include "modes/quantization/awq_lite.h"
+#include "modes/quantization/quantized_model.h"
 #include "modes/quantization/quantize.h"
 #include "modes/quantization/smoothquant.h"
 #include "serialization/deterministic.h"
@@ -235,15 +237,17 @@ TEST_F(GptParallelTest, Int4BlockwiseCalibratedAtTwoByTwoEqualsOneProcessAndRest
   expect_calibration_invariant("int4_blockwise", small_gpt(nullptr).width(512), base + "/int4");
 }
 
-// A calibration run on one mesh: the quantized model and, for AWQ-lite, the alpha of each
-// layer.
+// A calibration run on one mesh: the quantized model and, for AWQ, the alpha of each layer
+// and the clip ratios of its blocks (this rank's rows and blocks).
 struct Calibrated {
   ModulePtr model;
   std::vector<std::pair<std::string, double>> alphas;
+  std::vector<std::pair<std::string, at::Tensor>> ratios;
 };
 
 // Quantizes a fresh GPT on `mesh` with the weight and input rules of `config` (no
-// calibration mode) and calibrates it with `algorithm` ("smoothquant" or "awq_lite"), every
+// calibration mode) and calibrates it with `algorithm` ("smoothquant", "awq_lite" or
+// "awq_full", AWQ-lite then clip), every
 // replica running its contiguous share of 4 batches.
 Calibrated calibrate_on(const std::shared_ptr<Mesh>& mesh, const zoo::GptOptions& options, const std::string& config,
                         const std::string& algorithm) {
@@ -256,32 +260,60 @@ Calibrated calibrate_on(const std::shared_ptr<Mesh>& mesh, const zoo::GptOptions
       dynamic_cast<zoo::GptImpl&>(m).forward(tokens(2).add(b * 5).remainder(32));
     }
   };
-  Calibrated out{model, {}};
+  Calibrated out{model, {}, {}};
   if (algorithm == "smoothquant") {
     quantization::calibrate_smoothquant(*model, &loop, mesh->dp().get(), 0.5);
   } else {
     out.alphas = quantization::calibrate_awq_lite(*model, &loop, mesh->dp().get(), 0.1).alphas;
   }
+  if (algorithm == "awq_full") {
+    out.ratios = quantization::calibrate_awq_clip(*model, &loop, mesh->dp().get(), {}).ratios;
+  }
   return out;
 }
 
-// SmoothQuant and AWQ-lite on (1,1), (2,1), (4,1), (1,2), (1,4) and (2,2): any data-parallel
+// The same choices as the reference's: the same alphas, and clip ratios that are this
+// rank's slice of the reference's (its rows or blocks, as the weight amax is sliced).
+void expect_same_choices(const Calibrated& calibrated, const Calibrated& reference, const std::string& where) {
+  EXPECT_EQ(calibrated.alphas, reference.alphas) << where;
+  ASSERT_EQ(calibrated.ratios.size(), reference.ratios.size()) << where;
+  std::map<std::string, quantization::QuantizerSlot> weights;
+  for (const auto& slot : quantization::quantized_slots(*calibrated.model)) {
+    if (slot.slot == nn::Slot::kWeight) weights[slot.layer_name] = slot;
+  }
+  for (size_t i = 0; i < calibrated.ratios.size(); ++i) {
+    const auto& [name, ratios] = calibrated.ratios[i];
+    ASSERT_EQ(name, reference.ratios[i].first) << where;
+    at::Tensor expected = reference.ratios[i].second;
+    const quantization::QuantizerSlot& slot = weights.at(name);
+    if (const auto* split = dynamic_cast<const SplitModule*>(slot.layer)) {
+      if (const auto slice = split->slice_of("weight_quantizer._amax", slot.quantizer()->amax())) {
+        expected = expected.narrow(slice->dim, slice->offset, ratios.size(slice->dim));
+      }
+    }
+    EXPECT_TRUE(at::equal(ratios, expected)) << where << ": " << name;
+  }
+}
+
+// SmoothQuant and AWQ on (1,1), (2,1), (4,1), (1,2), (1,4) and (2,2): any data-parallel
 // split of the same tp gives bit-identical state; across tp sizes the state (scales computed
 // from activations downstream of row-parallel sums) agrees within the forward's rounding,
-// AWQ picks the same alphas, and a checkpoint calibrated at (2,2) restores at tp 1 and 4.
+// AWQ picks the same alphas and clip ratios, and a checkpoint calibrated at (2,2) restores
+// at tp 1 and 4.
 void expect_algorithm_invariant(const std::string& algorithm, const std::string& config,
                                 const zoo::GptOptions& options, const std::string& dir) {
   const int rank = world()->rank();
   const Calibrated reference = calibrate_on(solo(), options, config, algorithm);  // (1, 1)
+  for (const auto& [name, ratios] : reference.ratios) {
+    EXPECT_TRUE((ratios < 1).any().item<bool>()) << name << ": no block clipped, the comparison proves little";
+  }
   // Two halves of the world, each its own job: (2,1) and (1,2).
   const auto half = world()->split(rank / 2, rank);
   for (int tp : {1, 2}) {
     const Calibrated on_half = calibrate_on(Mesh::create(half, tp), options, config, algorithm);
     const std::string where = algorithm + (tp == 1 ? " at (2,1)" : " at (1,2)");
     expect_slices_of(*on_half.model, *reference.model, where, /*exact=*/tp == 1);
-    if (algorithm == "awq_lite") {
-      EXPECT_EQ(on_half.alphas, reference.alphas) << where;
-    }
+    expect_same_choices(on_half, reference, where);
   }
   const Calibrated one_two = calibrate_on(Mesh::create(half, 2), options, config, algorithm);
   for (int tp : {1, 2, 4}) {
@@ -289,9 +321,7 @@ void expect_algorithm_invariant(const std::string& algorithm, const std::string&
     const Calibrated calibrated = calibrate_on(mesh, options, config, algorithm);
     const std::string where = algorithm + " at " + mesh->describe();
     expect_slices_of(*calibrated.model, *reference.model, where, /*exact=*/tp == 1);
-    if (algorithm == "awq_lite") {
-      EXPECT_EQ(calibrated.alphas, reference.alphas) << where;
-    }
+    expect_same_choices(calibrated, reference, where);
     // At the same tp, another data-parallel split is bit-identical: (2,2) against (1,2), whose
     // rank r holds the same slices (tp index r % 2).
     if (tp == 2) {
@@ -331,9 +361,16 @@ TEST_F(GptParallelTest, AwqLiteIsInvariantToTheMesh) {
   expect_algorithm_invariant("awq_lite", config, small_gpt(nullptr).width(32), base + "/awq");
 }
 
+TEST_F(GptParallelTest, AwqFullIsInvariantToTheMesh) {
+  const std::string config = R"({"quant_cfg": {"*weight_quantizer": {"num_bits": 4, "block_sizes": {"-1": 8}},
+      "*input_quantizer": {"enable": false}, "*lm_head*": {"enable": false}, "default": {"enable": false}},
+      "algorithm": null})";
+  expect_algorithm_invariant("awq_full", config, small_gpt(nullptr).width(32), base + "/awq_full");
+}
+
 // A replica whose loop throws fails every rank with a message; a replica with no data
 // finishes with the others; nobody hangs.
-TEST_F(GptParallelTest, SmoothQuantAndAwqLiteNeverHangOnAFailingOrAnEmptyReplica) {
+TEST_F(GptParallelTest, SmoothQuantAndAwqNeverHangOnAFailingOrAnEmptyReplica) {
   const auto mesh = Mesh::create(world(), 2);
   const std::string int8 = R"({"quant_cfg": {"*weight_quantizer": {"num_bits": 8, "axis": 0},
       "*input_quantizer": {"num_bits": 8, "axis": null}, "*lm_head*": {"enable": false}, "default": {"enable": false}},
@@ -341,15 +378,17 @@ TEST_F(GptParallelTest, SmoothQuantAndAwqLiteNeverHangOnAFailingOrAnEmptyReplica
   const std::string int4 = R"({"quant_cfg": {"*weight_quantizer": {"num_bits": 4, "block_sizes": {"-1": 8}},
       "*input_quantizer": {"enable": false}, "*lm_head*": {"enable": false}, "default": {"enable": false}},
       "algorithm": null})";
-  for (const std::string algorithm : {"smoothquant", "awq_lite"}) {
+  for (const std::string algorithm : {"smoothquant", "awq_lite", "awq_clip"}) {
     const std::string& config = algorithm == "smoothquant" ? int8 : int4;
     auto calibrate = [&](const quantization::ForwardLoop& loop) {
       zoo::Gpt gpt(small_gpt(mesh).width(32));
       ModulePtr model = quantization::quantize(gpt.ptr(), config, nullptr, mesh->dp());
       if (algorithm == "smoothquant") {
         quantization::calibrate_smoothquant(*model, &loop, mesh->dp().get(), 0.5);
-      } else {
+      } else if (algorithm == "awq_lite") {
         quantization::calibrate_awq_lite(*model, &loop, mesh->dp().get(), 0.1);
+      } else {
+        quantization::calibrate_awq_clip(*model, &loop, mesh->dp().get(), {});
       }
     };
     try {

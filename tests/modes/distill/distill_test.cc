@@ -603,7 +603,8 @@ TEST_F(DistillTest, ChainsTheRelationsRefuseWithTheReferenceTexts) {
   // export_student right after sparse_magnitude: not among its next modes.
   EXPECT_EQ(error_of<StateError>([] { apply_mode(mlp_like(1).build(), {"sparse_magnitude", "export_student"}); }),
             "Cannot add export_student after sparse_magnitude! Next modes of sparse_magnitude are "
-            "{'awq_lite_calibrate', 'export_sparse', 'kd_loss', 'max_calibrate', 'quantize', 'smoothquant_calibrate'}.");
+            "{'awq_clip_calibrate', 'awq_full_calibrate', 'awq_lite_calibrate', 'export_sparse', 'kd_loss', "
+            "'max_calibrate', 'quantize', 'smoothquant_calibrate'}.");
   // export_sparse while kd_loss is on top of the export stack.
   {
     ModulePtr model = apply_mode(mlp_like(1).build(), "sparse_magnitude");
@@ -658,8 +659,8 @@ TEST_F(DistillTest, ChainsTheRelationsRefuseWithTheReferenceTexts) {
     model = apply_mode(model, "sparse_magnitude");
     EXPECT_EQ(error_of<StateError>([&] { apply_mode(model, "export_student"); }),
               "Cannot add export_student after sparse_magnitude! Next modes of sparse_magnitude are "
-              "{'awq_lite_calibrate', 'export_sparse', 'kd_loss', 'max_calibrate', 'quantize', "
-              "'smoothquant_calibrate'}.");
+              "{'awq_clip_calibrate', 'awq_full_calibrate', 'awq_lite_calibrate', 'export_sparse', 'kd_loss', "
+              "'max_calibrate', 'quantize', 'smoothquant_calibrate'}.");
     model = apply_mode(model, {"export_sparse", "export_student"});
     EXPECT_FALSE(find_distillation(*model));
     EXPECT_EQ(saved_modes(modelopt_state(*model)), (std::vector<std::string>{"sparse_magnitude", "export_sparse"}));

@@ -162,9 +162,9 @@ TEST(QuantizeConfig, ErrorsNameTheCulprit) {
             "quantizers) are not supported");
   EXPECT_EQ(config_error(R"({"quant_config": {}})"),
             "config of mode 'quantize': unknown field 'quant_config' (known: algorithm, quant_cfg)");
-  EXPECT_EQ(config_error(R"({"algorithm": "awq_full"})"),
-            "config of mode 'quantize': algorithm: unknown calibration algorithm 'awq_full' (known: "
-            "\"max\", \"smoothquant\", \"awq_lite\", or null for none)");
+  EXPECT_EQ(config_error(R"({"algorithm": "gptq"})"),
+            "config of mode 'quantize': algorithm: unknown calibration algorithm 'gptq' (known: "
+            "\"max\", \"smoothquant\", \"awq_lite\", \"awq_clip\", \"awq_full\", or null for none)");
   try {
     quantize_preset("int3");
     FAIL() << "expected an error";

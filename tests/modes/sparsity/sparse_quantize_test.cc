@@ -107,7 +107,8 @@ TEST(SparseThenQuantize, RelationsWithQuantizationLinked) {
   } catch (const StateError& e) {
     EXPECT_STREQ(e.what(),
                  "Cannot add sparse_magnitude after sparse_magnitude! Next modes of sparse_magnitude are "
-                 "{'awq_lite_calibrate', 'export_sparse', 'max_calibrate', 'quantize', 'smoothquant_calibrate'}.");
+                 "{'awq_clip_calibrate', 'awq_full_calibrate', 'awq_lite_calibrate', 'export_sparse', 'max_calibrate', "
+                 "'quantize', 'smoothquant_calibrate'}.");
   }
 }
 

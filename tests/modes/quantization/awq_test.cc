@@ -1,26 +1,34 @@
-// AWQ-lite calibration in one process: the statistics, scales and alpha against an
+// AWQ calibration in one process. AWQ-lite: the statistics, scales and alpha against an
 // independent computation of Model Optimizer's formulas, the smoothed layer's output, the
-// gain over plain max int4, independence from how the data falls into forward calls, and
-// every error with the culprit named.
+// gain over plain max int4. AWQ clip: every block's ratio against the error computed token
+// by token, the gain over plain max int4, the modes "awq_clip_calibrate" and
+// "awq_full_calibrate" recorded and restored. Both: independence from how the data falls
+// into forward calls, and every error with the culprit named.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/grad_mode.h>
 #include <torch/nn/module.h>
 
 #include <cmath>
 #include <limits>
+#include <map>
 #include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "modes/quantization/awq_clip.h"
 #include "modes/quantization/awq_lite.h"
+#include "modes/quantization/quantization.pb.h"
+#include "modes/quantization/quantize.h"
 #include "modes/quantization/quantized_model.h"
 #include "modes/quantization/tensor_quantizer.h"
 #include "opt/conversion.h"
 #include "opt/errors.h"
 #include "opt/model_like.h"
 #include "opt/nn/linear.h"
+#include "opt/state_dict.h"
 #include "tests/opt/testing/test_modes.h"
 #include "tests/testing/errors.h"
 
@@ -291,7 +299,7 @@ TEST(AwqLiteErrors, EnabledInputQuantizer) {
       "default": {"enable": false}}, "algorithm": null})");
   const ForwardLoop loop = run_fc({at::randn({2, 16})});
   EXPECT_EQ(error_of<ApplyModeError>([&] { calibrate_awq_lite(*model, &loop, nullptr, 0.1); }),
-            "awq_lite: layer fc has an enabled input quantizer; AWQ-lite here calibrates weight-only formats "
+            "awq_lite: layer fc has an enabled input quantizer; awq_lite here calibrates weight-only formats "
             "(W4A16), disable it");
 }
 
@@ -303,8 +311,8 @@ TEST(AwqLiteErrors, WeightQuantizerOnAnotherLayerClass) {
     test::test_forward(m.shared_from_this(), at::randn({2, 1, 8, 8}));
   };
   EXPECT_EQ(error_of<ApplyModeError>([&] { calibrate_awq_lite(*model, &loop, nullptr, 0.1); }),
-            "awq_lite: layer conv (nn.Conv2d) has an enabled weight quantizer; AWQ-lite smooths nn.Linear layers "
-            "only, disable it");
+            "awq_lite: layer conv (nn.Conv2d) has an enabled weight quantizer; awq_lite calibrates nn.Linear "
+            "layers only, disable it");
 }
 
 TEST(AwqLiteErrors, AlphaStepOutOfRange) {
@@ -363,6 +371,222 @@ TEST(AwqLiteErrors, ActivationsBeyondTheExactStatistics) {
   const ForwardLoop nan = run_fc({x});
   EXPECT_EQ(error_of<ApplyModeError>([&] { calibrate_awq_lite(*model, &nan, nullptr, 0.1); }),
             "awq_lite: layer fc: the calibration data holds infinities or NaNs");
+}
+
+// --- AWQ clip ------------------------------------------------------------------------------
+
+// Int4 of one block of weights `w` [block] with amax `amax`, as int4_blocks quantizes.
+at::Tensor int4_clipped(const at::Tensor& w, const at::Tensor& amax) {
+  const at::Tensor scale = amax.clamp_min(1e-12) / 7.0;
+  return at::round(w / scale).clamp_(-7, 7).mul_(scale);
+}
+
+std::vector<double> clip_grid() {
+  std::vector<double> out;
+  for (int k = 0; k <= 10; ++k) out.push_back(1.0 - k * 0.05);
+  return out;
+}
+
+// Squared error of a block's part of the output, token by token: sum over x of
+// (x_block . (Q(w) - w))^2.
+double block_error(const at::Tensor& w, const at::Tensor& quantized, const std::vector<at::Tensor>& blocks_of_x) {
+  double error = 0;
+  for (const at::Tensor& x : blocks_of_x) {
+    error += at::matmul(x.to(at::kDouble), (quantized - w).to(at::kDouble)).square().sum().item<double>();
+  }
+  return error;
+}
+
+TEST(AwqClip, EveryBlockGetsTheRatioOfLeastOutputError) {
+  auto model = one_linear(16, 4);
+  const at::Tensor weight = model->fc->weight.detach().clone();
+  const std::vector<at::Tensor> batches = outlier_batches({7, 12}, 16, /*seed=*/13);
+  const ForwardLoop loop = run_fc(batches);
+  const AwqClipResult result = calibrate_awq_clip(*model, &loop, nullptr, AwqClipOptions());
+
+  ASSERT_EQ(result.ratios.size(), 1u);
+  EXPECT_EQ(result.ratios[0].first, "fc");
+  const at::Tensor ratios = result.ratios[0].second;
+  ASSERT_EQ(ratios.sizes(), (std::vector<int64_t>{4, 2}));
+  const std::vector<double> grid = clip_grid();
+  int clipped = 0;
+  for (int64_t row = 0; row < 4; ++row) {
+    for (int64_t block = 0; block < 2; ++block) {
+      const at::Tensor w = weight[row].narrow(0, block * kBlock, kBlock);
+      std::vector<at::Tensor> xs;
+      for (const at::Tensor& x : batches) xs.push_back(x.narrow(1, block * kBlock, kBlock));
+      std::vector<double> errors;
+      size_t best = 0;
+      for (size_t r = 0; r < grid.size(); ++r) {
+        const at::Tensor amax = w.abs().max() * static_cast<float>(grid[r]);
+        errors.push_back(block_error(w, int4_clipped(w, amax), xs));
+        if (errors[r] < errors[best]) best = r;
+      }
+      for (size_t r = 0; r < grid.size(); ++r) {
+        if (r == best) continue;
+        EXPECT_GT(errors[r], errors[best] * (1 + 1e-9)) << "a near tie makes this test fragile";
+      }
+      EXPECT_EQ(ratios[row][block].item<float>(), static_cast<float>(grid[best])) << "row " << row << " block " << block;
+      clipped += best > 0;
+    }
+  }
+  EXPECT_GT(clipped, 0) << "int4 should gain from clipping some block";
+  // The weight is unchanged; its amax is each block's max |W| times the ratio.
+  EXPECT_TRUE(at::equal(model->fc->weight, weight));
+  const at::Tensor block_max = weight.abs().reshape({4, 2, kBlock}).amax(-1, true);
+  EXPECT_TRUE(at::equal(quantizer(*model, "fc.weight_quantizer")->amax(), block_max * ratios.unsqueeze(-1)));
+  EXPECT_FALSE(quantizer(*model, "fc.input_quantizer")->has_pre_quant_scale());
+  EXPECT_EQ(model->fc->transform_names(nn::Slot::kInput), (std::vector<std::string>{"input_quantizer"}));
+}
+
+TEST(AwqClip, BeatsPlainMaxInt4) {
+  // One block per row: the layer's output error is the sum of its blocks' errors.
+  auto model = one_linear(8, 32);
+  const at::Tensor weight = model->fc->weight.detach().clone();
+  const at::Tensor bias = model->fc->bias.detach().clone();
+  const std::vector<at::Tensor> batches = outlier_batches({32, 32}, 8, /*seed=*/17);
+  const ForwardLoop loop = run_fc(batches);
+  calibrate_awq_clip(*model, &loop, nullptr, AwqClipOptions());
+  double clipped = 0, plain = 0;
+  for (const at::Tensor& x : batches) {
+    const at::Tensor reference = at::linear(x, weight, bias);
+    clipped += (model->fc->forward(x) - reference).to(at::kDouble).square().sum().item<double>();
+    plain += (at::linear(x, int4_blocks(weight), bias) - reference).to(at::kDouble).square().sum().item<double>();
+  }
+  EXPECT_LT(clipped, 0.9 * plain);
+}
+
+TEST(AwqClip, HowTheDataFallsIntoForwardCallsChangesNothing) {
+  const std::vector<at::Tensor> batches = outlier_batches({5, 9, 1, 13}, 24, /*seed=*/23);
+  auto together = one_linear(24, 8);
+  auto apart = one_linear(24, 8);
+  const ForwardLoop one_call = run_fc({at::cat(batches)});
+  const ForwardLoop reversed = run_fc({batches[3], batches[2], batches[1], batches[0]});
+  const AwqClipResult a = calibrate_awq_clip(*together, &one_call, nullptr, AwqClipOptions());
+  const AwqClipResult b = calibrate_awq_clip(*apart, &reversed, nullptr, AwqClipOptions());
+  EXPECT_TRUE(at::equal(a.ratios[0].second, b.ratios[0].second));
+  EXPECT_TRUE(at::equal(quantizer(*together, "fc.weight_quantizer")->amax(),
+                        quantizer(*apart, "fc.weight_quantizer")->amax()));
+}
+
+TEST(AwqClip, RowsAtATimeAndTheRatioGridFromTheOptions) {
+  const std::vector<at::Tensor> batches = outlier_batches({16}, 16, /*seed=*/29);
+  const ForwardLoop loop = run_fc(batches);
+  auto whole = one_linear(16, 12);
+  auto in_threes = one_linear(16, 12);
+  AwqClipOptions three_rows;
+  three_rows.max_co_batch_size = 3;
+  EXPECT_TRUE(at::equal(calibrate_awq_clip(*whole, &loop, nullptr, AwqClipOptions()).ratios[0].second,
+                        calibrate_awq_clip(*in_threes, &loop, nullptr, three_rows).ratios[0].second));
+  // 1, 0.75, 0.5, 0.25: a coarser grid whose last step reaches the minimum exactly.
+  auto coarse = one_linear(16, 12);
+  AwqClipOptions quarter;
+  quarter.min_clip_ratio = 0.25;
+  quarter.shrink_step = 0.25;
+  const at::Tensor ratios = calibrate_awq_clip(*coarse, &loop, nullptr, quarter).ratios[0].second;
+  EXPECT_TRUE(((ratios == 1) | (ratios == 0.75) | (ratios == 0.5) | (ratios == 0.25)).all().item<bool>()) << ratios;
+}
+
+// AWQ-lite, then clip, recorded as one mode after quantize; restored with no data.
+TEST(AwqClip, AwqFullIsRecordedAfterQuantizeAndRestoresWithNoData) {
+  const std::string config = R"({"quant_cfg": {
+      "*weight_quantizer": {"num_bits": 4, "block_sizes": {"-1": 8}, "enable": true},
+      "*input_quantizer": {"enable": false}, "default": {"enable": false}},
+      "algorithm": {"method": "awq_full", "shrink_step": 0.1}})";
+  const std::vector<ModeWithConfig> modes = quantize_modes(config);
+  ASSERT_EQ(modes.size(), 2u);
+  EXPECT_EQ(modes[1].mode, "awq_full_calibrate");
+  const ModelLike like("test_mlp", {{"hidden", 16}, {"seed", 1}});
+  RuntimeContext context;
+  context.set(kForwardLoop, ForwardLoop([](torch::nn::Module& m) {
+                for (int i = 0; i < 3; ++i) {
+                  at::manual_seed(300 + i);
+                  test::test_forward(m.shared_from_this(), at::randn({6, 8}) * (i + 1));
+                }
+              }));
+  ModulePtr model = apply_mode(like.build(), ModeList(modes), nullptr, std::nullopt, context);
+  const ModeloptState state = modelopt_state(*model);
+  ASSERT_EQ(state.modelopt_state_dict_size(), 2);
+  EXPECT_EQ(state.modelopt_state_dict(1).mode(), "awq_full_calibrate");
+  AwqFullCalibrateConfig recorded;
+  ASSERT_TRUE(state.modelopt_state_dict(1).config().UnpackTo(&recorded));
+  EXPECT_EQ(recorded.method(), "awq_full");
+  EXPECT_EQ(recorded.alpha_step(), 0.1);
+  EXPECT_EQ(recorded.min_clip_ratio(), 0.5);
+  EXPECT_EQ(recorded.shrink_step(), 0.1);
+  EXPECT_EQ(recorded.max_co_batch_size(), 1024);
+  EXPECT_EQ(recorded.max_tokens_per_batch(), 64);
+  // Smoothed (AWQ-lite's pre_quant_scale) and clipped (amax below the block maxima).
+  EXPECT_TRUE(quantizer(*model, "fc1.input_quantizer")->has_pre_quant_scale());
+  const at::Tensor weight = model->as<test::TestMlpImpl>()->fc1->weight.detach();
+  const at::Tensor block_max = weight.abs().reshape({16, 1, kBlock}).amax(-1, true);
+  const at::Tensor amax = quantizer(*model, "fc1.weight_quantizer")->amax();
+  EXPECT_TRUE((amax <= block_max).all().item<bool>());
+  EXPECT_TRUE((amax < block_max).any().item<bool>());
+
+  ModulePtr restored = restore_from_modelopt_state(like.build(), state);
+  std::map<std::string, at::Tensor> expected;
+  for (const auto& entry : model_state_dict(*model)) expected[entry.name] = entry.tensor;
+  for (const auto& entry : model_state_dict(*restored)) {
+    ASSERT_TRUE(expected.count(entry.name)) << entry.name;
+    ASSERT_EQ(entry.tensor.sizes(), expected.at(entry.name).sizes()) << entry.name;
+    entry.tensor.detach().copy_(expected.at(entry.name));
+  }
+  torch::NoGradGuard no_grad;
+  const at::Tensor x = at::randn({5, 8});
+  EXPECT_TRUE(at::equal(test::test_forward(restored, x), test::test_forward(model, x)));
+}
+
+TEST(AwqClipErrors, EveryCulpritNamed) {
+  // A weight quantizer without blocks along the input features.
+  auto per_channel = one_linear(16, 4, R"({"quant_cfg": {
+      "*weight_quantizer": {"num_bits": 4, "axis": 0, "enable": true},
+      "*input_quantizer": {"enable": false}, "default": {"enable": false}}, "algorithm": null})");
+  const ForwardLoop loop = run_fc({at::randn({2, 16})});
+  EXPECT_EQ(error_of<ApplyModeError>([&] { calibrate_awq_clip(*per_channel, &loop, nullptr, AwqClipOptions()); }),
+            "awq_clip: fc.weight_quantizer has no blocks along the input features; awq_clip searches a clip ratio "
+            "per block (block_sizes {-1: N}), disable it or use awq_lite");
+  // Options out of range.
+  auto model = one_linear(16, 4);
+  AwqClipOptions options;
+  options.min_clip_ratio = 0;
+  EXPECT_EQ(error_of<ConfigError>([&] { calibrate_awq_clip(*model, &loop, nullptr, options); }),
+            "awq_clip: min_clip_ratio must be in (0, 1], got 0");
+  options = AwqClipOptions();
+  options.shrink_step = std::nan("");
+  EXPECT_EQ(error_of<ConfigError>([&] { calibrate_awq_clip(*model, &loop, nullptr, options); }),
+            "awq_clip: shrink_step must be in (0, 1], got nan");
+  options = AwqClipOptions();
+  options.max_co_batch_size = 0;
+  EXPECT_EQ(error_of<ConfigError>([&] { calibrate_awq_clip(*model, &loop, nullptr, options); }),
+            "awq_clip: max_co_batch_size must be at least 1, got 0");
+  EXPECT_EQ(error_of<ConfigError>([] { apply_mode(one_linear(16, 4), {{"awq_clip_calibrate", R"({"min_clip_ratio": 1.5})"}}); }),
+            "config of mode 'awq_clip_calibrate': min_clip_ratio must be in (0, 1], got 1.5");
+  // No data, a missing loop, a loop that fails, data that is not finite.
+  at::manual_seed(3);
+  auto two = std::make_shared<TwoLinearImpl>(16, 4);
+  apply_mode(two, {{"quantize", kInt4Block8}});
+  const ForwardLoop only_a = [](torch::nn::Module& m) {
+    dynamic_cast<TwoLinearImpl&>(m).a->forward(at::randn({3, 16}));
+  };
+  EXPECT_EQ(error_of<ApplyModeError>([&] { calibrate_awq_clip(*two, &only_a, nullptr, AwqClipOptions()); }),
+            "awq_clip: no rank saw calibration data for b (does the forward loop run these layers?)");
+  EXPECT_EQ(error_of<ApplyModeError>([&] { calibrate_awq_clip(*two, nullptr, nullptr, AwqClipOptions()); }),
+            "awq_clip needs the mode argument 'forward_loop' to calibrate a, b");
+  const ForwardLoop failing = [](torch::nn::Module& m) {
+    dynamic_cast<OneLinearImpl&>(m).fc->forward(at::randn({3, 16}));
+    throw std::runtime_error("boom");
+  };
+  EXPECT_EQ(error_of<std::runtime_error>([&] { calibrate_awq_clip(*model, &failing, nullptr, AwqClipOptions()); }),
+            "boom");
+  EXPECT_EQ(model->fc->transform_names(nn::Slot::kInput), (std::vector<std::string>{"input_quantizer"}));
+  EXPECT_TRUE(quantizer(*model, "fc.weight_quantizer")->attributes().enable());
+  EXPECT_FALSE(quantizer(*model, "fc.weight_quantizer")->has_amax());
+  at::Tensor x = at::randn({2, 16});
+  x[1][3] = std::numeric_limits<float>::infinity();
+  const ForwardLoop infinite = run_fc({x});
+  EXPECT_EQ(error_of<ApplyModeError>([&] { calibrate_awq_clip(*model, &infinite, nullptr, AwqClipOptions()); }),
+            "awq_clip: layer fc: the calibration data holds infinities or NaNs");
 }
 
 }  // namespace

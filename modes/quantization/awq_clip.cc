@@ -1,0 +1,184 @@
+#include "modes/quantization/awq_clip.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/grad_mode.h>
+
+#include <algorithm>
+#include <cmath>
+#include <exception>
+#include <limits>
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "modes/quantization/awq_layers.h"
+#include "modes/quantization/split_reduction.h"
+#include "modes/quantization/tensor_quantizer.h"
+#include "opt/errors.h"
+
+namespace mto {
+namespace quantization {
+namespace {
+
+constexpr char kMethod[] = "awq_clip";
+
+// A layer whose block amaxes AWQ clip searches, and its statistic.
+struct ClipLayer : AwqTarget {
+  explicit ClipLayer(AwqTarget target) : AwqTarget(std::move(target)) {}
+
+  int64_t block = 0;   // input features per block
+  int64_t blocks = 0;  // blocks per row on this rank
+  at::Tensor gram;     // float64 [blocks, block, block]: sum over tokens of x_block^T x_block
+  int64_t tokens = 0;
+};
+
+std::vector<ClipLayer> clip_layers(torch::nn::Module& model) {
+  std::vector<ClipLayer> out;
+  for (AwqTarget& target : awq_targets(model, kMethod)) {
+    const QuantizerAttributes& attributes = target.weight_quantizer->attributes();
+    if (attributes.block_size() <= 0 || (attributes.block_axis() != -1 && attributes.block_axis() != 1)) {
+      throw ApplyModeError(absl::StrCat(kMethod, ": ", target.weight_quantizer->quantizer_name(),
+                                        " has no blocks along the input features; awq_clip searches a clip ratio "
+                                        "per block (block_sizes {-1: N}), disable it or use awq_lite"));
+    }
+    ClipLayer layer(std::move(target));
+    layer.block = attributes.block_size();
+    layer.blocks = (layer.in + layer.block - 1) / layer.block;
+    layer.gram = at::zeros({layer.blocks, layer.block, layer.block}, at::kDouble);
+    out.push_back(std::move(layer));
+  }
+  return out;
+}
+
+// `t` [rows, in] zero-padded to whole blocks and viewed as [blocks, rows, block].
+at::Tensor by_block(const ClipLayer& layer, const at::Tensor& t) {
+  const int64_t padding = layer.blocks * layer.block - layer.in;
+  const at::Tensor padded = padding == 0 ? t : at::constant_pad_nd(t, {0, padding});
+  return padded.reshape({t.size(0), layer.blocks, layer.block}).transpose(0, 1);
+}
+
+// Adds the tokens of `x` to the layer's Gram matrices, in float64 (each product of two
+// float32 values is exact there).
+void accumulate_gram(ClipLayer& layer, const at::Tensor& x) {
+  const at::Tensor tokens = tokens_of(layer, x, kMethod).to(at::kDouble);
+  if (tokens.numel() == 0) return;
+  if (!at::isfinite(tokens).all().item<bool>()) {
+    throw ApplyModeError(
+        absl::StrCat(kMethod, ": layer ", layer.name, ": the calibration data holds infinities or NaNs"));
+  }
+  const at::Tensor blocked = by_block(layer, tokens);  // [blocks, tokens, block]
+  layer.gram.add_(at::bmm(blocked.transpose(1, 2), blocked));
+  layer.tokens += tokens.size(0);
+}
+
+// 1, 1 - step, 1 - 2 * step, ... down to `smallest` (included when the steps reach it).
+std::vector<double> clip_ratios(const AwqClipOptions& options) {
+  std::vector<double> out;
+  for (int64_t k = 0;; ++k) {
+    const double ratio = 1.0 - static_cast<double>(k) * options.shrink_step;
+    if (ratio < options.min_clip_ratio - 1e-9) break;
+    out.push_back(ratio);
+  }
+  return out;
+}
+
+// The ratio of least error for every block of the layer's weight, searched in order, rows
+// at a time; sets the weight amax to it and returns the ratios [rows, blocks].
+at::Tensor search_ratios(const ClipLayer& layer, const std::vector<double>& ratios, int64_t rows_at_a_time) {
+  const at::Tensor weight = layer.weight_slot.weight().detach().to(at::kFloat);
+  auto probe = std::make_shared<TensorQuantizerImpl>(layer.weight_quantizer->quantizer_name(),
+                                                     layer.weight_quantizer->attributes(), /*keepdim_amax=*/true);
+  const at::Tensor amax = probe->compute_amax(weight);  // [rows, blocks, 1]
+  const int64_t rows = weight.size(0);
+  at::Tensor chosen = at::ones({rows, layer.blocks}, at::kFloat);
+  for (int64_t first = 0; first < rows; first += rows_at_a_time) {
+    const int64_t count = std::min(rows_at_a_time, rows - first);
+    const at::Tensor w = weight.narrow(0, first, count);
+    const at::Tensor block_amax = amax.narrow(0, first, count);
+    at::Tensor least = at::full({layer.blocks, count}, std::numeric_limits<double>::infinity(), at::kDouble);
+    at::Tensor best = at::ones({layer.blocks, count}, at::kFloat);
+    for (const double ratio : ratios) {
+      probe->set_amax(block_amax * ratio);
+      const at::Tensor e = by_block(layer, (probe->forward(w) - w).to(at::kDouble));  // [blocks, count, block]
+      const at::Tensor error = (at::bmm(e, layer.gram) * e).sum(-1);                 // [blocks, count]
+      const at::Tensor better = error < least;
+      least = at::where(better, error, least);
+      best.masked_fill_(better, ratio);
+    }
+    chosen.narrow(0, first, count).copy_(best.t());
+  }
+  layer.weight_quantizer->set_amax(amax * chosen.unsqueeze(-1));
+  return chosen;
+}
+
+}  // namespace
+
+void check_awq_clip_options(const AwqClipOptions& options, const std::string& what) {
+  if (!(options.min_clip_ratio > 0 && options.min_clip_ratio <= 1)) {
+    throw ConfigError(absl::StrCat(what, ": min_clip_ratio must be in (0, 1], got ", options.min_clip_ratio));
+  }
+  if (!(options.shrink_step > 0 && options.shrink_step <= 1)) {
+    throw ConfigError(absl::StrCat(what, ": shrink_step must be in (0, 1], got ", options.shrink_step));
+  }
+  if (options.max_co_batch_size < 1) {
+    throw ConfigError(absl::StrCat(what, ": max_co_batch_size must be at least 1, got ", options.max_co_batch_size));
+  }
+}
+
+AwqClipResult calibrate_awq_clip(torch::nn::Module& model, const ForwardLoop* forward_loop, Communicator* communicator,
+                                 const AwqClipOptions& options) {
+  check_awq_clip_options(options, kMethod);
+  std::vector<ClipLayer> layers = clip_layers(model);
+  AwqClipResult result;
+  if (layers.empty()) return result;
+  if (forward_loop == nullptr || !*forward_loop) {
+    throw ApplyModeError(absl::StrCat(kMethod, " needs the mode argument 'forward_loop' to calibrate ",
+                                      layer_names(layers)));
+  }
+  const int rank = communicator != nullptr ? communicator->rank() : 0;
+  const int world_size = communicator != nullptr ? communicator->world_size() : 1;
+  torch::NoGradGuard no_grad;
+
+  PassFailures failures(kMethod);
+  try {
+    UnquantizedWeights unquantized(layers);
+    InputObservers observers(layers, [](ClipLayer& layer, const at::Tensor& x) { accumulate_gram(layer, x); });
+    (*forward_loop)(model);
+  } catch (...) {
+    failures.own = std::current_exception();
+  }
+  // A failure flag over each tensor-parallel group, then one float64 sum over the
+  // data-parallel ranks: every layer's Gram matrices and tokens, a flag per rank that
+  // failed, and whether a group saw a failure.
+  SplitReduction group_failures;
+  const std::vector<at::Tensor> group_flags =
+      failures.add_group_flags(group_failures, split_group_layers(model), at::kDouble);
+  group_failures.run(ReduceOp::kSum);
+  failures.read_group_flags(group_flags);
+  std::vector<at::Tensor> token_counts(layers.size());
+  std::vector<at::Tensor*> sums;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    token_counts[i] = at::full({1}, static_cast<double>(layers[i].tokens), at::kDouble);
+    sums.push_back(&layers[i].gram);
+    sums.push_back(&token_counts[i]);
+  }
+  at::Tensor rank_flags = failures.flags(world_size, rank, at::kDouble);
+  at::Tensor elsewhere = at::full({1}, failures.elsewhere ? 1.0 : 0.0, at::kDouble);
+  sums.push_back(&rank_flags);
+  sums.push_back(&elsewhere);
+  all_reduce_fused(communicator, sums, ReduceOp::kSum);
+  failures.read_flags(rank_flags);
+  failures.elsewhere = elsewhere.item<double>() > 0;
+  failures.throw_if_any();
+  std::vector<bool> seen(layers.size());
+  for (size_t i = 0; i < layers.size(); ++i) seen[i] = token_counts[i].item<double>() > 0;
+  throw_if_unseen(kMethod, layers, seen, "");
+
+  const std::vector<double> ratios = clip_ratios(options);
+  for (const ClipLayer& layer : layers) {
+    result.ratios.emplace_back(layer.name, search_ratios(layer, ratios, options.max_co_batch_size));
+  }
+  return result;
+}
+
+}  // namespace quantization
+}  // namespace mto
