@@ -94,11 +94,18 @@ gpt_job() {
 
   # The int4 formats take blocks of 128 input features: at tp = 2 each rank holds 64 of the
   # 128 inputs of attn.proj, so a block would straddle two ranks; they are calibrated on (4, 1).
-  for format in int8 int8_smoothquant fp8 int4_blockwise int4_awq; do
+  # int4_awq_full is int4_awq with Model Optimizer's awq_full algorithm (AWQ-lite, then a clip
+  # search per block), which no preset names: its config is written out.
+  printf '%s\n' '{"quant_cfg": {"*weight_quantizer": {"num_bits": 4, "block_sizes": {"-1": 128}, "enable": true},
+    "*input_quantizer": {"enable": false}, "*lm_head*": {"enable": false}, "default": {"enable": false}},
+    "algorithm": {"method": "awq_full"}}' >"$gpt/int4_awq_full.json"
+  for format in int8 int8_smoothquant fp8 int4_blockwise int4_awq int4_awq_full; do
     local tp=2
     [[ "$format" = int4_* ]] && tp=1
+    local mode=(--mode "quantize:$format")
+    [ "$format" = int4_awq_full ] && mode=(--mode quantize --config "$gpt/int4_awq_full.json")
     echo "== quantizing gpt with $format on 4 ranks, tp=$tp (calibration split over the replicas)"
-    ranks 4 "$mto" optimize "$gpt/float" --tp "$tp" --mode "quantize:$format" --calib-samples 512 \
+    ranks 4 "$mto" optimize "$gpt/float" --tp "$tp" "${mode[@]}" --calib-samples 512 \
       --out "$gpt/$format" | tee "$gpt/$format.log"
     printf '%s\t(%d,%d)\t(2,1)\n' "$format" $((4 / tp)) "$tp" >>"$gpt/meshes.tsv"
     echo "== exporting gpt $format as a deployable checkpoint (real low-bit weights) on 4 ranks, tp=$tp"
