@@ -79,10 +79,19 @@ at::Tensor gpt_forward(const ModulePtr& model) {
 
 // The GPT (built from its model-like, which the state records) quantized with `preset` and
 // calibrated with its algorithm.
+// int4_awq with Model Optimizer's awq_full (AWQ-lite, then the clip search), which no preset
+// names.
+constexpr char kInt4AwqFull[] = R"({"quant_cfg": {
+    "*weight_quantizer": {"num_bits": 4, "block_sizes": {"-1": 128}, "enable": true},
+    "*input_quantizer": {"enable": false}, "*lm_head*": {"enable": false}, "default": {"enable": false}},
+    "algorithm": {"method": "awq_full"}})";
+
+// The GPT quantized with a preset, or with kInt4AwqFull for "int4_awq_full".
 ModulePtr quantized_gpt(const std::string& preset) {
   RuntimeContext context;
   context.set(kForwardLoop, gpt_loop());
-  return apply_mode(gpt_like(), ModeList(quantize_modes(preset)), nullptr, std::nullopt, context);
+  const std::string config = preset == "int4_awq_full" ? kInt4AwqFull : preset;
+  return apply_mode(gpt_like(), ModeList(quantize_modes(config)), nullptr, std::nullopt, context);
 }
 
 std::map<std::string, at::Tensor> tensors(const torch::nn::Module& model) {
@@ -178,6 +187,7 @@ const std::vector<PresetCase>& preset_cases() {
       {"int4_blockwise", at::kByte, true, false, 7, false, 0, false},
       {"int8_smoothquant", at::kChar, false, true, 127, true, 127, true},
       {"int4_awq", at::kByte, true, false, 7, false, 0, true},
+      {"int4_awq_full", at::kByte, true, false, 7, false, 0, true},
   };
   return *cases;
 }
@@ -535,6 +545,8 @@ TEST(HfQuantConfig, EveryPresetOnTheGpt) {
                             "has_zero_point": false, "pre_quant_scale": true, "exclude_modules": ["lm_head"])"},
       {"int4_awq", R"("quant_algo": "W4A16_AWQ", "kv_cache_quant_algo": null, "group_size": 128,
                       "has_zero_point": false, "pre_quant_scale": true, "exclude_modules": ["lm_head"])"},
+      {"int4_awq_full", R"("quant_algo": "W4A16_AWQ", "kv_cache_quant_algo": null, "group_size": 128,
+                           "has_zero_point": false, "pre_quant_scale": true, "exclude_modules": ["lm_head"])"},
   };
   for (const auto& [preset, quantization] : expected) {
     SCOPED_TRACE(preset);
