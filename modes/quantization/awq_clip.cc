@@ -4,10 +4,11 @@
 #include <torch/csrc/autograd/grad_mode.h>
 
 #include <algorithm>
-#include <cmath>
-#include <exception>
 #include <limits>
 #include <memory>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "modes/quantization/awq_layers.h"
@@ -139,13 +140,8 @@ AwqClipResult calibrate_awq_clip(torch::nn::Module& model, const ForwardLoop* fo
   torch::NoGradGuard no_grad;
 
   PassFailures failures(kMethod);
-  try {
-    UnquantizedWeights unquantized(layers);
-    InputObservers observers(layers, [](ClipLayer& layer, const at::Tensor& x) { accumulate_gram(layer, x); });
-    (*forward_loop)(model);
-  } catch (...) {
-    failures.own = std::current_exception();
-  }
+  failures.own = run_observed_pass(model, *forward_loop, layers,
+                                   [](ClipLayer& layer, const at::Tensor& x) { accumulate_gram(layer, x); });
   // A failure flag over each tensor-parallel group, then one float64 sum over the
   // data-parallel ranks: every layer's Gram matrices and tokens, a flag per rank that
   // failed, and whether a group saw a failure.

@@ -10,6 +10,7 @@
 #include <torch/nn/module.h>
 
 #include "distributed/communicator.h"
+#include "modes/quantization/calibrate.h"
 #include "modes/quantization/quantized_model.h"
 #include "modes/quantization/split_reduction.h"
 #include "modes/quantization/tensor_quantizer.h"
@@ -111,6 +112,21 @@ class UnquantizedWeights {
 
   std::vector<TensorQuantizerImpl*> quantizers_;
 };
+
+// Runs `forward_loop` over `model` with the layers' weights unquantized and `observe(layer, x)`
+// seeing each layer's input; returns what the loop (or an observer) threw, null if nothing.
+template <typename Layer, typename Observe>
+std::exception_ptr run_observed_pass(torch::nn::Module& model, const ForwardLoop& forward_loop,
+                                     std::vector<Layer>& layers, Observe observe) {
+  try {
+    UnquantizedWeights unquantized(layers);
+    InputObservers observers(layers, observe);
+    forward_loop(model);
+  } catch (...) {
+    return std::current_exception();
+  }
+  return nullptr;
+}
 
 // How a forward loop of an AWQ pass ended on the ranks, as the collectives report it: the
 // failing rank throws its own error, every other rank an ApplyModeError naming it, so no

@@ -6,16 +6,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <exception>
-#include <functional>
 #include <limits>
 #include <memory>
-#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "modes/quantization/awq_layers.h"
 #include "modes/quantization/split_reduction.h"
 #include "modes/quantization/tensor_quantizer.h"
@@ -207,16 +204,10 @@ AwqLiteResult calibrate_awq_lite(torch::nn::Module& model, const ForwardLoop* fo
 
   // Pass 1: per input channel, the sum of |x| over this rank's tokens, exact.
   PassFailures failures(kMethod);
-  try {
-    const int64_t limit = kSumLimit / world_size;
-    UnquantizedWeights unquantized(layers);
-    InputObservers observers(layers, [limit](AwqLayer& layer, const at::Tensor& x) {
-      accumulate_magnitudes(layer, x, limit);
-    });
-    (*forward_loop)(model);
-  } catch (...) {
-    failures.own = std::current_exception();
-  }
+  const int64_t limit = kSumLimit / world_size;
+  failures.own = run_observed_pass(model, *forward_loop, layers, [limit](AwqLayer& layer, const at::Tensor& x) {
+    accumulate_magnitudes(layer, x, limit);
+  });
   // One int64 sum over the data-parallel ranks: every layer's sums and tokens, then a flag
   // per rank that failed.
   std::vector<at::Tensor> token_counts(layers.size());
@@ -292,13 +283,8 @@ AwqLiteResult calibrate_awq_lite(torch::nn::Module& model, const ForwardLoop* fo
   // each: their errors are summed over the group, in one reduction per group that also
   // carries the failure flag; then everything is summed over the data-parallel ranks.
   failures = PassFailures(kMethod);
-  try {
-    UnquantizedWeights unquantized(layers);
-    InputObservers observers(layers, [](AwqLayer& layer, const at::Tensor& x) { accumulate_errors(layer, x); });
-    (*forward_loop)(model);
-  } catch (...) {
-    failures.own = std::current_exception();
-  }
+  failures.own = run_observed_pass(model, *forward_loop, layers,
+                                   [](AwqLayer& layer, const at::Tensor& x) { accumulate_errors(layer, x); });
   SplitReduction pass2_groups;
   for (AwqLayer& layer : layers) {
     if (layer.split == AwqSplit::kOutput) pass2_groups.add(layer.weight_slot.layer, &layer.errors);

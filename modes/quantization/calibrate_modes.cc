@@ -6,6 +6,7 @@
 // over this rank's calibration data, synchronized over the ranks. Restore needs no data:
 // the metadata records every quantizer's buffers, the state dict their values.
 #include <memory>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "modes/quantization/awq_clip.h"
@@ -19,6 +20,20 @@
 namespace mto {
 namespace quantization {
 namespace {
+
+// Throws ConfigError unless the config's method is `expected`.
+void check_method(const std::string& what, const std::string& method, const std::string& expected) {
+  if (method != expected) {
+    throw ConfigError(absl::StrCat(what, ": method must be \"", expected, "\", got \"", method, "\""));
+  }
+}
+
+// Throws ConfigError unless AWQ-lite's alpha step is in (0, 1].
+void check_alpha_step(const std::string& what, double alpha_step) {
+  if (!(alpha_step > 0 && alpha_step <= 1)) {
+    throw ConfigError(absl::StrCat(what, ": alpha_step must be in (0, 1], got ", alpha_step));
+  }
+}
 
 // What every calibration mode shares: the mode arguments, the quantizer-state metadata, and
 // restore.
@@ -97,9 +112,7 @@ class SmoothQuantCalibrateModeDescriptor : public CalibrateModeDescriptor {
   }
   void validate_config(const Message& message) const override {
     const auto& config = message_as<SmoothQuantCalibrateConfig>(message, config_name());
-    if (config.method() != "smoothquant") {
-      throw ConfigError(absl::StrCat(config_name(), ": method must be \"smoothquant\", got \"", config.method(), "\""));
-    }
+    check_method(config_name(), config.method(), "smoothquant");
     if (!(config.alpha() >= 0 && config.alpha() <= 1)) {
       throw ConfigError(absl::StrCat(config_name(), ": alpha must be in [0, 1], got ", config.alpha()));
     }
@@ -124,12 +137,8 @@ class AwqLiteCalibrateModeDescriptor : public CalibrateModeDescriptor {
   }
   void validate_config(const Message& message) const override {
     const auto& config = message_as<AwqLiteCalibrateConfig>(message, config_name());
-    if (config.method() != "awq_lite") {
-      throw ConfigError(absl::StrCat(config_name(), ": method must be \"awq_lite\", got \"", config.method(), "\""));
-    }
-    if (!(config.alpha_step() > 0 && config.alpha_step() <= 1)) {
-      throw ConfigError(absl::StrCat(config_name(), ": alpha_step must be in (0, 1], got ", config.alpha_step()));
-    }
+    check_method(config_name(), config.method(), "awq_lite");
+    check_alpha_step(config_name(), config.alpha_step());
   }
 
  protected:
@@ -171,9 +180,7 @@ class AwqClipCalibrateModeDescriptor : public CalibrateModeDescriptor {
   }
   void validate_config(const Message& message) const override {
     const auto& config = message_as<AwqClipCalibrateConfig>(message, config_name());
-    if (config.method() != "awq_clip") {
-      throw ConfigError(absl::StrCat(config_name(), ": method must be \"awq_clip\", got \"", config.method(), "\""));
-    }
+    check_method(config_name(), config.method(), "awq_clip");
     check_awq_clip_options(clip_options(config), config_name());
   }
 
@@ -198,12 +205,8 @@ class AwqFullCalibrateModeDescriptor : public CalibrateModeDescriptor {
   }
   void validate_config(const Message& message) const override {
     const auto& config = message_as<AwqFullCalibrateConfig>(message, config_name());
-    if (config.method() != "awq_full") {
-      throw ConfigError(absl::StrCat(config_name(), ": method must be \"awq_full\", got \"", config.method(), "\""));
-    }
-    if (!(config.alpha_step() > 0 && config.alpha_step() <= 1)) {
-      throw ConfigError(absl::StrCat(config_name(), ": alpha_step must be in (0, 1], got ", config.alpha_step()));
-    }
+    check_method(config_name(), config.method(), "awq_full");
+    check_alpha_step(config_name(), config.alpha_step());
     check_awq_clip_options(clip_options(config), config_name());
   }
 
