@@ -135,8 +135,6 @@ AwqClipResult calibrate_awq_clip(torch::nn::Module& model, const ForwardLoop* fo
     throw ApplyModeError(absl::StrCat(kMethod, " needs the mode argument 'forward_loop' to calibrate ",
                                       layer_names(layers)));
   }
-  const int rank = communicator != nullptr ? communicator->rank() : 0;
-  const int world_size = communicator != nullptr ? communicator->world_size() : 1;
   torch::NoGradGuard no_grad;
 
   PassFailures failures(kMethod);
@@ -157,13 +155,7 @@ AwqClipResult calibrate_awq_clip(torch::nn::Module& model, const ForwardLoop* fo
     sums.push_back(&layers[i].gram);
     sums.push_back(&token_counts[i]);
   }
-  at::Tensor rank_flags = failures.flags(world_size, rank, at::kDouble);
-  at::Tensor elsewhere = at::full({1}, failures.elsewhere ? 1.0 : 0.0, at::kDouble);
-  sums.push_back(&rank_flags);
-  sums.push_back(&elsewhere);
-  all_reduce_fused(communicator, sums, ReduceOp::kSum);
-  failures.read_flags(rank_flags);
-  failures.elsewhere = elsewhere.item<double>() > 0;
+  failures.sum_with_flags(communicator, sums);
   failures.throw_if_any();
   std::vector<bool> seen(layers.size());
   for (size_t i = 0; i < layers.size(); ++i) seen[i] = token_counts[i].item<double>() > 0;

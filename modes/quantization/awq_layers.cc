@@ -193,6 +193,18 @@ void PassFailures::read_group_flags(const std::vector<at::Tensor>& flags) {
   for (const at::Tensor& flag : flags) elsewhere = elsewhere || flag.item<double>() > 0;
 }
 
+void PassFailures::sum_with_flags(Communicator* communicator, std::vector<at::Tensor*> tensors) {
+  const int rank = communicator != nullptr ? communicator->rank() : 0;
+  const int world_size = communicator != nullptr ? communicator->world_size() : 1;
+  at::Tensor rank_flags = flags(world_size, rank, at::kDouble);
+  at::Tensor any_elsewhere = at::full({1}, elsewhere ? 1.0 : 0.0, at::kDouble);
+  tensors.push_back(&rank_flags);
+  tensors.push_back(&any_elsewhere);
+  all_reduce_fused(communicator, tensors, ReduceOp::kSum);
+  read_flags(rank_flags);
+  elsewhere = any_elsewhere.item<double>() > 0;
+}
+
 void PassFailures::throw_if_any() const {
   if (own) std::rethrow_exception(own);
   if (failed_rank >= 0) {

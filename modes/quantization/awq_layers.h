@@ -153,6 +153,11 @@ struct PassFailures {
   // Sets `elsewhere` if a flag of add_group_flags came back set.
   void read_group_flags(const std::vector<at::Tensor>& flags);
 
+  // Sums `tensors` (float64) over the data-parallel `communicator` (nullptr: this rank
+  // alone) in one all-reduce that also carries a flag per rank that failed and whether a
+  // rank knew of a failure elsewhere, and reads both back.
+  void sum_with_flags(Communicator* communicator, std::vector<at::Tensor*> tensors);
+
   // Throws if a rank failed: this rank's own error, or ApplyModeError naming the other.
   void throw_if_any() const;
 };

@@ -300,13 +300,7 @@ AwqLiteResult calibrate_awq_lite(torch::nn::Module& model, const ForwardLoop* fo
     pass2.push_back(&layers[i].errors);
     pass2.push_back(&element_counts[i]);
   }
-  rank_flags = failures.flags(world_size, rank, at::kDouble);
-  at::Tensor elsewhere = at::full({1}, failures.elsewhere ? 1.0 : 0.0, at::kDouble);
-  pass2.push_back(&rank_flags);
-  pass2.push_back(&elsewhere);
-  all_reduce_fused(communicator, pass2, ReduceOp::kSum);
-  failures.read_flags(rank_flags);
-  failures.elsewhere = elsewhere.item<double>() > 0;
+  failures.sum_with_flags(communicator, pass2);
   failures.throw_if_any();
   for (size_t i = 0; i < layers.size(); ++i) seen[i] = element_counts[i].item<double>() > 0;
   throw_if_unseen(kMethod, layers, seen, " in the search pass");
