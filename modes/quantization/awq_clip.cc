@@ -120,10 +120,16 @@ void check_awq_clip_options(const AwqClipOptions& options, const std::string& wh
   if (!(options.shrink_step > 0 && options.shrink_step <= 1)) {
     throw ConfigError(absl::StrCat(what, ": shrink_step must be in (0, 1], got ", options.shrink_step));
   }
+  if ((1 - options.min_clip_ratio) / options.shrink_step > 1000) {
+    throw ConfigError(absl::StrCat(what, ": min_clip_ratio ", options.min_clip_ratio, " and shrink_step ",
+                                   options.shrink_step, " make more than 1001 ratios to search"));
+  }
   if (options.max_co_batch_size < 1) {
     throw ConfigError(absl::StrCat(what, ": max_co_batch_size must be at least 1, got ", options.max_co_batch_size));
   }
 }
+
+void check_awq_clip_layers(torch::nn::Module& model) { clip_layers(model); }
 
 AwqClipResult calibrate_awq_clip(torch::nn::Module& model, const ForwardLoop* forward_loop, Communicator* communicator,
                                  const AwqClipOptions& options) {
@@ -141,11 +147,11 @@ AwqClipResult calibrate_awq_clip(torch::nn::Module& model, const ForwardLoop* fo
   failures.own = run_observed_pass(model, *forward_loop, layers,
                                    [](ClipLayer& layer, const at::Tensor& x) { accumulate_gram(layer, x); });
   // A failure flag over each tensor-parallel group, then one float64 sum over the
-  // data-parallel ranks: every layer's Gram matrices and tokens, a flag per rank that
-  // failed, and whether a group saw a failure.
+  // data-parallel ranks: every layer's Gram matrices and tokens, which slices each rank
+  // holds, a flag per rank that failed, and whether a group saw a failure.
+  const std::vector<nn::DynamicLayer*> groups = split_group_layers(model);
   SplitReduction group_failures;
-  const std::vector<at::Tensor> group_flags =
-      failures.add_group_flags(group_failures, split_group_layers(model), at::kDouble);
+  std::vector<at::Tensor> group_flags = failures.add_group_flags(group_failures, groups, at::kDouble);
   group_failures.run(ReduceOp::kSum);
   failures.read_group_flags(group_flags);
   std::vector<at::Tensor> token_counts(layers.size());
@@ -155,7 +161,10 @@ AwqClipResult calibrate_awq_clip(torch::nn::Module& model, const ForwardLoop* fo
     sums.push_back(&layers[i].gram);
     sums.push_back(&token_counts[i]);
   }
+  at::Tensor slices = slice_indices(groups, at::kDouble);
+  sums.push_back(&slices);
   failures.sum_with_flags(communicator, sums);
+  check_same_slices(kMethod, slices, communicator != nullptr ? communicator->world_size() : 1);
   failures.throw_if_any();
   std::vector<bool> seen(layers.size());
   for (size_t i = 0; i < layers.size(); ++i) seen[i] = token_counts[i].item<double>() > 0;

@@ -25,8 +25,12 @@ struct AwqClipOptions {
 };
 
 // Throws ConfigError, prefixed with `what`, unless 0 < min_clip_ratio <= 1,
-// 0 < shrink_step <= 1 and max_co_batch_size >= 1.
+// 0 < shrink_step <= 1, the ratios number at most 1001 and max_co_batch_size >= 1.
 void check_awq_clip_options(const AwqClipOptions& options, const std::string& what);
+
+// Throws the ApplyModeError that calibrate_awq_clip throws for a layer it cannot calibrate,
+// changing nothing: "awq_full_calibrate" checks before AWQ-lite changes the model.
+void check_awq_clip_layers(torch::nn::Module& model);
 
 // What calibrate_awq_clip chose: the clip ratio of every block of each layer's weight,
 // float32 [this rank's output rows, blocks], by layer name ("block.0.fc1") in module order.
@@ -41,8 +45,10 @@ struct AwqClipResult {
 //
 //   error(r) = sum over the calibration tokens x of (x_block . (Q_r(w) - w))^2
 //
-// for w the row's block of weights and r in the ratios of `options` (the first of the least
-// error, searching from 1 down). The weights and every other quantizer stay as they are.
+// for w the row's block of weights and r in the ratios of `options`: the first of the least
+// error, searching from 1 down, so that a tie (a block whose inputs were all zero) keeps the
+// block's whole range (Model Optimizer lists the ratios from min_clip_ratio up). The weights
+// and every other quantizer stay as they are.
 //
 // The errors come from one statistic per layer, each block's Gram matrix
 // G = sum over tokens of x_block^T x_block (float64, block x block, of what the layer's

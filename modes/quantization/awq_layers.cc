@@ -88,11 +88,37 @@ std::vector<AwqTarget> awq_targets(torch::nn::Module& model, const std::string& 
   return out;
 }
 
+namespace detail {
+
 std::string join_names(const std::vector<std::string>& names) { return absl::StrJoin(names, ", "); }
 
 void throw_unseen(const std::string& method, const std::vector<std::string>& missing, const std::string& pass) {
   throw ApplyModeError(absl::StrCat(method, ": no rank saw calibration data for ", absl::StrJoin(missing, ", "), pass,
                                     " (does the forward loop run these layers?)"));
+}
+
+}  // namespace detail
+
+at::Tensor slice_indices(const std::vector<nn::DynamicLayer*>& groups, at::ScalarType type) {
+  at::Tensor out = at::zeros({2 * static_cast<int64_t>(groups.size())}, type);
+  for (size_t g = 0; g < groups.size(); ++g) {
+    const auto index = static_cast<int64_t>(dynamic_cast<const SplitModule*>(groups[g])->split_group()->rank());
+    out[static_cast<int64_t>(2 * g)] = index;
+    out[static_cast<int64_t>(2 * g + 1)] = index * index;
+  }
+  return out;
+}
+
+void check_same_slices(const std::string& method, const at::Tensor& summed, int world_size) {
+  for (int64_t g = 0; 2 * g < summed.numel(); ++g) {
+    const double sum = summed[2 * g].item<double>();
+    const double squares = summed[2 * g + 1].item<double>();
+    if (world_size * squares != sum * sum) {
+      throw ApplyModeError(absl::StrCat(method,
+                                        ": the calibration ranks hold different slices of split layers; pass the "
+                                        "data-parallel group (mesh->dp()) as the communicator"));
+    }
+  }
 }
 
 std::vector<nn::DynamicLayer*> split_group_layers(torch::nn::Module& model) {

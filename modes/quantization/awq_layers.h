@@ -1,9 +1,10 @@
 #pragma once
 
+#include <cstdint>
 #include <exception>
 #include <functional>
-#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -114,19 +115,38 @@ class UnquantizedWeights {
 };
 
 // Runs `forward_loop` over `model` with the layers' weights unquantized and `observe(layer, x)`
-// seeing each layer's input; returns what the loop (or an observer) threw, null if nothing.
+// seeing each layer's input; returns what the loop threw, or else the first error of an
+// observer, null if neither. An observer's error does not stop the loop (the layer passes its
+// input on as always): a tensor-parallel peer whose slice of the input was fine then meets
+// this rank in every collective of the forward, not in a different one.
 template <typename Layer, typename Observe>
 std::exception_ptr run_observed_pass(torch::nn::Module& model, const ForwardLoop& forward_loop,
                                      std::vector<Layer>& layers, Observe observe) {
+  std::exception_ptr observer_error;
   try {
     UnquantizedWeights unquantized(layers);
-    InputObservers observers(layers, observe);
+    InputObservers observers(layers, [&observer_error, &observe](Layer& layer, const at::Tensor& x) {
+      try {
+        observe(layer, x);
+      } catch (...) {
+        if (!observer_error) observer_error = std::current_exception();
+      }
+    });
     forward_loop(model);
   } catch (...) {
     return std::current_exception();
   }
-  return nullptr;
+  return observer_error;
 }
+
+// This rank's index in each tensor-parallel group of `groups` and its square, to be summed
+// over the data-parallel ranks with whatever else a pass sums there.
+at::Tensor slice_indices(const std::vector<nn::DynamicLayer*>& groups, at::ScalarType type);
+
+// Throws ApplyModeError, naming `method`, unless the `summed` slice_indices of the
+// `world_size` data-parallel ranks say that they all hold the same slices (n * sum(i^2) ==
+// sum(i)^2 for each group): statistics of different slices must never be added up.
+void check_same_slices(const std::string& method, const at::Tensor& summed, int world_size);
 
 // How a forward loop of an AWQ pass ended on the ranks, as the collectives report it: the
 // failing rank throws its own error, every other rank an ApplyModeError naming it, so no
@@ -170,14 +190,18 @@ void throw_if_unseen(const std::string& method, const std::vector<Layer>& layers
 
 // Implementation of the templates.
 
+namespace detail {
+// absl::StrJoin(names, ", ").
 std::string join_names(const std::vector<std::string>& names);
+// Throws the ApplyModeError of throw_if_unseen for the layers `missing`.
 void throw_unseen(const std::string& method, const std::vector<std::string>& missing, const std::string& pass);
+}  // namespace detail
 
 template <typename Layer>
 std::string layer_names(const std::vector<Layer>& layers) {
   std::vector<std::string> names;
   for (const AwqTarget& layer : layers) names.push_back(layer.name);
-  return join_names(names);
+  return detail::join_names(names);
 }
 
 template <typename Layer>
@@ -187,7 +211,7 @@ void throw_if_unseen(const std::string& method, const std::vector<Layer>& layers
   for (size_t i = 0; i < layers.size(); ++i) {
     if (!seen[i]) missing.push_back(layers[i].name);
   }
-  if (!missing.empty()) throw_unseen(method, missing, pass);
+  if (!missing.empty()) detail::throw_unseen(method, missing, pass);
 }
 
 }  // namespace quantization

@@ -208,8 +208,8 @@ AwqLiteResult calibrate_awq_lite(torch::nn::Module& model, const ForwardLoop* fo
   failures.own = run_observed_pass(model, *forward_loop, layers, [limit](AwqLayer& layer, const at::Tensor& x) {
     accumulate_magnitudes(layer, x, limit);
   });
-  // One int64 sum over the data-parallel ranks: every layer's sums and tokens, then a flag
-  // per rank that failed.
+  // One int64 sum over the data-parallel ranks: every layer's sums and tokens, which slices
+  // each rank holds, then a flag per rank that failed.
   std::vector<at::Tensor> token_counts(layers.size());
   std::vector<at::Tensor*> pass1;
   for (size_t i = 0; i < layers.size(); ++i) {
@@ -217,9 +217,12 @@ AwqLiteResult calibrate_awq_lite(torch::nn::Module& model, const ForwardLoop* fo
     pass1.push_back(&layers[i].magnitude_sum);
     pass1.push_back(&token_counts[i]);
   }
+  at::Tensor slices = slice_indices(groups, at::kLong);
   at::Tensor rank_flags = failures.flags(world_size, rank, at::kLong);
+  pass1.push_back(&slices);
   pass1.push_back(&rank_flags);
   all_reduce_fused(communicator, pass1, ReduceOp::kSum);
+  check_same_slices(kMethod, slices, world_size);
   failures.read_flags(rank_flags);
 
   // The scales of every alpha. A rank of a row-parallel layer holds a slice of them, so their

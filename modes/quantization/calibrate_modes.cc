@@ -163,10 +163,11 @@ AwqClipOptions clip_options(const Config& config) {
 // Model Optimizer's AWQClipCalibConfig defaults, into either config.
 template <typename Config>
 void set_clip_defaults(Config* config) {
-  config->set_max_co_batch_size(1024);
+  const AwqClipOptions defaults;
+  config->set_max_co_batch_size(defaults.max_co_batch_size);
   config->set_max_tokens_per_batch(64);
-  config->set_min_clip_ratio(0.5);
-  config->set_shrink_step(0.05);
+  config->set_min_clip_ratio(defaults.min_clip_ratio);
+  config->set_shrink_step(defaults.shrink_step);
 }
 
 class AwqClipCalibrateModeDescriptor : public CalibrateModeDescriptor {
@@ -214,6 +215,7 @@ class AwqFullCalibrateModeDescriptor : public CalibrateModeDescriptor {
   void calibrate(torch::nn::Module& model, const Message& message, const ForwardLoop* forward_loop,
                  Communicator* communicator) const override {
     const auto& config = message_as<AwqFullCalibrateConfig>(message, config_name());
+    check_awq_clip_layers(model);
     calibrate_awq_lite(model, forward_loop, communicator, config.alpha_step());
     calibrate_awq_clip(model, forward_loop, communicator, clip_options(config));
   }

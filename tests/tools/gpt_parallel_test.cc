@@ -433,6 +433,29 @@ TEST_F(GptParallelTest, BlocksStraddlingTwoRanksAndMixedSlicesAreRefused) {
               std::string::npos)
         << e.what();
   }
+  // So would AWQ's sums.
+  const std::string int4 = R"({"quant_cfg": {"*weight_quantizer": {"num_bits": 4, "block_sizes": {"-1": 8}},
+      "*input_quantizer": {"enable": false}, "*lm_head*": {"enable": false}, "default": {"enable": false}},
+      "algorithm": null})";
+  for (const std::string algorithm : {"awq_lite", "awq_clip"}) {
+    zoo::Gpt split(small_gpt(Mesh::create(world(), 2)).width(32));
+    ModulePtr model = quantization::quantize(split.ptr(), int4, nullptr, world());
+    const quantization::ForwardLoop loop = [](torch::nn::Module& m) {
+      dynamic_cast<zoo::GptImpl&>(m).forward(tokens(2));
+    };
+    try {
+      if (algorithm == "awq_lite") {
+        quantization::calibrate_awq_lite(*model, &loop, world().get(), 0.1);
+      } else {
+        quantization::calibrate_awq_clip(*model, &loop, world().get(), {});
+      }
+      ADD_FAILURE() << algorithm << ": no error";
+    } catch (const ApplyModeError& e) {
+      EXPECT_STREQ(e.what(), (algorithm + ": the calibration ranks hold different slices of split layers; pass the "
+                                          "data-parallel group (mesh->dp()) as the communicator")
+                                 .c_str());
+    }
+  }
 }
 
 TEST_F(GptParallelTest, ACalibrationLoopFailingOnOneReplicaFailsEveryRankOfTheMesh) {

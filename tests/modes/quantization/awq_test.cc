@@ -398,23 +398,34 @@ double block_error(const at::Tensor& w, const at::Tensor& quantized, const std::
 }
 
 TEST(AwqClip, EveryBlockGetsTheRatioOfLeastOutputError) {
-  auto model = one_linear(16, 4);
+  // 20 input features: blocks [0, 8), [8, 16) and the partial [16, 20). The middle block's
+  // inputs are all zero, so every ratio ties there (no error at all): it keeps ratio 1.
+  auto model = one_linear(20, 4);
   const at::Tensor weight = model->fc->weight.detach().clone();
-  const std::vector<at::Tensor> batches = outlier_batches({7, 12}, 16, /*seed=*/13);
+  std::vector<at::Tensor> batches = outlier_batches({7, 12}, 20, /*seed=*/13);
+  for (at::Tensor& x : batches) x.narrow(1, 8, 8).zero_();
   const ForwardLoop loop = run_fc(batches);
   const AwqClipResult result = calibrate_awq_clip(*model, &loop, nullptr, AwqClipOptions());
 
   ASSERT_EQ(result.ratios.size(), 1u);
   EXPECT_EQ(result.ratios[0].first, "fc");
   const at::Tensor ratios = result.ratios[0].second;
-  ASSERT_EQ(ratios.sizes(), (std::vector<int64_t>{4, 2}));
+  ASSERT_EQ(ratios.sizes(), (std::vector<int64_t>{4, 3}));
   const std::vector<double> grid = clip_grid();
+  at::Tensor block_max = at::empty({4, 3, 1});
   int clipped = 0;
   for (int64_t row = 0; row < 4; ++row) {
-    for (int64_t block = 0; block < 2; ++block) {
-      const at::Tensor w = weight[row].narrow(0, block * kBlock, kBlock);
+    for (int64_t block = 0; block < 3; ++block) {
+      SCOPED_TRACE("row " + std::to_string(row) + " block " + std::to_string(block));
+      const int64_t width = std::min<int64_t>(kBlock, 20 - block * kBlock);
+      const at::Tensor w = weight[row].narrow(0, block * kBlock, width);
+      block_max[row][block][0] = w.abs().max();
+      if (block == 1) {
+        EXPECT_EQ(ratios[row][block].item<float>(), 1.0f);
+        continue;
+      }
       std::vector<at::Tensor> xs;
-      for (const at::Tensor& x : batches) xs.push_back(x.narrow(1, block * kBlock, kBlock));
+      for (const at::Tensor& x : batches) xs.push_back(x.narrow(1, block * kBlock, width));
       std::vector<double> errors;
       size_t best = 0;
       for (size_t r = 0; r < grid.size(); ++r) {
@@ -426,14 +437,13 @@ TEST(AwqClip, EveryBlockGetsTheRatioOfLeastOutputError) {
         if (r == best) continue;
         EXPECT_GT(errors[r], errors[best] * (1 + 1e-9)) << "a near tie makes this test fragile";
       }
-      EXPECT_EQ(ratios[row][block].item<float>(), static_cast<float>(grid[best])) << "row " << row << " block " << block;
+      EXPECT_EQ(ratios[row][block].item<float>(), static_cast<float>(grid[best]));
       clipped += best > 0;
     }
   }
   EXPECT_GT(clipped, 0) << "int4 should gain from clipping some block";
   // The weight is unchanged; its amax is each block's max |W| times the ratio.
   EXPECT_TRUE(at::equal(model->fc->weight, weight));
-  const at::Tensor block_max = weight.abs().reshape({4, 2, kBlock}).amax(-1, true);
   EXPECT_TRUE(at::equal(quantizer(*model, "fc.weight_quantizer")->amax(), block_max * ratios.unsqueeze(-1)));
   EXPECT_FALSE(quantizer(*model, "fc.input_quantizer")->has_pre_quant_scale());
   EXPECT_EQ(model->fc->transform_names(nn::Slot::kInput), (std::vector<std::string>{"input_quantizer"}));
@@ -473,18 +483,32 @@ TEST(AwqClip, RowsAtATimeAndTheRatioGridFromTheOptions) {
   const std::vector<at::Tensor> batches = outlier_batches({16}, 16, /*seed=*/29);
   const ForwardLoop loop = run_fc(batches);
   auto whole = one_linear(16, 12);
-  auto in_threes = one_linear(16, 12);
-  AwqClipOptions three_rows;
-  three_rows.max_co_batch_size = 3;
+  auto in_fives = one_linear(16, 12);
+  AwqClipOptions five_rows;  // 12 rows: 5, 5 and 2
+  five_rows.max_co_batch_size = 5;
   EXPECT_TRUE(at::equal(calibrate_awq_clip(*whole, &loop, nullptr, AwqClipOptions()).ratios[0].second,
-                        calibrate_awq_clip(*in_threes, &loop, nullptr, three_rows).ratios[0].second));
-  // 1, 0.75, 0.5, 0.25: a coarser grid whose last step reaches the minimum exactly.
-  auto coarse = one_linear(16, 12);
+                        calibrate_awq_clip(*in_fives, &loop, nullptr, five_rows).ratios[0].second));
+
+  // A row whose other weights are multiples of 1/7 within [-1, 1] beside a weight of 4 that
+  // sees no input: amax 4 * r = 1 quantizes them exactly, so the coarse grid 1, 0.75, 0.5,
+  // 0.25 ends in its minimum, where the default grid stops at 0.5.
+  auto coarse = one_linear(8, 1);
+  {
+    torch::NoGradGuard no_grad;
+    coarse->fc->weight.copy_(
+        at::tensor(std::vector<float>{4.0f, 1.0f, -6 / 7.0f, 5 / 7.0f, -3 / 7.0f, 2 / 7.0f, -1 / 7.0f, 1.0f}).unsqueeze(0));
+  }
+  at::Tensor x = at::randn({32, 8});
+  x.select(1, 0).zero_();
+  const ForwardLoop no_input_for_the_outlier = run_fc({x});
   AwqClipOptions quarter;
   quarter.min_clip_ratio = 0.25;
   quarter.shrink_step = 0.25;
-  const at::Tensor ratios = calibrate_awq_clip(*coarse, &loop, nullptr, quarter).ratios[0].second;
-  EXPECT_TRUE(((ratios == 1) | (ratios == 0.75) | (ratios == 0.5) | (ratios == 0.25)).all().item<bool>()) << ratios;
+  EXPECT_EQ(calibrate_awq_clip(*coarse, &no_input_for_the_outlier, nullptr, quarter).ratios[0].second.item<float>(),
+            0.25f);
+  EXPECT_GE(calibrate_awq_clip(*coarse, &no_input_for_the_outlier, nullptr, AwqClipOptions())
+                .ratios[0].second.item<float>(),
+            0.5f);
 }
 
 // AWQ-lite, then clip, recorded as one mode after quantize; restored with no data.
@@ -546,6 +570,17 @@ TEST(AwqClipErrors, EveryCulpritNamed) {
   EXPECT_EQ(error_of<ApplyModeError>([&] { calibrate_awq_clip(*per_channel, &loop, nullptr, AwqClipOptions()); }),
             "awq_clip: fc.weight_quantizer has no blocks along the input features; awq_clip searches a clip ratio "
             "per block (block_sizes {-1: N}), disable it or use awq_lite");
+  // awq_full refuses it before AWQ-lite changes anything.
+  const at::Tensor per_channel_weight = per_channel->fc->weight.detach().clone();
+  EXPECT_EQ(error_of<ApplyModeError>([&] {
+              RuntimeContext context;
+              context.set(kForwardLoop, loop);
+              apply_mode(per_channel, {{"awq_full_calibrate", "{}"}}, nullptr, std::nullopt, context);
+            }),
+            "awq_clip: fc.weight_quantizer has no blocks along the input features; awq_clip searches a clip ratio "
+            "per block (block_sizes {-1: N}), disable it or use awq_lite");
+  EXPECT_TRUE(at::equal(per_channel->fc->weight, per_channel_weight));
+  EXPECT_FALSE(quantizer(*per_channel, "fc.input_quantizer")->has_pre_quant_scale());
   // Options out of range.
   auto model = one_linear(16, 4);
   AwqClipOptions options;
@@ -557,10 +592,15 @@ TEST(AwqClipErrors, EveryCulpritNamed) {
   EXPECT_EQ(error_of<ConfigError>([&] { calibrate_awq_clip(*model, &loop, nullptr, options); }),
             "awq_clip: shrink_step must be in (0, 1], got nan");
   options = AwqClipOptions();
+  options.shrink_step = 1e-6;
+  EXPECT_EQ(error_of<ConfigError>([&] { calibrate_awq_clip(*model, &loop, nullptr, options); }),
+            "awq_clip: min_clip_ratio 0.5 and shrink_step 1e-06 make more than 1001 ratios to search");
+  options = AwqClipOptions();
   options.max_co_batch_size = 0;
   EXPECT_EQ(error_of<ConfigError>([&] { calibrate_awq_clip(*model, &loop, nullptr, options); }),
             "awq_clip: max_co_batch_size must be at least 1, got 0");
-  EXPECT_EQ(error_of<ConfigError>([] { apply_mode(one_linear(16, 4), {{"awq_clip_calibrate", R"({"min_clip_ratio": 1.5})"}}); }),
+  EXPECT_EQ(error_of<ConfigError>(
+                [] { apply_mode(one_linear(16, 4), {{"awq_clip_calibrate", R"({"min_clip_ratio": 1.5})"}}); }),
             "config of mode 'awq_clip_calibrate': min_clip_ratio must be in (0, 1], got 1.5");
   // No data, a missing loop, a loop that fails, data that is not finite.
   at::manual_seed(3);
@@ -584,9 +624,18 @@ TEST(AwqClipErrors, EveryCulpritNamed) {
   EXPECT_FALSE(quantizer(*model, "fc.weight_quantizer")->has_amax());
   at::Tensor x = at::randn({2, 16});
   x[1][3] = std::numeric_limits<float>::infinity();
-  const ForwardLoop infinite = run_fc({x});
+  // The bad input comes first; the loop still runs to its end (a tensor-parallel peer whose
+  // slice was fine would be waiting in the forwards' collectives), then the error is raised.
+  int calls = 0;
+  const ForwardLoop infinite = [&](torch::nn::Module& m) {
+    for (const at::Tensor& batch : {x, at::randn({2, 16}), at::randn({2, 16})}) {
+      dynamic_cast<OneLinearImpl&>(m).fc->forward(batch);
+      ++calls;
+    }
+  };
   EXPECT_EQ(error_of<ApplyModeError>([&] { calibrate_awq_clip(*model, &infinite, nullptr, AwqClipOptions()); }),
             "awq_clip: layer fc: the calibration data holds infinities or NaNs");
+  EXPECT_EQ(calls, 3);
 }
 
 }  // namespace
