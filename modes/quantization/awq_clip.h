@@ -67,11 +67,13 @@ struct AwqClipResult {
 // one rank, every rank throws, none waits for it: the failing rank its own error, the
 // others ApplyModeError naming the rank.
 //
-// Throws ConfigError as check_awq_clip_options does; ApplyModeError before changing anything for an enabled weight
-// quantizer it cannot calibrate (on a layer other than nn.Linear, beside an enabled input
-// quantizer, with a pre_quant_scale, or without blocks along the input features), if the
-// forward loop is missing, if an input is not finite, or if no rank saw calibration data
-// for a layer (naming the layers).
+// Throws ConfigError as check_awq_clip_options does; ApplyModeError before changing
+// anything for an enabled weight quantizer it cannot calibrate (on a layer other than
+// nn.Linear, beside an enabled input quantizer, with a pre_quant_scale, or without blocks
+// along the input features), if the forward loop is missing, if an input is not finite
+// (raised once the loop has run to its end), if the ranks of `communicator` hold different
+// slices of a split layer, or if no rank saw calibration data for a layer (naming the
+// layers).
 AwqClipResult calibrate_awq_clip(torch::nn::Module& model, const ForwardLoop* forward_loop, Communicator* communicator,
                                  const AwqClipOptions& options);
 

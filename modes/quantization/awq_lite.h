@@ -56,7 +56,9 @@ struct AwqLiteResult {
 // if an enabled weight quantizer sits on a layer other than nn.Linear, if such a Linear's
 // input quantizer is enabled (AWQ-lite here calibrates weight-only formats), if the forward
 // loop is missing, if an activation is not finite or too large for the exact statistics
-// (|x| >= 2^30), or if no rank saw calibration data for a layer (naming the layers).
+// (|x| >= 2^30; raised once the loop has run to its end), if the ranks of `communicator`
+// hold different slices of a split layer, or if no rank saw calibration data for a layer
+// (naming the layers).
 AwqLiteResult calibrate_awq_lite(torch::nn::Module& model, const ForwardLoop* forward_loop,
                                  Communicator* communicator, double alpha_step);
 
