@@ -29,6 +29,7 @@ struct ClipLayer : AwqTarget {
   int64_t block = 0;   // input features per block
   int64_t blocks = 0;  // blocks per row on this rank
   at::Tensor gram;     // float64 [blocks, block, block]: sum over tokens of x_block^T x_block
+                       // (allocated when the pass starts)
   int64_t tokens = 0;
 };
 
@@ -44,7 +45,6 @@ std::vector<ClipLayer> clip_layers(torch::nn::Module& model) {
     ClipLayer layer(std::move(target));
     layer.block = attributes.block_size();
     layer.blocks = (layer.in + layer.block - 1) / layer.block;
-    layer.gram = at::zeros({layer.blocks, layer.block, layer.block}, at::kDouble);
     out.push_back(std::move(layer));
   }
   return out;
@@ -142,6 +142,7 @@ AwqClipResult calibrate_awq_clip(torch::nn::Module& model, const ForwardLoop* fo
                                       layer_names(layers)));
   }
   torch::NoGradGuard no_grad;
+  for (ClipLayer& layer : layers) layer.gram = at::zeros({layer.blocks, layer.block, layer.block}, at::kDouble);
 
   PassFailures failures(kMethod);
   failures.own = run_observed_pass(model, *forward_loop, layers,
