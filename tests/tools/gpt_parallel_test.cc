@@ -247,8 +247,7 @@ struct Calibrated {
 
 // Quantizes a fresh GPT on `mesh` with the weight and input rules of `config` (no
 // calibration mode) and calibrates it with `algorithm` ("smoothquant", "awq_lite" or
-// "awq_full", AWQ-lite then clip), every
-// replica running its contiguous share of 4 batches.
+// "awq_full", AWQ-lite then clip), every replica running its contiguous share of 4 batches.
 Calibrated calibrate_on(const std::shared_ptr<Mesh>& mesh, const zoo::GptOptions& options, const std::string& config,
                         const std::string& algorithm) {
   zoo::Gpt gpt(zoo::GptOptions(options).mesh(mesh));
