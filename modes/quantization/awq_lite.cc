@@ -57,6 +57,7 @@ struct AwqLayer : AwqTarget {
   int64_t elements = 0;
 };
 
+// The layers to smooth; throws as awq_targets does.
 std::vector<AwqLayer> awq_layers(torch::nn::Module& model) {
   std::vector<AwqLayer> out;
   for (AwqTarget& target : awq_targets(model, kMethod)) out.emplace_back(std::move(target));
