@@ -5,11 +5,12 @@
 #include <ATen/ops/from_blob.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 #include <new>
-#include <thread>
 #include <tuple>
+#include <vector>
+
+#include "serialization/ordered_work.h"
 
 namespace mto {
 namespace {
@@ -58,17 +59,11 @@ std::vector<at::Tensor> SnapshotPool::copy(const std::vector<at::Tensor>& tensor
     }
     offset += aligned(sources[i].nbytes());
   }
-  std::atomic<size_t> next{0};
-  auto work = [&] {
-    for (size_t p = next++; p < pieces.size(); p = next++) {
-      const auto& [from, to, bytes] = pieces[p];
-      std::memcpy(to, from, bytes);
-    }
-  };
-  std::vector<std::thread> helpers;
-  for (int t = 1; t < threads && static_cast<size_t>(t) < pieces.size(); ++t) helpers.emplace_back(work);
-  work();
-  for (auto& h : helpers) h.join();
+  const size_t workers = threads > 1 ? std::min(static_cast<size_t>(threads), pieces.size()) : 1;
+  run_in_order(pieces.size(), static_cast<unsigned>(workers), [&](size_t p) {
+    const auto& [from, to, bytes] = pieces[p];
+    std::memcpy(to, from, bytes);
+  });
   return out;
 }
 
