@@ -222,6 +222,31 @@ Killed kill_forked_saver(const Trial& trial, const fs::path& parent, int64_t fir
   return out;
 }
 
+// Whether process `pid` still runs: its /proc entry exists and it is not a zombie (a zombie
+// has closed its files, so its locks are gone).
+bool running(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return false;
+  const size_t name_end = line.rfind(')');
+  return name_end == std::string::npos || name_end + 2 >= line.size() || line[name_end + 2] != 'Z';
+}
+
+// Waits up to `seconds` until no rank whose pid file is in `pids` still runs; true if none
+// does. mpirun can exit while a rank it killed is still finishing a system call (an fsync),
+// holding its staging directory's lock, so that the next save may not remove that directory.
+bool ranks_exited(const fs::path& pids, double seconds) {
+  std::vector<pid_t> ranks;
+  for (const auto& e : fs::directory_iterator(pids)) {
+    pid_t pid = 0;
+    if (std::ifstream(e.path()) >> pid) ranks.push_back(pid);
+  }
+  for (const auto start = Clock::now();; std::this_thread::sleep_for(std::chrono::milliseconds(5))) {
+    if (std::none_of(ranks.begin(), ranks.end(), running)) return true;
+    if (ms_since(start) > seconds * 1000) return false;
+  }
+}
+
 // Runs `mpirun -np RANKS WORKER save-loop` and kills its rank `victim`.
 Killed kill_mpi_rank(const Trial& trial, const fs::path& work, const std::string& worker, int64_t first) {
   Killed out;
@@ -274,6 +299,7 @@ Killed kill_mpi_rank(const Trial& trial, const fs::path& work, const std::string
   const int status = wait_job(60);
   if (status == -1) out.error = "the job hung for 60 s after the kill";
   if (status == 0) out.error = "the job exited 0 after a rank was killed";
+  if (!ranks_exited(pids, 30)) out.error = "a rank still ran 30 s after mpirun ended";
   std::ifstream in(log);
   std::string line;
   while (std::getline(in, line)) {
