@@ -7,6 +7,7 @@
 #include <torch/nn/module.h>
 
 #include <algorithm>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -161,6 +162,34 @@ TEST(GptTest, MapsTokensToLogits) {
             (std::vector<int64_t>{128, 32}));
 }
 
+TEST(GptTest, ATiedHeadComputesTheLogitsWithTheTokenEmbedding) {
+  const nlohmann::json args = {{"vocab", 40}, {"width", 16}, {"depth", 2}, {"heads", 2}, {"context", 8},
+                               {"tie_embeddings", true}};
+  auto gpt = std::dynamic_pointer_cast<zoo::GptImpl>(ModelLike("gpt", args).build());
+  ASSERT_NE(gpt, nullptr);
+  EXPECT_TRUE(gpt->options.tie_embeddings());
+  EXPECT_TRUE(gpt->lm_head.is_empty());
+  const std::vector<std::string> keys = state_dict_keys(*gpt);
+  EXPECT_EQ(std::count_if(keys.begin(), keys.end(), [](const std::string& key) { return key.find("lm_head") != std::string::npos; }), 0);
+  EXPECT_EQ(dynamic_layer_names(*gpt).size(), 2u * 4);
+
+  const at::Tensor tokens = at::randint(40, {2, 8}, at::kLong);
+  at::Tensor hidden = gpt->tok_emb->forward(tokens) + gpt->pos_emb->forward(at::arange(8, at::kLong));
+  for (const auto& block : *gpt->blocks) hidden = block->as<zoo::GptBlockImpl>()->forward(hidden);
+  const at::Tensor logits = gpt->forward(tokens);
+  EXPECT_TRUE(logits.equal(at::matmul(gpt->ln_f->forward(hidden), gpt->tok_emb->weight.t())));
+
+  // The embedding's weight learns from both of its uses: the head's logit 7 reaches row 7,
+  // the lookup the rows of the input tokens, and nothing else.
+  logits.select(2, 7).sum().backward();
+  std::set<int64_t> rows{7};
+  for (int64_t i = 0; i < tokens.numel(); ++i) rows.insert(tokens.flatten()[i].item<int64_t>());
+  const at::Tensor touched = gpt->tok_emb->weight.grad().abs().sum(1).gt(0);
+  for (int64_t row = 0; row < 40; ++row) EXPECT_EQ(touched[row].item<bool>(), rows.count(row) == 1) << row;
+  EXPECT_EQ(config_error("gpt", {{"tie_embeddings", 1}}),
+            "argument 'tie_embeddings' of model 'gpt' must be true or false, got 1");
+}
+
 TEST(GptTest, AttentionIsCausal) {
   zoo::Gpt gpt(zoo::GptOptions().vocab(20).width(16).heads(2).context(8));
   at::Tensor tokens = at::randint(20, {1, 8}, at::kLong);
@@ -177,7 +206,8 @@ TEST(GptTest, RejectsBadArgumentsAndInputs) {
   EXPECT_EQ(config_error("gpt", {{"depth", 0}}),
             "argument 'depth' of model 'gpt' must be positive, got 0");
   EXPECT_EQ(config_error("gpt", {{"layers", 2}}),
-            "unknown argument 'layers' of model 'gpt'; known: vocab, width, depth, heads, context, seed");
+            "unknown argument 'layers' of model 'gpt'; known: vocab, width, depth, heads, context, seed, "
+            "tie_embeddings");
   zoo::Gpt gpt(zoo::GptOptions().context(8));
   EXPECT_THROW(gpt->forward(at::zeros({1, 9}, at::kLong)), std::invalid_argument);
   EXPECT_THROW(gpt->forward(at::zeros({1, 4}, at::kInt)), std::invalid_argument);

@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include "distributed/global_init.h"
+#include "distributed/tensor_parallel_ops.h"
 #include "opt/errors.h"
 #include "opt/model_like.h"
 #include "opt/nn/uninitialized.h"
@@ -35,7 +36,7 @@ void check_divides(int64_t tp, const char* what, int64_t value) {
 }  // namespace
 
 GptOptions GptOptions::from_json(const nlohmann::json& args) {
-  check_arg_names(kName, args, {"vocab", "width", "depth", "heads", "context", "seed"});
+  check_arg_names(kName, args, {"vocab", "width", "depth", "heads", "context", "seed", "tie_embeddings"});
   GptOptions options;
   options.vocab(int_arg(kName, args, "vocab", options.vocab()));
   options.width(int_arg(kName, args, "width", options.width()));
@@ -43,6 +44,7 @@ GptOptions GptOptions::from_json(const nlohmann::json& args) {
   options.heads(int_arg(kName, args, "heads", options.heads()));
   options.context(int_arg(kName, args, "context", options.context()));
   options.seed(int_arg(kName, args, "seed", options.seed()));
+  options.tie_embeddings(bool_arg(kName, args, "tie_embeddings", options.tie_embeddings()));
   return options;
 }
 
@@ -129,6 +131,7 @@ GptImpl::GptImpl(GptOptions options_) : options(options_) {
     blocks->push_back(GptBlock(options.width(), options.heads(), seed, "blocks." + std::to_string(i), tp));
   }
   ln_f = register_module("ln_f", layer_norm(options.width()));
+  if (options.tie_embeddings()) return;
   lm_head = register_module("lm_head", mto::nn::ColumnParallelLinear(mto::nn::ColumnParallelLinearOptions(options.width(), options.vocab())
                                                                    .bias(false)
                                                                    .gather_output(true)
@@ -146,11 +149,16 @@ at::Tensor GptImpl::forward(const at::Tensor& tokens) {
   const at::Tensor positions = at::arange(tokens.size(1), tokens.options());
   at::Tensor x = tok_emb->forward(tokens) + pos_emb->forward(positions);
   for (const auto& block : *blocks) x = block->as<GptBlock>()->forward(x);
-  return lm_head->forward(ln_f->forward(x));
+  x = ln_f->forward(x);
+  if (lm_head) return lm_head->forward(x);
+  // The tied head: this rank's rows of the token embedding give its vocabulary's logits.
+  Communicator& tp = *options.mesh()->tp();
+  return gather_from_tensor_parallel(at::linear(copy_to_tensor_parallel(x, tp), tok_emb->weight), tp);
 }
 
 void GptImpl::pretty_print(std::ostream& stream) const {
-  stream << "mto::zoo::Gpt(tp=" << options.mesh()->tp_size() << ")";
+  stream << "mto::zoo::Gpt(tp=" << options.mesh()->tp_size()
+         << (options.tie_embeddings() ? ", tied embeddings" : "") << ")";
 }
 
 MTO_REGISTER_MODEL(gpt, [](const nlohmann::json& args) -> std::shared_ptr<torch::nn::Module> {

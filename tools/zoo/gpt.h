@@ -24,8 +24,8 @@ namespace zoo {
 // Options of Gpt; every value must be positive, width divisible by heads, and the mesh's
 // tensor-parallel size must divide heads and vocab.
 struct GptOptions {
-  // Reads the model-like arguments {"vocab", "width", "depth", "heads", "context", "seed"},
-  // all optional. Throws mto::ConfigError on an unknown key or a value of the wrong type.
+  // Reads the model-like arguments {"vocab", "width", "depth", "heads", "context", "seed",
+  // "tie_embeddings"}, all optional. Throws mto::ConfigError on an unknown key or a value of the wrong type.
   static GptOptions from_json(const nlohmann::json& args);
 
   // Number of distinct tokens.
@@ -40,6 +40,9 @@ struct GptOptions {
   TORCH_ARG(int64_t, context) = 64;
   // Seed of the initialization: the global weights depend on it alone, never on the mesh.
   TORCH_ARG(int64_t, seed) = 0;
+  // Whether the logits are computed with the token embedding's weight (GPT-2's tied head)
+  // instead of a separate lm_head.
+  TORCH_ARG(bool, tie_embeddings) = false;
   // The mesh the model is split over (heads, MLP width and vocabulary over its tp group);
   // nullptr means default_mesh(). Not a model-like argument: a checkpoint fits any mesh.
   TORCH_ARG(std::shared_ptr<Mesh>, mesh) = nullptr;
@@ -92,7 +95,8 @@ TORCH_MODULE(GptBlock);
 
 // A GPT-like decoder: token (vocab-parallel) and position embeddings, `depth` GptBlocks, a
 // final LayerNorm and a language-model head lm_head (column-parallel, no bias, gathered; the
-// quantize presets leave it alone, as Model Optimizer's do), split
+// quantize presets leave it alone, as Model Optimizer's do) or, with tie_embeddings, the
+// token embedding's weight in its place (no lm_head: GPT-2's tied head), split
 // Megatron-style over the tensor-parallel group of its mesh. Each rank creates and
 // initializes only its slices; the global weights depend on the seed alone, so the model at
 // tp = 1 equals the gathered model at any tp. State-dict keys and global shapes are the same
@@ -118,6 +122,7 @@ class GptImpl : public torch::nn::Module {
   torch::nn::Embedding pos_emb{nullptr};
   torch::nn::ModuleList blocks{nullptr};
   torch::nn::LayerNorm ln_f{nullptr};
+  // nullptr when options.tie_embeddings().
   mto::nn::ColumnParallelLinear lm_head{nullptr};
 };
 

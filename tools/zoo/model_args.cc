@@ -42,6 +42,15 @@ int64_t int_arg(const std::string& model, const nlohmann::json& args, const char
   return it->get<int64_t>();
 }
 
+bool bool_arg(const std::string& model, const nlohmann::json& args, const char* key, bool fallback) {
+  const auto it = args.find(key);
+  if (it == args.end()) return fallback;
+  if (!it->is_boolean()) {
+    throw ConfigError(where(model, key) + " must be true or false, got " + it->dump());
+  }
+  return it->get<bool>();
+}
+
 std::vector<int64_t> ints_arg(const std::string& model, const nlohmann::json& args, const char* key,
                               std::vector<int64_t> fallback) {
   const auto it = args.find(key);

@@ -21,6 +21,9 @@ void check_arg_names(const std::string& model, const nlohmann::json& args,
 int64_t int_arg(const std::string& model, const nlohmann::json& args, const char* key,
                 int64_t fallback);
 
+// The boolean args[key], or `fallback` when the key is absent.
+bool bool_arg(const std::string& model, const nlohmann::json& args, const char* key, bool fallback);
+
 // The array of integers args[key], or `fallback` when the key is absent.
 std::vector<int64_t> ints_arg(const std::string& model, const nlohmann::json& args, const char* key,
                               std::vector<int64_t> fallback);
