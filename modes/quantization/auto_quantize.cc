@@ -509,9 +509,9 @@ std::vector<double> calibrate_candidates(torch::nn::Module& model, const std::ve
   SplitReduction parts;
   for (size_t l = 0; l < layers.size(); ++l) {
     input_amax[l] = layers[l]->input_amax.defined() ? layers[l]->input_amax.reshape({1}) : at::zeros({1}, at::kFloat);
-    if (layers[l]->row_parallel) parts.add(layers[l]->layer, &input_amax[l]);
+    if (layers[l]->row_parallel) parts.add(layers[l]->layer, &input_amax[l], ReduceOp::kMax);
   }
-  parts.run(ReduceOp::kMax);
+  parts.run();
   at::Tensor amax = at::zeros({static_cast<int64_t>(layers.size()) + 1}, at::kDouble);
   for (size_t l = 0; l < layers.size(); ++l) amax[l] = input_amax[l].item<double>();
   if (failure) amax[-1] = group.rank() + 1;
@@ -603,9 +603,9 @@ std::vector<double> score_batch(torch::nn::Module& model, const std::vector<std:
     SplitReduction sums;
     for (size_t l = 0; l < layers.size(); ++l) {
       partial[l] = at::tensor(layers[l]->scores, at::kDouble);
-      if (layers[l]->tp && !layers[l]->row_parallel) sums.add(layers[l]->layer, &partial[l]);
+      if (layers[l]->tp && !layers[l]->row_parallel) sums.add(layers[l]->layer, &partial[l], ReduceOp::kSum);
     }
-    sums.run(ReduceOp::kSum);
+    sums.run();
     for (const at::Tensor& p : partial) row.insert(row.end(), p.data_ptr<double>(), p.data_ptr<double>() + p.numel());
     return row;
   }
@@ -677,11 +677,11 @@ Measured measure_scores(torch::nn::Module& model, const std::vector<std::unique_
       }
       weight_amax.push_back(probe->weight_quantizers[f]->compute_amax(probe->layer->weight.detach()));
       if (probe->split && !probe->split->slice_of("weight_quantizer._amax", weight_amax.back())) {
-        shared.add(probe->layer, &weight_amax.back());
+        shared.add(probe->layer, &weight_amax.back(), ReduceOp::kMax);
       }
     }
   }
-  shared.run(ReduceOp::kMax);
+  shared.run();
   for (size_t l = 0; l < layers.size(); ++l) {
     LayerProbe& probe = *layers[l];
     for (size_t f = 0; f < formats.size(); ++f) {

@@ -152,8 +152,8 @@ AwqClipResult calibrate_awq_clip(torch::nn::Module& model, const ForwardLoop* fo
   // holds, a flag per rank that failed, and whether a group saw a failure.
   const std::vector<nn::DynamicLayer*> groups = split_group_layers(model);
   SplitReduction group_failures;
-  std::vector<at::Tensor> group_flags = failures.add_group_flags(group_failures, groups, at::kDouble);
-  group_failures.run(ReduceOp::kSum);
+  std::vector<at::Tensor> group_flags = failures.add_group_flags(group_failures, groups, at::kDouble, ReduceOp::kSum);
+  group_failures.run();
   failures.read_group_flags(group_flags);
   std::vector<at::Tensor> token_counts(layers.size());
   std::vector<at::Tensor*> sums;

@@ -205,12 +205,12 @@ void PassFailures::read_flags(const at::Tensor& summed) {
 
 std::vector<at::Tensor> PassFailures::add_group_flags(SplitReduction& reduction,
                                                       const std::vector<nn::DynamicLayer*>& groups,
-                                                      at::ScalarType type) const {
+                                                      at::ScalarType type, ReduceOp op) const {
   // Sized first: the reduction keeps pointers to the flags.
   std::vector<at::Tensor> out(groups.size());
   for (size_t g = 0; g < groups.size(); ++g) {
     out[g] = at::full({1}, any() ? 1 : 0, type);
-    reduction.add(groups[g], &out[g]);
+    reduction.add(groups[g], &out[g], op);
   }
   return out;
 }

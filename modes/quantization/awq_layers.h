@@ -167,9 +167,10 @@ struct PassFailures {
   void read_flags(const at::Tensor& summed);
 
   // Per split group of `groups`, a flag saying whether a rank known here failed, added to
-  // `reduction` so that it travels over the group with whatever else it holds.
+  // `reduction` (with `op`, kSum or kMax: the group's other op keeps it one all-reduce) so
+  // that it travels over the group with whatever else it holds.
   std::vector<at::Tensor> add_group_flags(SplitReduction& reduction, const std::vector<nn::DynamicLayer*>& groups,
-                                          at::ScalarType type) const;
+                                          at::ScalarType type, ReduceOp op) const;
   // Sets `elsewhere` if a flag of add_group_flags came back set.
   void read_group_flags(const std::vector<at::Tensor>& flags);
 

@@ -94,35 +94,51 @@ at::Tensor weight_blocks(const AwqLayer& layer) {
   return padded.reshape({magnitude.size(0), blocks, block});
 }
 
-// w_mean of every layer: |W| divided by its block's max |W| (+ FLT_MIN), averaged over the
-// output rows of the whole layer. Column sums are taken in float64, so the mean hardly
-// depends on how the rows are split. Collective over the tensor-parallel groups that hold
-// row-parallel layers without input blocks (their rows span ranks) or column-parallel
-// layers (their rows are split).
-void compute_weight_means(std::vector<AwqLayer>& layers) {
+// The statistic behind w_mean, per layer: |W| divided by its block's max |W| (+ FLT_MIN),
+// summed over this rank's output rows in float64 (so that the mean hardly depends on how
+// the rows are split). A column-parallel rank holds some of the rows: its sums are summed
+// over the group later, with the first pass's reduction. Collective over the
+// tensor-parallel groups that hold row-parallel layers without input blocks (their rows
+// span ranks), which are reduced here, before any data.
+std::vector<at::Tensor> weight_column_sums(const std::vector<AwqLayer>& layers) {
   std::vector<at::Tensor> block_max(layers.size());
   SplitReduction row_maxima;
   for (size_t i = 0; i < layers.size(); ++i) {
     block_max[i] = weight_blocks(layers[i]).amax(-1, /*keepdim=*/true);
     if (layers[i].split == AwqSplit::kInput && input_block_size(layers[i]) == 0) {
-      row_maxima.add(layers[i].weight_slot.layer, &block_max[i]);
+      row_maxima.add(layers[i].weight_slot.layer, &block_max[i], ReduceOp::kMax);
     }
   }
-  row_maxima.run(ReduceOp::kMax);
+  row_maxima.run();
 
   std::vector<at::Tensor> sums(layers.size());
-  SplitReduction column_sums;
   for (size_t i = 0; i < layers.size(); ++i) {
     const at::Tensor blocks = weight_blocks(layers[i]);
     const int64_t in = layers[i].magnitude_sum.size(0);
     const at::Tensor normalized = (blocks / (block_max[i] + kTiny)).reshape({blocks.size(0), -1}).narrow(1, 0, in);
     sums[i] = normalized.to(at::kDouble).sum(0);
-    if (layers[i].split == AwqSplit::kOutput) column_sums.add(layers[i].weight_slot.layer, &sums[i]);
   }
-  column_sums.run(ReduceOp::kSum);
-  for (size_t i = 0; i < layers.size(); ++i) {
-    layers[i].w_mean = (sums[i] / static_cast<double>(layers[i].rows)).to(at::kFloat);
+  return sums;
+}
+
+// Sets w_mean from the column sums of all the layer's rows, and the scales of every alpha
+// from it and the activation sums; returns their extremes [alphas, 2] (max, -min).
+at::Tensor compute_scales(AwqLayer& layer, const at::Tensor& column_sums, const std::vector<double>& alphas) {
+  layer.w_mean = (column_sums / static_cast<double>(layer.rows)).to(at::kFloat);
+  // The mean over all tokens: Model Optimizer averages per-batch means instead, which
+  // depends on how the data falls into batches and onto ranks.
+  const at::Tensor act_mean =
+      (layer.magnitude_sum.to(at::kDouble) / std::ldexp(static_cast<double>(layer.tokens), kFractionBits))
+          .to(at::kFloat);
+  at::Tensor extremes = at::zeros({static_cast<int64_t>(alphas.size()), 2}, at::kFloat);
+  for (size_t a = 0; a < alphas.size(); ++a) {
+    const double alpha = alphas[a];
+    at::Tensor s = (act_mean.pow(alpha) / (layer.w_mean.pow(1 - alpha) + kTiny)).clamp(1e-4, 1e4);
+    extremes[static_cast<int64_t>(a)][0] = s.max();
+    extremes[static_cast<int64_t>(a)][1] = -s.min();
+    layer.scales.push_back(std::move(s));
   }
+  return extremes;
 }
 
 // Pass 1: adds |x| per input channel, in fixed point, and the tokens to the layer's sums.
@@ -174,7 +190,7 @@ void accumulate_errors(AwqLayer& layer, const at::Tensor& x) {
   if (layer.split == AwqSplit::kInput) {
     // Each rank's output is its part of a sum over the group: the error is the sum's.
     at::Tensor stacked = at::stack(differences);
-    layer.group->all_reduce(stacked, ReduceOp::kSum);
+    layer.group->all_reduce(stacked, ReduceOp::kSum);  // the layer's own forward reduces the same
     layer.errors.add_(stacked.to(at::kDouble).square().sum({1, 2}));
   }
   layer.elements += reference.numel();
@@ -201,7 +217,7 @@ AwqLiteResult calibrate_awq_lite(torch::nn::Module& model, const ForwardLoop* fo
   const int world_size = communicator != nullptr ? communicator->world_size() : 1;
   torch::NoGradGuard no_grad;
 
-  compute_weight_means(layers);
+  std::vector<at::Tensor> column_sums = weight_column_sums(layers);
 
   // Pass 1: per input channel, the sum of |x| over this rank's tokens, exact.
   PassFailures failures(kMethod);
@@ -226,39 +242,33 @@ AwqLiteResult calibrate_awq_lite(torch::nn::Module& model, const ForwardLoop* fo
   check_same_slices(kMethod, slices, world_size);
   failures.read_flags(rank_flags);
 
-  // The scales of every alpha. A rank of a row-parallel layer holds a slice of them, so their
-  // extremes are reduced over its group; that reduction (one per group) also tells the group
-  // whether a rank failed, so that no rank goes on alone.
+  // One reduction over each tensor-parallel group: a column-parallel rank's column sums
+  // (it holds some of the rows), the extremes of the scales of every alpha of a row-parallel
+  // rank (it holds a slice of them), and whether a rank failed, so that no rank goes on
+  // alone. A column-parallel rank then computes its scales, which span the whole input.
   std::vector<bool> seen(layers.size());
   std::vector<at::Tensor> extremes(layers.size());
+  SplitReduction pass1_groups;
   for (size_t i = 0; i < layers.size(); ++i) {
     AwqLayer& layer = layers[i];
     layer.tokens = token_counts[i].item<int64_t>();
     seen[i] = layer.tokens > 0;
-    extremes[i] = at::zeros({alpha_count, 2}, at::kFloat);
-    if (failures.any() || !seen[i]) continue;
-    // The mean over all tokens: Model Optimizer averages per-batch means instead, which
-    // depends on how the data falls into batches and onto ranks.
-    const at::Tensor act_mean =
-        (layer.magnitude_sum.to(at::kDouble) / std::ldexp(static_cast<double>(layer.tokens), kFractionBits))
-            .to(at::kFloat);
-    for (int64_t a = 0; a < alpha_count; ++a) {
-      const double alpha = alphas[a];
-      at::Tensor s = (act_mean.pow(alpha) / (layer.w_mean.pow(1 - alpha) + kTiny)).clamp(1e-4, 1e4);
-      extremes[i][a][0] = s.max();
-      extremes[i][a][1] = -s.min();
-      layer.scales.push_back(std::move(s));
+    if (layer.split == AwqSplit::kOutput) {
+      pass1_groups.add(layer.weight_slot.layer, &column_sums[i], ReduceOp::kSum);
+      continue;
     }
+    extremes[i] = failures.any() || !seen[i] ? at::zeros({alpha_count, 2}, at::kFloat)
+                                             : compute_scales(layer, column_sums[i], alphas);
+    if (layer.split == AwqSplit::kInput) pass1_groups.add(layer.weight_slot.layer, &extremes[i], ReduceOp::kMax);
   }
-  SplitReduction pass1_groups;
-  for (size_t i = 0; i < layers.size(); ++i) {
-    if (layers[i].split == AwqSplit::kInput) pass1_groups.add(layers[i].weight_slot.layer, &extremes[i]);
-  }
-  std::vector<at::Tensor> group_flags = failures.add_group_flags(pass1_groups, groups, at::kFloat);
-  pass1_groups.run(ReduceOp::kMax);
+  std::vector<at::Tensor> group_flags = failures.add_group_flags(pass1_groups, groups, at::kFloat, ReduceOp::kMax);
+  pass1_groups.run();
   failures.read_group_flags(group_flags);
   failures.throw_if_any();
   throw_if_unseen(kMethod, layers, seen, "");
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (layers[i].split == AwqSplit::kOutput) extremes[i] = compute_scales(layers[i], column_sums[i], alphas);
+  }
 
   // Normalized scales, their inverses, and the weight amax each would give (shared over the
   // group where the layer reports it whole, as max calibration shares it).
@@ -276,12 +286,12 @@ AwqLiteResult calibrate_awq_lite(torch::nn::Module& model, const ForwardLoop* fo
       layer.inverse_scales.push_back(at::reciprocal(layer.scales[a]));
       layer.weight_amax[a] = layer.probe->compute_amax(weight * layer.scales[a].unsqueeze(0));
       if (reported_whole(layer, "weight_quantizer._amax", layer.weight_amax[a])) {
-        shared_amax.add(layer.weight_slot.layer, &layer.weight_amax[a]);
+        shared_amax.add(layer.weight_slot.layer, &layer.weight_amax[a], ReduceOp::kMax);
       }
     }
     layer.errors = at::zeros({alpha_count}, at::kDouble);
   }
-  shared_amax.run(ReduceOp::kMax);
+  shared_amax.run();
 
   // Pass 2: the output error of every alpha. Column-parallel ranks hold some output features
   // each: their errors are summed over the group, in one reduction per group that also
@@ -291,10 +301,10 @@ AwqLiteResult calibrate_awq_lite(torch::nn::Module& model, const ForwardLoop* fo
                                    [](AwqLayer& layer, const at::Tensor& x) { accumulate_errors(layer, x); });
   SplitReduction pass2_groups;
   for (AwqLayer& layer : layers) {
-    if (layer.split == AwqSplit::kOutput) pass2_groups.add(layer.weight_slot.layer, &layer.errors);
+    if (layer.split == AwqSplit::kOutput) pass2_groups.add(layer.weight_slot.layer, &layer.errors, ReduceOp::kSum);
   }
-  group_flags = failures.add_group_flags(pass2_groups, groups, at::kDouble);
-  pass2_groups.run(ReduceOp::kSum);
+  group_flags = failures.add_group_flags(pass2_groups, groups, at::kDouble, ReduceOp::kSum);
+  pass2_groups.run();
   failures.read_group_flags(group_flags);
 
   std::vector<at::Tensor> element_counts(layers.size());
@@ -311,9 +321,7 @@ AwqLiteResult calibrate_awq_lite(torch::nn::Module& model, const ForwardLoop* fo
 
   // Apply the best alpha: the first of the least error, the same on every rank since every
   // rank holds the same reduced errors.
-  std::vector<at::Tensor> amax(layers.size());
   std::vector<int64_t> best(layers.size(), 0);
-  SplitReduction shared_final_amax;
   for (size_t i = 0; i < layers.size(); ++i) {
     AwqLayer& layer = layers[i];
     double least = std::numeric_limits<double>::infinity();
@@ -332,14 +340,13 @@ AwqLiteResult calibrate_awq_lite(torch::nn::Module& model, const ForwardLoop* fo
       pre_quant_scale = layer.input_quantizer->pre_quant_scale().to(at::kFloat) * pre_quant_scale;
     }
     layer.input_quantizer->set_pre_quant_scale(pre_quant_scale);
-    amax[i] = layer.weight_quantizer->compute_amax(weight);
-    if (reported_whole(layer, "weight_quantizer._amax", amax[i])) {
-      shared_final_amax.add(layer.weight_slot.layer, &amax[i]);
-    }
+    // The amax of the scaled weight: the candidate's, computed from the same float32
+    // products and already shared over the group where the layer reports it whole.
+    const at::Tensor amax = layer.weight_quantizer->compute_amax(weight);
+    layer.weight_quantizer->set_amax(
+        reported_whole(layer, "weight_quantizer._amax", amax) ? layer.weight_amax[best[i]].reshape(amax.sizes()) : amax);
   }
-  shared_final_amax.run(ReduceOp::kMax);
   for (size_t i = 0; i < layers.size(); ++i) {
-    layers[i].weight_quantizer->set_amax(amax[i]);
     result.alphas.emplace_back(layers[i].name, alphas[best[i]]);
     result.weight_factors[layers[i].name] = layers[i].scales[best[i]];
   }

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <exception>
+#include <stdexcept>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -90,11 +91,12 @@ std::vector<at::Tensor> local_amax(const std::vector<QuantizerSlot>& slots,
   return amax;
 }
 
-// A tensor-parallel group that split layers of the model are split over, and the quantizers
-// whose amax its ranks must share: those a layer reports whole (a per-tensor amax of a split
-// weight or input, a per-channel amax of a row-parallel weight) while each rank saw only its
-// slice.
+// A tensor-parallel group that split layers of the model are split over: one of its layers
+// (every rank of the group joins its collectives), and the quantizers whose amax its ranks
+// must share: those a layer reports whole (a per-tensor amax of a split weight or input, a
+// per-channel amax of a row-parallel weight) while each rank saw only its slice.
 struct SplitGroup {
+  nn::DynamicLayer* layer;
   Communicator* group;
   std::vector<size_t> shared;
 };
@@ -108,7 +110,7 @@ std::vector<SplitGroup> split_groups(const std::vector<QuantizerSlot>& slots,
     if (split == nullptr || split->split_group()->world_size() == 1) continue;
     Communicator* group = split->split_group().get();
     auto it = std::find_if(out.begin(), out.end(), [&](const SplitGroup& g) { return g.group == group; });
-    if (it == out.end()) it = out.insert(out.end(), {group, {}});
+    if (it == out.end()) it = out.insert(out.end(), {slots[i].layer, group, {}});
     if (!split->slice_of(slots[i].transform + "._amax", at::empty(shapes[i]))) it->shared.push_back(i);
   }
   return out;
@@ -116,19 +118,17 @@ std::vector<SplitGroup> split_groups(const std::vector<QuantizerSlot>& slots,
 
 }  // namespace
 
-void calibrate_max(torch::nn::Module& model, const ForwardLoop* forward_loop,
-                   Communicator* communicator) {
-  std::vector<QuantizerSlot> slots;
+MaxCalibration::MaxCalibration(torch::nn::Module& model, const ForwardLoop* forward_loop,
+                               Communicator* communicator) {
   for (QuantizerSlot& slot : quantized_slots(model)) {
-    if (slot.quantizer()->attributes().enable()) slots.push_back(std::move(slot));
+    if (slot.quantizer()->attributes().enable()) slots_.push_back(std::move(slot));
   }
   std::vector<at::Tensor> amax;
-  std::exception_ptr failure;
   try {
-    amax = local_amax(slots, model, forward_loop);
+    amax = local_amax(slots_, model, forward_loop);
   } catch (...) {
-    failure = std::current_exception();
-    amax.assign(slots.size(), at::Tensor());
+    own_failure_ = std::current_exception();
+    amax.assign(slots_.size(), at::Tensor());
   }
 
   // One buffer for the whole model: every amax (-1 where this rank saw no data; real ones
@@ -137,14 +137,14 @@ void calibrate_max(torch::nn::Module& model, const ForwardLoop* forward_loop,
   // rank + 1 if this rank failed, else 0.
   std::vector<std::vector<int64_t>> shapes;
   std::vector<int64_t> offsets = {0};
-  for (const QuantizerSlot& slot : slots) {
+  for (const QuantizerSlot& slot : slots_) {
     shapes.push_back(amax_shape(slot));
     offsets.push_back(offsets.back() + c10::multiply_integers(shapes.back()));
   }
-  const std::vector<SplitGroup> groups = split_groups(slots, shapes);
+  const std::vector<SplitGroup> groups = split_groups(slots_, shapes);
   const int64_t total = offsets.back() + 2 * static_cast<int64_t>(groups.size()) + 1;
   at::Tensor buffer = at::full({total}, -1.0f, at::kFloat);
-  for (size_t i = 0; i < slots.size(); ++i) {
+  for (size_t i = 0; i < slots_.size(); ++i) {
     if (amax[i].defined()) buffer.narrow(0, offsets[i], offsets[i + 1] - offsets[i]).copy_(amax[i].reshape({-1}));
   }
   for (size_t g = 0; g < groups.size(); ++g) {
@@ -152,9 +152,9 @@ void calibrate_max(torch::nn::Module& model, const ForwardLoop* forward_loop,
     buffer[offsets.back() + 2 * g + 1] = -static_cast<float>(groups[g].group->rank());
   }
   const int rank = communicator != nullptr ? communicator->rank() : 0;
-  buffer[total - 1] = failure ? static_cast<float>(rank + 1) : 0.0f;
+  buffer[total - 1] = own_failure_ ? static_cast<float>(rank + 1) : 0.0f;
   if (communicator != nullptr) communicator->all_reduce(buffer, ReduceOp::kMax);
-  const int failed_rank = static_cast<int>(buffer[total - 1].item<float>()) - 1;
+  failed_rank_ = static_cast<int>(buffer[total - 1].item<float>()) - 1;
   for (size_t g = 0; g < groups.size(); ++g) {
     const float highest = buffer[offsets.back() + 2 * g].item<float>();
     const float lowest = -buffer[offsets.back() + 2 * g + 1].item<float>();
@@ -164,28 +164,39 @@ void calibrate_max(torch::nn::Module& model, const ForwardLoop* forward_loop,
           "ranks ", lowest, " to ", highest, "); pass the data-parallel group (mesh->dp()) as the communicator"));
     }
   }
-
-  // Then, per split group, the amax its ranks must share, in one MAX each, with a flag saying
-  // whether a replica failed, so that no rank of the group goes on alone (even with nothing
-  // to share).
-  bool failed_elsewhere = false;
-  for (const SplitGroup& split : groups) {
-    std::vector<at::Tensor> parts;
-    for (size_t i : split.shared) parts.push_back(buffer.narrow(0, offsets[i], offsets[i + 1] - offsets[i]));
-    parts.push_back(at::full({1}, failure || failed_rank >= 0 ? 1.0f : 0.0f, at::kFloat));
-    at::Tensor group_buffer = at::cat(parts);
-    split.group->all_reduce(group_buffer, ReduceOp::kMax);
-    int64_t at = 0;
-    for (size_t k = 0; k + 1 < parts.size(); ++k) {
-      parts[k].copy_(group_buffer.narrow(0, at, parts[k].numel()));
-      at += parts[k].numel();
-    }
-    failed_elsewhere = failed_elsewhere || group_buffer[at].item<float>() > 0;
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    amax_.push_back(buffer.narrow(0, offsets[i], offsets[i + 1] - offsets[i]).reshape(shapes[i]));
   }
+}
 
-  if (failure) std::rethrow_exception(failure);
-  if (failed_rank >= 0) {
-    throw ApplyModeError(absl::StrCat("max_calibrate failed on rank ", failed_rank,
+at::Tensor MaxCalibration::amax(const TensorQuantizerImpl* quantizer) const {
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    if (slots_[i].quantizer() == quantizer) return amax_[i];
+  }
+  throw std::invalid_argument(absl::StrCat("MaxCalibration::amax: ", quantizer->quantizer_name(),
+                                           " is not an enabled quantizer of the model"));
+}
+
+void MaxCalibration::finish() {
+  // Per split group, the amax its ranks must share, with the algorithm's own statistics and
+  // a flag saying whether a replica failed, so that no rank of the group goes on alone (even
+  // with nothing to share): one MAX per group, or one gather where an algorithm sums.
+  std::vector<std::vector<int64_t>> shapes;
+  for (const QuantizerSlot& slot : slots_) shapes.push_back(amax_shape(slot));
+  const std::vector<SplitGroup> groups = split_groups(slots_, shapes);
+  std::vector<at::Tensor> flags(groups.size());
+  for (size_t g = 0; g < groups.size(); ++g) {
+    for (size_t i : groups[g].shared) split_.add(groups[g].layer, &amax_[i], ReduceOp::kMax);
+    flags[g] = at::full({1}, failed() ? 1.0f : 0.0f, at::kFloat);
+    split_.add(groups[g].layer, &flags[g], ReduceOp::kMax);
+  }
+  split_.run();
+  bool failed_elsewhere = false;
+  for (const at::Tensor& flag : flags) failed_elsewhere = failed_elsewhere || flag.item<float>() > 0;
+
+  if (own_failure_) std::rethrow_exception(own_failure_);
+  if (failed_rank_ >= 0) {
+    throw ApplyModeError(absl::StrCat("max_calibrate failed on rank ", failed_rank_,
                                       " (its own error says why)"));
   }
   if (failed_elsewhere) {
@@ -193,16 +204,20 @@ void calibrate_max(torch::nn::Module& model, const ForwardLoop* forward_loop,
                          "(its own error says why)");
   }
   std::vector<std::string> missing;
-  for (size_t i = 0; i < slots.size(); ++i) {
-    amax[i] = buffer.narrow(0, offsets[i], offsets[i + 1] - offsets[i]).reshape(shapes[i]);
-    if ((amax[i] < 0).any().item<bool>()) missing.push_back(slots[i].name);
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    if ((amax_[i] < 0).any().item<bool>()) missing.push_back(slots_[i].name);
   }
   if (!missing.empty()) {
     throw ApplyModeError(absl::StrCat("max_calibrate: no rank saw calibration data for ",
                                       absl::StrJoin(missing, ", "),
                                       " (does the forward loop run these layers?)"));
   }
-  for (size_t i = 0; i < slots.size(); ++i) slots[i].quantizer()->set_amax(amax[i]);
+  for (size_t i = 0; i < slots_.size(); ++i) slots_[i].quantizer()->set_amax(amax_[i]);
+}
+
+void calibrate_max(torch::nn::Module& model, const ForwardLoop* forward_loop,
+                   Communicator* communicator) {
+  MaxCalibration(model, forward_loop, communicator).finish();
 }
 
 }  // namespace quantization

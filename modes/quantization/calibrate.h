@@ -1,10 +1,16 @@
 #pragma once
 
+#include <exception>
 #include <functional>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
 
 #include <torch/nn/module.h>
 
 #include "distributed/communicator.h"
+#include "modes/quantization/quantized_model.h"
+#include "modes/quantization/split_reduction.h"
 #include "opt/runtime_context.h"
 
 namespace mto {
@@ -36,6 +42,47 @@ inline constexpr ContextKey<ForwardLoop> kForwardLoop{"forward_loop"};
 // loop failed.
 void calibrate_max(torch::nn::Module& model, const ForwardLoop* forward_loop,
                    Communicator* communicator);
+
+// calibrate_max in two steps, for algorithms built on it (SmoothQuant) that need the amax
+// over the data before they add statistics of their own to the reduction over the
+// tensor-parallel groups, so that the whole calibration still makes one collective per
+// mesh axis:
+//
+//   MaxCalibration calibration(model, forward_loop, communicator);  // data, then dp
+//   at::Tensor a = calibration.amax(quantizer);                     // over the replicas
+//   calibration.split_reduction().add(layer, &partial, ReduceOp::kMax);
+//   calibration.finish();                                           // tp; throws; sets amax
+class MaxCalibration {
+ public:
+  // Runs `forward_loop` and the reduction over `communicator`, as calibrate_max does; a
+  // rank's failure is held until finish(). Collective over `communicator`. Throws
+  // ApplyModeError at once on every rank of it if its ranks hold different slices.
+  MaxCalibration(torch::nn::Module& model, const ForwardLoop* forward_loop, Communicator* communicator);
+
+  // Whether this rank or a rank of `communicator` failed: amax() is then meaningless, and
+  // finish() throws.
+  bool failed() const { return own_failure_ != nullptr || failed_rank_ >= 0; }
+
+  // The amax of the enabled quantizer `quantizer` over the data-parallel ranks, before any
+  // reduction over its tensor-parallel group (negative where no rank saw data).
+  at::Tensor amax(const TensorQuantizerImpl* quantizer) const;
+
+  // The reduction over each tensor-parallel group that finish() runs. What an algorithm
+  // adds to it must have the same shapes on every rank of the group, failed() or not.
+  SplitReduction& split_reduction() { return split_; }
+
+  // Runs the split reduction with max calibration's own shares and failure flags, throws
+  // calibrate_max's errors, and sets the amax of every enabled quantizer. Collective over
+  // each tensor-parallel group.
+  void finish();
+
+ private:
+  std::vector<QuantizerSlot> slots_;
+  std::vector<at::Tensor> amax_;
+  std::exception_ptr own_failure_;
+  int failed_rank_ = -1;
+  SplitReduction split_;
+};
 
 }  // namespace quantization
 }  // namespace mto

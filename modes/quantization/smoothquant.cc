@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "distributed/tensor_slice.h"
+#include "modes/quantization/calibrate.h"
 #include "modes/quantization/quantized_model.h"
 #include "modes/quantization/split_reduction.h"
 #include "opt/errors.h"
@@ -51,6 +52,12 @@ std::vector<SmoothedLayer> smoothed_layers(torch::nn::Module& model) {
   return out;
 }
 
+// The layer as split over a tensor-parallel group of more than one rank, or nullptr.
+const SplitModule* split_over_ranks(const SmoothedLayer& layer) {
+  const auto* split = dynamic_cast<const SplitModule*>(layer.input.layer);
+  return split != nullptr && split->split_group()->world_size() > 1 ? split : nullptr;
+}
+
 }  // namespace
 
 SmoothQuantResult calibrate_smoothquant(torch::nn::Module& model, const ForwardLoop* forward_loop,
@@ -62,51 +69,64 @@ SmoothQuantResult calibrate_smoothquant(torch::nn::Module& model, const ForwardL
     attributes.set_axis(-1);
     layer.input.quantizer()->set_attributes(attributes);
   }
-  calibrate_max(model, forward_loop, communicator);
+  MaxCalibration calibration(model, forward_loop, communicator);
 
+  // The smoothing needs statistics that span a tensor-parallel group, which travel in max
+  // calibration's one reduction over it:
+  // - a column-parallel rank holds some output rows of a whole input: the weight's column
+  //   maxima span the group, and the rest follows on each rank from their maximum (a weight
+  //   amax reported whole, one per tensor, too: the largest |W_ij| / s_j of column j is its
+  //   column maximum's, rounded alike);
+  // - a row-parallel rank holds whole columns of its slice of the input, so it smooths its
+  //   slice at once; the input amax and the amax of every output row's weight (a row spans
+  //   the group) are then maxima over the group.
   torch::NoGradGuard no_grad;
-  std::vector<at::Tensor> a_max, w_max;
-  SplitReduction column_maxima;
-  for (const SmoothedLayer& layer : layers) {
-    a_max.push_back(layer.input.quantizer()->amax().to(at::kFloat));
-    w_max.push_back(layer.weight.weight().detach().abs().to(at::kFloat).amax(0));
-  }
-  // A column-parallel rank holds some output rows of a whole input: the column maxima span
-  // the group. (A row-parallel rank holds whole columns of its slice of the input.)
+  std::vector<at::Tensor> a_max(layers.size()), w_max(layers.size()), s(layers.size());
+  std::vector<at::Tensor> input_amax(layers.size()), weight_amax(layers.size());
+  std::vector<bool> column_maxima_first(layers.size());
+  auto smooth = [&](size_t i) {
+    const double tiny = std::ldexp(1.0, -31);
+    at::Tensor scale = w_max[i].pow(1 - alpha) / a_max[i].pow(alpha);
+    s[i] = at::where(a_max[i] <= tiny, at::ones_like(scale), scale).clamp(1e-4, 1e4);
+    input_amax[i] = (a_max[i] * s[i]).max();
+    weight_amax[i] = layers[i].weight.quantizer()->compute_amax(layers[i].weight.weight().detach() * (1 / s[i]).unsqueeze(0));
+  };
   for (size_t i = 0; i < layers.size(); ++i) {
-    const auto* split = dynamic_cast<const SplitModule*>(layers[i].input.layer);
-    if (split != nullptr && !split->slice_of("input_quantizer._amax", a_max[i])) {
-      column_maxima.add(layers[i].input.layer, &w_max[i]);
+    a_max[i] = calibration.failed() ? at::zeros({layers[i].input.feature_size()}, at::kFloat)
+                                    : calibration.amax(layers[i].input.quantizer()).to(at::kFloat);
+    w_max[i] = layers[i].weight.weight().detach().abs().to(at::kFloat).amax(0);
+    const SplitModule* split = split_over_ranks(layers[i]);
+    nn::DynamicLayer* layer = layers[i].input.layer;
+    column_maxima_first[i] = split != nullptr && !split->slice_of("input_quantizer._amax", a_max[i]);
+    if (column_maxima_first[i]) {
+      calibration.split_reduction().add(layer, &w_max[i], ReduceOp::kMax);
+      continue;
+    }
+    smooth(i);
+    if (split != nullptr) {
+      calibration.split_reduction().add(layer, &input_amax[i], ReduceOp::kMax);
+      if (!split->slice_of("weight_quantizer._amax", weight_amax[i])) {
+        calibration.split_reduction().add(layer, &weight_amax[i], ReduceOp::kMax);
+      }
     }
   }
-  column_maxima.run(ReduceOp::kMax);
+  calibration.finish();
 
-  SplitReduction shared;
   SmoothQuantResult result;
-  std::vector<at::Tensor> input_amax(layers.size()), weight_amax(layers.size());
   for (size_t i = 0; i < layers.size(); ++i) {
-    const double tiny = std::ldexp(1.0, -31);
-    at::Tensor s = w_max[i].pow(1 - alpha) / a_max[i].pow(alpha);
-    s = at::where(a_max[i] <= tiny, at::ones_like(s), s).clamp(1e-4, 1e4);
-    at::Tensor weight = layers[i].weight.weight();
-    const at::Tensor factor = 1 / s;
-    weight.detach().mul_(factor.unsqueeze(0));
+    if (column_maxima_first[i]) {
+      smooth(i);
+      if (!split_over_ranks(layers[i])->slice_of("weight_quantizer._amax", weight_amax[i])) {
+        weight_amax[i] = layers[i].weight.quantizer()->compute_amax((w_max[i] * (1 / s[i])).unsqueeze(0)).reshape(weight_amax[i].sizes());
+      }
+    }
+    const at::Tensor factor = 1 / s[i];
+    layers[i].weight.weight().detach().mul_(factor.unsqueeze(0));
     result.weight_factors[layers[i].input.layer_name] = factor;
-    layers[i].input.quantizer()->set_pre_quant_scale(s);
+    layers[i].input.quantizer()->set_pre_quant_scale(s[i]);
     QuantizerAttributes attributes = layers[i].input.quantizer()->attributes();
     attributes.clear_axis();
     layers[i].input.quantizer()->set_attributes(attributes);
-    input_amax[i] = (a_max[i] * s).max();
-    weight_amax[i] = layers[i].weight.quantizer()->compute_amax(weight);
-    // Whatever a split layer reports whole while each rank saw its part is shared.
-    const auto* split = dynamic_cast<const SplitModule*>(layers[i].input.layer);
-    if (split != nullptr) {
-      shared.add(layers[i].input.layer, &input_amax[i]);
-      if (!split->slice_of("weight_quantizer._amax", weight_amax[i])) shared.add(layers[i].input.layer, &weight_amax[i]);
-    }
-  }
-  shared.run(ReduceOp::kMax);
-  for (size_t i = 0; i < layers.size(); ++i) {
     layers[i].input.quantizer()->set_amax(input_amax[i]);
     layers[i].weight.quantizer()->set_amax(weight_amax[i]);
   }

@@ -8,27 +8,59 @@
 
 namespace mto {
 namespace quantization {
+namespace {
 
-void SplitReduction::add(nn::DynamicLayer* layer, at::Tensor* tensor) {
+// `a` combined with `b` by `op`.
+at::Tensor combine(const at::Tensor& a, const at::Tensor& b, ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum:
+      return a + b;
+    case ReduceOp::kMax:
+      return at::maximum(a, b);
+    case ReduceOp::kMin:
+      return at::minimum(a, b);
+  }
+  return a;
+}
+
+}  // namespace
+
+void SplitReduction::add(nn::DynamicLayer* layer, at::Tensor* tensor, ReduceOp op) {
   const auto* split = dynamic_cast<const SplitModule*>(layer);
   if (split == nullptr || split->split_group()->world_size() == 1) return;
   Communicator* communicator = split->split_group().get();
   auto it = std::find_if(groups_.begin(), groups_.end(),
                          [&](const Group& group) { return group.communicator == communicator; });
   if (it == groups_.end()) it = groups_.insert(groups_.end(), {communicator, {}});
-  it->tensors.push_back(tensor);
+  it->entries.push_back({tensor, op});
 }
 
-void SplitReduction::run(ReduceOp op) {
+void SplitReduction::run() {
   for (Group& group : groups_) {
+    // One buffer in the widest dtype of the group (at::cat promotes), each part cast back.
     std::vector<at::Tensor> flat;
-    for (at::Tensor* tensor : group.tensors) flat.push_back(tensor->reshape({-1}));
+    for (const Entry& entry : group.entries) flat.push_back(entry.tensor->reshape({-1}));
     at::Tensor buffer = at::cat(flat);
-    group.communicator->all_reduce(buffer, op);
+    const bool one_op = std::all_of(group.entries.begin(), group.entries.end(),
+                                    [&](const Entry& entry) { return entry.op == group.entries.front().op; });
+    std::vector<at::Tensor> gathered;
+    if (one_op) {
+      group.communicator->all_reduce(buffer, group.entries.front().op);
+    } else {
+      gathered = group.communicator->all_gather(buffer);
+    }
     int64_t at = 0;
-    for (at::Tensor* tensor : group.tensors) {
-      *tensor = buffer.narrow(0, at, tensor->numel()).reshape(tensor->sizes()).clone();
-      at += tensor->numel();
+    for (const Entry& entry : group.entries) {
+      const int64_t n = entry.tensor->numel();
+      at::Tensor reduced;
+      if (one_op) {
+        reduced = buffer.narrow(0, at, n);
+      } else {
+        reduced = gathered[0].narrow(0, at, n);
+        for (size_t r = 1; r < gathered.size(); ++r) reduced = combine(reduced, gathered[r].narrow(0, at, n), entry.op);
+      }
+      *entry.tensor = reduced.reshape(entry.tensor->sizes()).to(entry.tensor->scalar_type()).clone();
+      at += n;
     }
   }
   groups_.clear();

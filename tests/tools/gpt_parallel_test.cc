@@ -79,12 +79,15 @@ class GptParallelTest : public ::testing::Test {
 };
 
 TEST_F(GptParallelTest, EveryTpHoldsSlicesOfTheSameGlobalModelAndComputesTheSame) {
-  zoo::Gpt reference(small_gpt(solo()));
-  const at::Tensor expected = reference->forward(tokens(2));
-  for (int tp : {1, 2, 4}) {
-    zoo::Gpt gpt(small_gpt(Mesh::create(world(), tp)));
-    expect_slices_of(*gpt, *reference, "tp=" + std::to_string(tp));
-    EXPECT_TRUE(at::allclose(gpt->forward(tokens(2)), expected, kTolerance, kTolerance)) << "tp=" << tp;
+  for (bool tied : {false, true}) {
+    zoo::Gpt reference(small_gpt(solo()).tie_embeddings(tied));
+    const at::Tensor expected = reference->forward(tokens(2));
+    for (int tp : {1, 2, 4}) {
+      const std::string where = "tp=" + std::to_string(tp) + (tied ? ", tied" : "");
+      zoo::Gpt gpt(small_gpt(Mesh::create(world(), tp)).tie_embeddings(tied));
+      expect_slices_of(*gpt, *reference, where);
+      EXPECT_TRUE(at::allclose(gpt->forward(tokens(2)), expected, kTolerance, kTolerance)) << where;
+    }
   }
 }
 
@@ -98,15 +101,20 @@ TEST_F(GptParallelTest, OneTrainingStepAtTwoByTwoEqualsTheSingleProcessStep) {
     if (dp) dp->average_gradients();
     optimizer.step();
   };
-  zoo::Gpt reference(small_gpt(solo()));
-  step(*reference, *reference, tokens(4), nullptr);
+  // The tied head's weight gets the gradients of the embedding and of the logits, each
+  // rank those of its own vocabulary rows.
+  for (bool tied : {false, true}) {
+    zoo::Gpt reference(small_gpt(solo()).tie_embeddings(tied));
+    step(*reference, *reference, tokens(4), nullptr);
 
-  const auto mesh = Mesh::create(world(), 2);
-  zoo::Gpt gpt(small_gpt(mesh));
-  DataParallel dp(gpt.ptr(), mesh->dp());
-  // Each replica takes half the batch; the averaged gradient is the full batch's.
-  step(*gpt, *dp, tokens(4).narrow(0, 2 * mesh->dp_index(), 2), dp.get());
-  expect_slices_of(*gpt, *reference, "after one step at (2, 2)", /*exact=*/false);
+    const auto mesh = Mesh::create(world(), 2);
+    zoo::Gpt gpt(small_gpt(mesh).tie_embeddings(tied));
+    DataParallel dp(gpt.ptr(), mesh->dp());
+    // Each replica takes half the batch; the averaged gradient is the full batch's.
+    step(*gpt, *dp, tokens(4).narrow(0, 2 * mesh->dp_index(), 2), dp.get());
+    expect_slices_of(*gpt, *reference, tied ? "after one step at (2, 2), tied" : "after one step at (2, 2)",
+                     /*exact=*/false);
+  }
 }
 
 // Saves a GPT (seed 3) on `from` and restores it on `to` into a GPT of other weights (seed
@@ -251,7 +259,6 @@ struct Calibrated {
 Calibrated calibrate_on(const std::shared_ptr<Mesh>& mesh, const zoo::GptOptions& options, const std::string& config,
                         const std::string& algorithm) {
   zoo::Gpt gpt(zoo::GptOptions(options).mesh(mesh));
-  ModulePtr model = quantization::quantize(gpt.ptr(), config, nullptr, mesh->dp());
   const int64_t per_replica = 4 / mesh->dp_size();
   const int64_t first = mesh->dp_index() * per_replica;
   quantization::ForwardLoop loop = [first, per_replica](torch::nn::Module& m) {
@@ -259,6 +266,16 @@ Calibrated calibrate_on(const std::shared_ptr<Mesh>& mesh, const zoo::GptOptions
       dynamic_cast<zoo::GptImpl&>(m).forward(tokens(2).add(b * 5).remainder(32));
     }
   };
+  // The forward passes' own tensor-parallel collectives, to tell the calibration's apart.
+  Communicator& tp = *mesh->tp();
+  Communicator& dp = *mesh->dp();
+  tp.reset_stats();
+  loop(*gpt);
+  const uint64_t per_loop = tp.stats().collectives;
+  ModulePtr model = quantization::quantize(gpt.ptr(), config, nullptr, mesh->dp());
+  tp.reset_stats();
+  dp.reset_stats();
+
   Calibrated out{model, {}, {}};
   if (algorithm == "smoothquant") {
     quantization::calibrate_smoothquant(*model, &loop, mesh->dp().get(), 0.5);
@@ -268,6 +285,14 @@ Calibrated calibrate_on(const std::shared_ptr<Mesh>& mesh, const zoo::GptOptions
   if (algorithm == "awq_full") {
     out.ratios = quantization::calibrate_awq_clip(*model, &loop, mesh->dp().get(), {}).ratios;
   }
+  // One collective per mesh axis per pass over the data. AWQ-lite's search pass also sums
+  // the candidate outputs of each row-parallel layer (attn.proj, fc2) once per forward call,
+  // as that layer's own forward sums its output.
+  const uint64_t passes = algorithm == "smoothquant" ? 1 : algorithm == "awq_lite" ? 2 : 3;
+  const uint64_t search = algorithm == "smoothquant" ? 0 : static_cast<uint64_t>(per_replica * 2 * options.depth());
+  const std::string where = algorithm + " at " + mesh->describe();
+  EXPECT_EQ(dp.stats().collectives, passes) << where;
+  EXPECT_EQ(tp.stats().collectives, passes * per_loop + (mesh->tp_size() > 1 ? passes + search : 0)) << where;
   return out;
 }
 
@@ -350,6 +375,11 @@ TEST_F(GptParallelTest, SmoothQuantIsInvariantToTheMesh) {
       "*input_quantizer": {"num_bits": 8, "axis": null}, "*lm_head*": {"enable": false}, "default": {"enable": false}},
       "algorithm": null})";
   expect_algorithm_invariant("smoothquant", config, small_gpt(nullptr), base + "/smoothquant");
+  // One weight amax per tensor: a column-parallel layer's spans its group.
+  const std::string per_tensor = R"({"quant_cfg": {"*weight_quantizer": {"num_bits": 8, "axis": null},
+      "*input_quantizer": {"num_bits": 8, "axis": null}, "*lm_head*": {"enable": false}, "default": {"enable": false}},
+      "algorithm": null})";
+  expect_algorithm_invariant("smoothquant", per_tensor, small_gpt(nullptr), base + "/smoothquant_per_tensor");
 }
 
 TEST_F(GptParallelTest, AwqLiteIsInvariantToTheMesh) {
