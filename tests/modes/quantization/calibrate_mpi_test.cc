@@ -1,7 +1,8 @@
 // Calibration sharded over real mpirun ranks (run with 4): amax on 1 rank over all the
 // data equals amax on 2, 3 and 4 ranks over slices, bit for bit; one collective per sync
 // whatever the number of quantizers; ranks with no data, quantizers nobody saw, and a
-// failing forward loop never hang; quantize + calibrate + save on N ranks, restore on M.
+// failing forward loop never hang; quantize + calibrate + save on N ranks, restore on M;
+// the reduction over tensor-parallel groups is one collective per group.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
@@ -12,9 +13,11 @@
 #include "distributed/sharding.h"
 #include "distributed/world.h"
 #include "modes/quantization/quantize.h"
+#include "modes/quantization/split_reduction.h"
 #include "opt/checkpoint.h"
 #include "opt/conversion.h"
 #include "opt/errors.h"
+#include "opt/nn/column_parallel_linear.h"
 #include "opt/state_dict.h"
 #include "serialization/deterministic.h"
 #include "tests/opt/testing/test_modes.h"
@@ -159,6 +162,43 @@ TEST_F(CalibrateMpiTest, SaveOnNRanksRestoreOnM) {
     }
     comm->barrier();
   }
+}
+
+TEST_F(CalibrateMpiTest, ASplitReductionIsOneCollectivePerGroupWhateverItsOps) {
+  nn::ColumnParallelLinear layer(nn::ColumnParallelLinearOptions(4, 8).tp(comm));
+  const double r = rank;
+  // One op: one all-reduce.
+  at::Tensor a = at::tensor({r, -r}, at::kFloat);
+  at::Tensor b = at::tensor({r + 0.5}, at::kDouble);
+  SplitReduction same;
+  same.add(layer.get(), &a, ReduceOp::kMax);
+  same.add(layer.get(), &b, ReduceOp::kMax);
+  comm->reset_stats();
+  same.run();
+  EXPECT_EQ(comm->stats().collectives, 1u);
+  EXPECT_TRUE(at::equal(a, at::tensor({3.0f, 0.0f})));
+  EXPECT_TRUE(at::equal(b, at::tensor({3.5}, at::kDouble)));
+  // Several ops: one all-gather, each tensor reduced with its own op, in its own dtype.
+  at::Tensor maxima = at::tensor({r, -r}, at::kFloat);
+  at::Tensor sums = at::tensor({r + 0.25, 1.0}, at::kDouble);
+  at::Tensor minima = at::full({2, 1}, 10 - r, at::kFloat);
+  SplitReduction mixed;
+  mixed.add(layer.get(), &maxima, ReduceOp::kMax);
+  mixed.add(layer.get(), &sums, ReduceOp::kSum);
+  mixed.add(layer.get(), &minima, ReduceOp::kMin);
+  comm->reset_stats();
+  mixed.run();
+  EXPECT_EQ(comm->stats().collectives, 1u);
+  EXPECT_TRUE(at::equal(maxima, at::tensor({3.0f, 0.0f})));
+  EXPECT_TRUE(at::equal(sums, at::tensor({7.0, 4.0}, at::kDouble)));
+  EXPECT_TRUE(at::equal(minima, at::full({2, 1}, 7.0f)));
+  // A layer on one rank reduces nothing.
+  nn::ColumnParallelLinear alone(nn::ColumnParallelLinearOptions(4, 8).tp(comm->split(rank, 0)));
+  at::Tensor mine = at::tensor({r});
+  SplitReduction none;
+  none.add(alone.get(), &mine, ReduceOp::kSum);
+  none.run();
+  EXPECT_EQ(mine.item<float>(), static_cast<float>(r));
 }
 
 }  // namespace
