@@ -340,11 +340,14 @@ AwqLiteResult calibrate_awq_lite(torch::nn::Module& model, const ForwardLoop* fo
       pre_quant_scale = layer.input_quantizer->pre_quant_scale().to(at::kFloat) * pre_quant_scale;
     }
     layer.input_quantizer->set_pre_quant_scale(pre_quant_scale);
-    // The amax of the scaled weight: the candidate's, computed from the same float32
-    // products and already shared over the group where the layer reports it whole.
+    // The amax of the scaled weight; where the layer reports it whole, the candidate's,
+    // already shared over the group: the maximum of the same float32 products, rounded to
+    // the weight's dtype as the product in place rounds each of them.
     const at::Tensor amax = layer.weight_quantizer->compute_amax(weight);
+    const bool shared = reported_whole(layer, "weight_quantizer._amax", amax);
     layer.weight_quantizer->set_amax(
-        reported_whole(layer, "weight_quantizer._amax", amax) ? layer.weight_amax[best[i]].reshape(amax.sizes()) : amax);
+        shared ? layer.weight_amax[best[i]].to(weight.scalar_type()).to(amax.scalar_type()).reshape(amax.sizes())
+               : amax);
   }
   for (size_t i = 0; i < layers.size(); ++i) {
     result.alphas.emplace_back(layers[i].name, alphas[best[i]]);

@@ -36,8 +36,8 @@ struct AwqLiteResult {
 // (x / s) @ Q(W * s)^T has the least squared error against x @ W^T over the calibration
 // data (the first such alpha on ties). Then `input_quantizer._pre_quant_scale` = 1 / s (the
 // input quantizer applies it even while disabled), the weight is multiplied by s in place,
-// and the weight amax is max-calibrated again from the smoothed weight. Other quantizers
-// are left as they are.
+// and the weight amax is that of the smoothed weight (the chosen candidate's, which the
+// search computed already). Other quantizers are left as they are.
 //
 // `forward_loop` runs twice (statistics, then the search); nothing of the activations is
 // kept beyond each forward call. Differences from Model Optimizer: a_mean is the mean over

@@ -171,7 +171,7 @@ MaxCalibration::MaxCalibration(torch::nn::Module& model, const ForwardLoop* forw
 
 at::Tensor MaxCalibration::amax(const TensorQuantizerImpl* quantizer) const {
   for (size_t i = 0; i < slots_.size(); ++i) {
-    if (slots_[i].quantizer() == quantizer) return amax_[i];
+    if (slots_[i].quantizer() == quantizer) return amax_[i].clone();
   }
   throw std::invalid_argument(absl::StrCat("MaxCalibration::amax: ", quantizer->quantizer_name(),
                                            " is not an enabled quantizer of the model"));

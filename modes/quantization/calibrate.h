@@ -63,12 +63,17 @@ class MaxCalibration {
   // finish() throws.
   bool failed() const { return own_failure_ != nullptr || failed_rank_ >= 0; }
 
-  // The amax of the enabled quantizer `quantizer` over the data-parallel ranks, before any
-  // reduction over its tensor-parallel group (negative where no rank saw data).
+  MaxCalibration(const MaxCalibration&) = delete;
+  MaxCalibration& operator=(const MaxCalibration&) = delete;
+
+  // A copy of the amax of the enabled quantizer `quantizer` over the data-parallel ranks,
+  // before any reduction over its tensor-parallel group (negative where no rank saw data).
   at::Tensor amax(const TensorQuantizerImpl* quantizer) const;
 
   // The reduction over each tensor-parallel group that finish() runs. What an algorithm
-  // adds to it must have the same shapes on every rank of the group, failed() or not.
+  // adds to it must be the same tensors (dtypes, shapes, ops, order) on every rank of the
+  // group, failed() or not; and every rank must reach finish(): one that throws before it
+  // leaves the others of its group waiting.
   SplitReduction& split_reduction() { return split_; }
 
   // Runs the split reduction with max calibration's own shares and failure flags, throws

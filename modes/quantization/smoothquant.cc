@@ -40,12 +40,14 @@ std::vector<SmoothedLayer> smoothed_layers(torch::nn::Module& model) {
     }
     const bool fits = input.layer_class == "nn.Linear" && is_int8(input.quantizer()->attributes()) &&
                       !input.quantizer()->attributes().has_axis() && weight != nullptr &&
-                      weight->quantizer()->attributes().enable() && is_int8(weight->quantizer()->attributes());
+                      weight->quantizer()->attributes().enable() && is_int8(weight->quantizer()->attributes()) &&
+                      weight->quantizer()->attributes().block_size() == 0;
     if (!fits) {
       throw ApplyModeError(absl::StrCat(
           "smoothquant: layer ", input.layer_name, " (", input.layer_class,
           ") cannot be smoothed: SmoothQuant takes nn.Linear layers whose input (one scale per tensor) and weight "
-          "quantizers are both 8-bit integers; disable its input quantizer or use the int8 preset"));
+          "(one scale per tensor or per channel, no blocks) quantizers are both 8-bit integers; disable its input "
+          "quantizer or use the int8 preset"));
     }
     out.push_back({input, *weight});
   }
@@ -84,12 +86,16 @@ SmoothQuantResult calibrate_smoothquant(torch::nn::Module& model, const ForwardL
   std::vector<at::Tensor> a_max(layers.size()), w_max(layers.size()), s(layers.size());
   std::vector<at::Tensor> input_amax(layers.size()), weight_amax(layers.size());
   std::vector<bool> column_maxima_first(layers.size());
+  // The weight divided by s, rounded to the weight's dtype as the division in place rounds.
+  auto smoothed = [&](size_t i, const at::Tensor& weight) {
+    return (weight * (1 / s[i]).unsqueeze(0)).to(layers[i].weight.weight().scalar_type());
+  };
   auto smooth = [&](size_t i) {
     const double tiny = std::ldexp(1.0, -31);
     at::Tensor scale = w_max[i].pow(1 - alpha) / a_max[i].pow(alpha);
     s[i] = at::where(a_max[i] <= tiny, at::ones_like(scale), scale).clamp(1e-4, 1e4);
     input_amax[i] = (a_max[i] * s[i]).max();
-    weight_amax[i] = layers[i].weight.quantizer()->compute_amax(layers[i].weight.weight().detach() * (1 / s[i]).unsqueeze(0));
+    weight_amax[i] = layers[i].weight.quantizer()->compute_amax(smoothed(i, layers[i].weight.weight().detach()));
   };
   for (size_t i = 0; i < layers.size(); ++i) {
     a_max[i] = calibration.failed() ? at::zeros({layers[i].input.feature_size()}, at::kFloat)
@@ -115,9 +121,13 @@ SmoothQuantResult calibrate_smoothquant(torch::nn::Module& model, const ForwardL
   SmoothQuantResult result;
   for (size_t i = 0; i < layers.size(); ++i) {
     if (column_maxima_first[i]) {
+      // The input amax as max calibration shared it over the group (the ranks' inputs are
+      // the same whole tensor).
+      a_max[i] = layers[i].input.quantizer()->amax().to(at::kFloat);
       smooth(i);
       if (!split_over_ranks(layers[i])->slice_of("weight_quantizer._amax", weight_amax[i])) {
-        weight_amax[i] = layers[i].weight.quantizer()->compute_amax((w_max[i] * (1 / s[i])).unsqueeze(0)).reshape(weight_amax[i].sizes());
+        const at::Tensor columns = smoothed(i, w_max[i].unsqueeze(0));
+        weight_amax[i] = layers[i].weight.quantizer()->compute_amax(columns).reshape(weight_amax[i].sizes());
       }
     }
     const at::Tensor factor = 1 / s[i];

@@ -26,19 +26,21 @@ struct SmoothQuantResult {
 // where a_max is the channel's absolute maximum over the calibration data and w_max the
 // column's over the weight. The input quantizer multiplies its input by s
 // (`input_quantizer._pre_quant_scale`), the weight is divided by s in place, the weight amax
-// is taken again from the smoothed weight, and the input quantizer goes back to one scale
-// per tensor with amax = max(a_max * s). Every other enabled quantizer is max-calibrated.
+// is that of the smoothed weight, and the input quantizer goes back to one scale per tensor
+// with amax = max(a_max * s). Every other enabled quantizer is max-calibrated.
 //
-// Collective like calibrate_max: activation maxima are combined over `communicator` (the
-// data-parallel ranks) and, for layers split over a tensor-parallel group, every statistic
-// that a rank holds only part of (a_max and w_max of a column-parallel layer, the per-tensor
-// input amax and per-row weight amax of a row-parallel one) is combined over the group, one
-// fused all-reduce per group per step. So any data-parallel split gives bit-identical state,
-// and any tensor-parallel split the same up to the forward pass's own rounding.
+// Collective like calibrate_max, and no more: activation maxima are combined over
+// `communicator` (the data-parallel ranks) and, for layers split over a tensor-parallel
+// group, every statistic that a rank holds only part of (w_max of a column-parallel layer,
+// the per-tensor input amax and per-row weight amax of a row-parallel one) travels in max
+// calibration's one reduction over the group; a column-parallel layer's per-tensor weight
+// amax then follows from the reduced column maxima exactly. So any data-parallel split gives
+// bit-identical state, and any tensor-parallel split the same up to the forward pass's own
+// rounding.
 //
 // Throws ApplyModeError before changing anything if an enabled input quantizer sits on a
-// layer SmoothQuant cannot smooth (not an nn.Linear, or not 8-bit integers on both input and
-// weight), naming the layer; and as calibrate_max does.
+// layer SmoothQuant cannot smooth (not an nn.Linear, not 8-bit integers on both input and
+// weight, or a block-wise weight), naming the layer; and as calibrate_max does.
 SmoothQuantResult calibrate_smoothquant(torch::nn::Module& model, const ForwardLoop* forward_loop,
                                         Communicator* communicator, double alpha);
 

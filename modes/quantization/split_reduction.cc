@@ -37,12 +37,17 @@ void SplitReduction::add(nn::DynamicLayer* layer, at::Tensor* tensor, ReduceOp o
 
 void SplitReduction::run() {
   for (Group& group : groups_) {
-    // One buffer in the widest dtype of the group (at::cat promotes), each part cast back.
-    std::vector<at::Tensor> flat;
-    for (const Entry& entry : group.entries) flat.push_back(entry.tensor->reshape({-1}));
-    at::Tensor buffer = at::cat(flat);
+    // One buffer in the group's dtype, or float64 if its tensors differ; each part cast back.
+    const at::ScalarType first_type = group.entries.front().tensor->scalar_type();
+    const bool one_type = std::all_of(group.entries.begin(), group.entries.end(),
+                                      [&](const Entry& entry) { return entry.tensor->scalar_type() == first_type; });
     const bool one_op = std::all_of(group.entries.begin(), group.entries.end(),
                                     [&](const Entry& entry) { return entry.op == group.entries.front().op; });
+    std::vector<at::Tensor> flat;
+    for (const Entry& entry : group.entries) {
+      flat.push_back(entry.tensor->reshape({-1}).to(one_type ? first_type : at::kDouble));
+    }
+    at::Tensor buffer = at::cat(flat);
     std::vector<at::Tensor> gathered;
     if (one_op) {
       group.communicator->all_reduce(buffer, group.entries.front().op);
@@ -56,8 +61,10 @@ void SplitReduction::run() {
       if (one_op) {
         reduced = buffer.narrow(0, at, n);
       } else {
-        reduced = gathered[0].narrow(0, at, n);
-        for (size_t r = 1; r < gathered.size(); ++r) reduced = combine(reduced, gathered[r].narrow(0, at, n), entry.op);
+        reduced = gathered[0].narrow(0, at, n).to(at::kDouble);
+        for (size_t r = 1; r < gathered.size(); ++r) {
+          reduced = combine(reduced, gathered[r].narrow(0, at, n).to(at::kDouble), entry.op);
+        }
       }
       *entry.tensor = reduced.reshape(entry.tensor->sizes()).to(entry.tensor->scalar_type()).clone();
       at += n;

@@ -30,7 +30,8 @@ class SplitReduction {
 
   // Reduces every added tensor over its group and writes the result back (same dtype and
   // shape), groups in order of their first layer. A group whose tensors share one op gets
-  // one all-reduce; one with several ops one all-gather, reduced here in rank order.
+  // one all-reduce; one with several ops one all-gather, combined here in rank order, in
+  // float64. Tensors of different dtypes travel as float64 (integers exactly below 2^53).
   // Collective over each group.
   void run();
 

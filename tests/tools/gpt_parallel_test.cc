@@ -118,20 +118,21 @@ TEST_F(GptParallelTest, OneTrainingStepAtTwoByTwoEqualsTheSingleProcessStep) {
 }
 
 // Saves a GPT (seed 3) on `from` and restores it on `to` into a GPT of other weights (seed
-// 9); every rank of `to` must then hold exactly its slices of the seed-3 model.
-void round_trip(const std::string& dir, std::shared_ptr<Mesh> from, std::shared_ptr<Mesh> to) {
+// 9), both with a tied head if `tied`; every rank of `to` must then hold exactly its slices
+// of the seed-3 model.
+void round_trip(const std::string& dir, std::shared_ptr<Mesh> from, std::shared_ptr<Mesh> to, bool tied = false) {
   const std::string where = dir + ": " + (from ? from->describe() : "-") + " -> " + (to ? to->describe() : "-");
   if (from) {
-    zoo::Gpt saved(small_gpt(from));
+    zoo::Gpt saved(small_gpt(from).tie_embeddings(tied));
     save(*saved, dir, {from->world()});
   }
   world()->barrier();
   if (to) {
-    zoo::Gpt target(small_gpt(to, /*seed=*/9));
+    zoo::Gpt target(small_gpt(to, /*seed=*/9).tie_embeddings(tied));
     RestoreOptions options;
     options.communicator = to->world();
     ModulePtr restored = restore(target, dir, options);
-    zoo::Gpt reference(small_gpt(solo()));
+    zoo::Gpt reference(small_gpt(solo()).tie_embeddings(tied));
     expect_slices_of(*restored, *reference, where);
     EXPECT_TRUE(at::allclose(std::dynamic_pointer_cast<zoo::GptImpl>(restored)->forward(tokens(2)),
                              reference->forward(tokens(2)), kTolerance, kTolerance))
@@ -151,6 +152,8 @@ TEST_F(GptParallelTest, CheckpointsRestoreOnAnyMesh) {
   round_trip(base + "/d", Mesh::create(world(), 2), sub(3, 1));  // (2,2) -> (3,1)
   round_trip(base + "/e", sub(2, 2), Mesh::create(world(), 2));  // (1,2) -> (2,2)
   round_trip(base + "/f", Mesh::create(world(), 2), Mesh::create(world(), 4));  // (2,2) -> (1,4)
+  round_trip(base + "/g", Mesh::create(world(), 2), sub(1, 1), /*tied=*/true);  // (2,2) -> (1,1)
+  round_trip(base + "/h", sub(1, 1), Mesh::create(world(), 4), /*tied=*/true);  // (1,1) -> (1,4)
 }
 
 TEST_F(GptParallelTest, ASparseGptSavedAtTwoByTwoRestoresOnOneRankAndOnTp4) {
@@ -293,6 +296,20 @@ Calibrated calibrate_on(const std::shared_ptr<Mesh>& mesh, const zoo::GptOptions
   const std::string where = algorithm + " at " + mesh->describe();
   EXPECT_EQ(dp.stats().collectives, passes) << where;
   EXPECT_EQ(tp.stats().collectives, passes * per_loop + (mesh->tp_size() > 1 ? passes + search : 0)) << where;
+  // SmoothQuant and AWQ-lite leave every weight amax that of the smoothed weight, exactly,
+  // over the whole layer where the layer reports it whole (a column-parallel layer's one
+  // per tensor comes from its column maxima).
+  if (algorithm != "awq_full") {
+    for (const auto& slot : quantization::quantized_slots(*model)) {
+      if (slot.slot != nn::Slot::kWeight || !slot.quantizer()->attributes().enable()) continue;
+      at::Tensor expected = slot.quantizer()->compute_amax(slot.weight().detach());
+      const auto* split = dynamic_cast<const SplitModule*>(slot.layer);
+      if (mesh->tp_size() > 1 && !split->slice_of("weight_quantizer._amax", expected)) {
+        tp.all_reduce(expected, ReduceOp::kMax);
+      }
+      EXPECT_TRUE(at::equal(slot.quantizer()->amax(), expected)) << where << ": " << slot.name;
+    }
+  }
   return out;
 }
 

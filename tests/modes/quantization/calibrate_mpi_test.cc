@@ -192,6 +192,17 @@ TEST_F(CalibrateMpiTest, ASplitReductionIsOneCollectivePerGroupWhateverItsOps) {
   EXPECT_TRUE(at::equal(maxima, at::tensor({3.0f, 0.0f})));
   EXPECT_TRUE(at::equal(sums, at::tensor({7.0, 4.0}, at::kDouble)));
   EXPECT_TRUE(at::equal(minima, at::full({2, 1}, 7.0f)));
+  // Integers of a mixed group travel as float64: exact below 2^53.
+  at::Tensor counts = at::tensor({(int64_t{1} << 40) + rank}, at::kLong);
+  at::Tensor flag = at::tensor({r}, at::kFloat);
+  SplitReduction typed;
+  typed.add(layer.get(), &counts, ReduceOp::kSum);
+  typed.add(layer.get(), &flag, ReduceOp::kMax);
+  typed.run();
+  EXPECT_EQ(counts.scalar_type(), at::kLong);
+  EXPECT_EQ(counts.item<int64_t>(), (int64_t{1} << 42) + 6);
+  EXPECT_EQ(flag.scalar_type(), at::kFloat);
+  EXPECT_EQ(flag.item<float>(), 3.0f);
   // A layer on one rank reduces nothing.
   nn::ColumnParallelLinear alone(nn::ColumnParallelLinearOptions(4, 8).tp(comm->split(rank, 0)));
   at::Tensor mine = at::tensor({r});

@@ -166,6 +166,17 @@ TEST(SmoothQuantTest, RefusesLayersItCannotSmooth) {
     EXPECT_NE(std::string(e.what()).find("smoothquant: layer fc1 (nn.Linear) cannot be smoothed"), std::string::npos)
         << e.what();
   }
+  // Block-wise weights.
+  const std::string blocks = R"({"quant_cfg": {"*weight_quantizer": {"num_bits": 8, "block_sizes": {"-1": 4}},
+      "*input_quantizer": {"num_bits": 8}}, "algorithm": "smoothquant"})";
+  try {
+    quantize(mlp_like().build(), blocks, loop_over(2));
+    FAIL() << "block-wise weights were smoothed";
+  } catch (const ApplyModeError& e) {
+    EXPECT_NE(std::string(e.what()).find("smoothquant: layer fc1 (nn.Linear) cannot be smoothed"), std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("no blocks"), std::string::npos) << e.what();
+  }
   // A convolution.
   try {
     quantize(ModelLike("test_cnn", {{"seed", 1}}).build(), "int8_smoothquant", [](torch::nn::Module& m) {
