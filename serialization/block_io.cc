@@ -196,11 +196,12 @@ void read_band_into(const File& file, const TensorRecord& record, const std::vec
     char* target = direct ? dest + offset_in(dest_rect, run.row, run.col, element_size) : nullptr;
     for (uint64_t done = 0; done < size; done += kBounceBufferBytes) {
       const size_t n = static_cast<size_t>(std::min<uint64_t>(kBounceBufferBytes, size - done));
-      const char* buffer = direct ? target + done : bounce;
+      char* to = direct ? target + done : bounce;
+      const char* buffer = to;
       if (rows == nullptr) {
-        file.read_at(direct ? target + done : bounce, n, at + done);
+        file.read_at(to, n, at + done);
       } else if (direct) {
-        std::memcpy(target + done, rows->at(at + done), n);
+        std::memcpy(to, rows->at(at + done), n);
       } else {
         buffer = rows->at(at + done);
       }

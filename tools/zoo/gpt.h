@@ -25,7 +25,8 @@ namespace zoo {
 // tensor-parallel size must divide heads and vocab.
 struct GptOptions {
   // Reads the model-like arguments {"vocab", "width", "depth", "heads", "context", "seed",
-  // "tie_embeddings"}, all optional. Throws mto::ConfigError on an unknown key or a value of the wrong type.
+  // "tie_embeddings"}, all optional. Throws mto::ConfigError on an unknown key or a value of
+  // the wrong type.
   static GptOptions from_json(const nlohmann::json& args);
 
   // Number of distinct tokens.
