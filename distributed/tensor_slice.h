@@ -43,4 +43,12 @@ class SplitModule {
   virtual const std::shared_ptr<Communicator>& split_group() const = 0;
 };
 
+// `object` as a SplitModule split over more than one rank, or nullptr: not split, or split
+// over a group of one rank (whose tensors are whole).
+template <typename T>
+const SplitModule* split_over_ranks(const T* object) {
+  const auto* split = dynamic_cast<const SplitModule*>(object);
+  return split != nullptr && split->split_group()->world_size() > 1 ? split : nullptr;
+}
+
 }  // namespace mto

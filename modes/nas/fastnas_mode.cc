@@ -22,8 +22,7 @@ constexpr char kMetadata[] = "metadata of mode 'fastnas'";
 // measured and cut by its local width. Throws ApplyModeError naming the first such layer.
 void refuse_split_layers(torch::nn::Module& model) {
   for (const auto& [name, layer] : nn::named_dynamic_layers(model)) {
-    const auto* split = dynamic_cast<const SplitModule*>(layer);
-    if (split != nullptr && split->split_group()->world_size() > 1) {
+    if (const SplitModule* split = split_over_ranks(layer)) {
       throw ApplyModeError(absl::StrCat("fastnas: layer ", name, " is split over ", split->split_group()->world_size(),
                                         " tensor-parallel ranks; fastnas searches whole layers only (apply it at tp = 1)"));
     }

@@ -230,7 +230,7 @@ std::vector<std::unique_ptr<LayerProbe>> searched_layers(torch::nn::Module& mode
     probe->name = entry.name;
     probe->layer = linear;
     probe->params = linear->weight.numel();
-    if (const auto* split = dynamic_cast<const SplitModule*>(entry.layer); split && split->split_group()->world_size() > 1) {
+    if (const SplitModule* split = split_over_ranks(entry.layer)) {
       probe->split = split;
       probe->tp = split->split_group().get();
       const std::optional<TensorSlice> slice = split->slice_of("weight", linear->weight);

@@ -106,8 +106,8 @@ std::vector<SplitGroup> split_groups(const std::vector<QuantizerSlot>& slots,
                                      const std::vector<std::vector<int64_t>>& shapes) {
   std::vector<SplitGroup> out;
   for (size_t i = 0; i < slots.size(); ++i) {
-    const auto* split = dynamic_cast<const SplitModule*>(slots[i].layer);
-    if (split == nullptr || split->split_group()->world_size() == 1) continue;
+    const SplitModule* split = split_over_ranks(slots[i].layer);
+    if (split == nullptr) continue;
     Communicator* group = split->split_group().get();
     auto it = std::find_if(out.begin(), out.end(), [&](const SplitGroup& g) { return g.group == group; });
     if (it == out.end()) it = out.insert(out.end(), {slots[i].layer, group, {}});

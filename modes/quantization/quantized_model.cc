@@ -124,9 +124,8 @@ void check_attributes_fit(const QuantizerSlot& slot, const QuantizerAttributes& 
                         " dimensions"));
     }
     // Blocks along a dimension split over ranks must not straddle two ranks' slices.
-    const auto* split = dynamic_cast<const SplitModule*>(slot.layer);
-    if (attributes.enable() && attributes.block_size() > 0 && split != nullptr &&
-        split->split_group()->world_size() > 1) {
+    const SplitModule* split = split_over_ranks(slot.layer);
+    if (attributes.enable() && attributes.block_size() > 0 && split != nullptr) {
       const int64_t axis = attributes.block_axis() < 0 ? attributes.block_axis() + dim : attributes.block_axis();
       const auto weight_slice = split->slice_of("weight", slot.weight());
       const int64_t local = slot.weight().size(axis);

@@ -54,12 +54,6 @@ std::vector<SmoothedLayer> smoothed_layers(torch::nn::Module& model) {
   return out;
 }
 
-// The layer as split over a tensor-parallel group of more than one rank, or nullptr.
-const SplitModule* split_over_ranks(const SmoothedLayer& layer) {
-  const auto* split = dynamic_cast<const SplitModule*>(layer.input.layer);
-  return split != nullptr && split->split_group()->world_size() > 1 ? split : nullptr;
-}
-
 }  // namespace
 
 SmoothQuantResult calibrate_smoothquant(torch::nn::Module& model, const ForwardLoop* forward_loop,
@@ -101,7 +95,7 @@ SmoothQuantResult calibrate_smoothquant(torch::nn::Module& model, const ForwardL
     a_max[i] = calibration.failed() ? at::zeros({layers[i].input.feature_size()}, at::kFloat)
                                     : calibration.amax(layers[i].input.quantizer()).to(at::kFloat);
     w_max[i] = layers[i].weight.weight().detach().abs().to(at::kFloat).amax(0);
-    const SplitModule* split = split_over_ranks(layers[i]);
+    const SplitModule* split = split_over_ranks(layers[i].input.layer);
     nn::DynamicLayer* layer = layers[i].input.layer;
     column_maxima_first[i] = split != nullptr && !split->slice_of("input_quantizer._amax", a_max[i]);
     if (column_maxima_first[i]) {
@@ -125,7 +119,7 @@ SmoothQuantResult calibrate_smoothquant(torch::nn::Module& model, const ForwardL
       // the same whole tensor).
       a_max[i] = layers[i].input.quantizer()->amax().to(at::kFloat);
       smooth(i);
-      if (!split_over_ranks(layers[i])->slice_of("weight_quantizer._amax", weight_amax[i])) {
+      if (!split_over_ranks(layers[i].input.layer)->slice_of("weight_quantizer._amax", weight_amax[i])) {
         const at::Tensor columns = smoothed(i, w_max[i].unsqueeze(0));
         weight_amax[i] = layers[i].weight.quantizer()->compute_amax(columns).reshape(weight_amax[i].sizes());
       }

@@ -26,8 +26,8 @@ at::Tensor combine(const at::Tensor& a, const at::Tensor& b, ReduceOp op) {
 }  // namespace
 
 void SplitReduction::add(nn::DynamicLayer* layer, at::Tensor* tensor, ReduceOp op) {
-  const auto* split = dynamic_cast<const SplitModule*>(layer);
-  if (split == nullptr || split->split_group()->world_size() == 1) return;
+  const SplitModule* split = split_over_ranks(layer);
+  if (split == nullptr) return;
   Communicator* communicator = split->split_group().get();
   auto it = std::find_if(groups_.begin(), groups_.end(),
                          [&](const Group& group) { return group.communicator == communicator; });
