@@ -36,14 +36,14 @@ struct ClipLayer : AwqTarget {
 std::vector<ClipLayer> clip_layers(torch::nn::Module& model) {
   std::vector<ClipLayer> out;
   for (AwqTarget& target : awq_targets(model, kMethod)) {
-    const QuantizerAttributes& attributes = target.weight_quantizer->attributes();
-    if (attributes.block_size() <= 0 || (attributes.block_axis() != -1 && attributes.block_axis() != 1)) {
+    const int64_t block = input_block_size(target);
+    if (block == 0) {
       throw ApplyModeError(absl::StrCat(kMethod, ": ", target.weight_quantizer->quantizer_name(),
                                         " has no blocks along the input features; awq_clip searches a clip ratio "
                                         "per block (block_sizes {-1: N}), disable it or use awq_lite"));
     }
     ClipLayer layer(std::move(target));
-    layer.block = attributes.block_size();
+    layer.block = block;
     layer.blocks = (layer.in + layer.block - 1) / layer.block;
     out.push_back(std::move(layer));
   }
@@ -86,8 +86,7 @@ std::vector<double> clip_ratios(const AwqClipOptions& options) {
 // at a time; sets the weight amax to it and returns the ratios [rows, blocks].
 at::Tensor search_ratios(const ClipLayer& layer, const std::vector<double>& ratios, int64_t rows_at_a_time) {
   const at::Tensor weight = layer.weight_slot.weight().detach().to(at::kFloat);
-  auto probe = std::make_shared<TensorQuantizerImpl>(layer.weight_quantizer->quantizer_name(),
-                                                     layer.weight_quantizer->attributes(), /*keepdim_amax=*/true);
+  const std::shared_ptr<TensorQuantizerImpl> probe = weight_probe(layer);
   const at::Tensor amax = probe->compute_amax(weight);  // [rows, blocks, 1]
   const int64_t rows = weight.size(0);
   at::Tensor chosen = at::ones({rows, layer.blocks}, at::kFloat);

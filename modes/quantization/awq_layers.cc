@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <memory>
 #include <optional>
 #include <utility>
 
@@ -72,8 +73,7 @@ std::vector<AwqTarget> awq_targets(torch::nn::Module& model, const std::string& 
     const at::Tensor weight = slot.weight();
     layer.rows = weight.size(0);
     layer.in = weight.size(1);
-    const auto* split = dynamic_cast<const SplitModule*>(slot.layer);
-    if (split != nullptr && split->split_group()->world_size() > 1) {
+    if (const SplitModule* split = split_over_ranks(slot.layer)) {
       // The weight's split dimension says which features are split: its columns are the
       // input features (then `input_quantizer._pre_quant_scale` is a slice as well), its
       // rows the output features (then the input is whole on every rank).
@@ -125,14 +125,27 @@ std::vector<nn::DynamicLayer*> split_group_layers(torch::nn::Module& model) {
   std::vector<nn::DynamicLayer*> out;
   std::vector<const Communicator*> seen;
   for (const auto& [name, layer] : nn::named_dynamic_layers(model)) {
-    const auto* split = dynamic_cast<const SplitModule*>(layer);
-    if (split == nullptr || split->split_group()->world_size() == 1) continue;
+    const SplitModule* split = split_over_ranks(layer);
+    if (split == nullptr) continue;
     const Communicator* group = split->split_group().get();
     if (std::find(seen.begin(), seen.end(), group) != seen.end()) continue;
     seen.push_back(group);
     out.push_back(layer);
   }
   return out;
+}
+
+int64_t input_block_size(const AwqTarget& layer) {
+  const QuantizerAttributes& attributes = layer.weight_quantizer->attributes();
+  if (attributes.block_size() > 0 && (attributes.block_axis() == -1 || attributes.block_axis() == 1)) {
+    return attributes.block_size();
+  }
+  return 0;
+}
+
+std::shared_ptr<TensorQuantizerImpl> weight_probe(const AwqTarget& layer) {
+  return std::make_shared<TensorQuantizerImpl>(layer.weight_quantizer->quantizer_name(),
+                                               layer.weight_quantizer->attributes(), /*keepdim_amax=*/true);
 }
 
 bool reported_whole(const AwqTarget& layer, const std::string& key, const at::Tensor& local) {

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -55,6 +56,14 @@ std::string layer_names(const std::vector<Layer>& layers);
 // split over, in module order: every rank of such a group joins its collectives, so a
 // failure flag sent over it reaches them all.
 std::vector<nn::DynamicLayer*> split_group_layers(torch::nn::Module& model);
+
+// The weight quantizer's block size along the input features, 0 if it has no blocks there
+// (Model Optimizer reads block_sizes[-1] or block_sizes[1]).
+int64_t input_block_size(const AwqTarget& layer);
+
+// A quantizer with the layer's weight quantizer's name and attributes (its amax keeping the
+// weight's dimensions), to try amaxes on without touching that quantizer.
+std::shared_ptr<TensorQuantizerImpl> weight_probe(const AwqTarget& layer);
 
 // Whether the tensor `key` of `layer` is reported whole by a layer split over ranks, while
 // each rank computes it from its slice (so the ranks must share it).

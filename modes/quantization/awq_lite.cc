@@ -73,16 +73,6 @@ std::vector<double> alpha_grid(double step) {
   return out;
 }
 
-// The weight quantizer's block size along the input features, 0 if it has no blocks there
-// (Model Optimizer reads block_sizes[-1] or block_sizes[1]).
-int64_t input_block_size(const AwqLayer& layer) {
-  const QuantizerAttributes& attributes = layer.weight_quantizer->attributes();
-  if (attributes.block_size() > 0 && (attributes.block_axis() == -1 || attributes.block_axis() == 1)) {
-    return attributes.block_size();
-  }
-  return 0;
-}
-
 // |W| in float32 as [out, blocks, block], zero-padded to whole blocks; one block per row
 // when the weight quantizer has no blocks along the input features.
 at::Tensor weight_blocks(const AwqLayer& layer) {
@@ -276,8 +266,7 @@ AwqLiteResult calibrate_awq_lite(torch::nn::Module& model, const ForwardLoop* fo
   for (size_t i = 0; i < layers.size(); ++i) {
     AwqLayer& layer = layers[i];
     const at::Tensor weight = layer.weight_slot.weight().detach().to(at::kFloat);
-    layer.probe = std::make_shared<TensorQuantizerImpl>(layer.weight_quantizer->quantizer_name(),
-                                                        layer.weight_quantizer->attributes(), /*keepdim_amax=*/true);
+    layer.probe = weight_probe(layer);
     layer.weight_amax.resize(alphas.size());
     for (int64_t a = 0; a < alpha_count; ++a) {
       const at::Tensor largest = extremes[i][a][0];
