@@ -91,31 +91,6 @@ std::vector<at::Tensor> local_amax(const std::vector<QuantizerSlot>& slots,
   return amax;
 }
 
-// A tensor-parallel group that split layers of the model are split over: one of its layers
-// (every rank of the group joins its collectives), and the quantizers whose amax its ranks
-// must share: those a layer reports whole (a per-tensor amax of a split weight or input, a
-// per-channel amax of a row-parallel weight) while each rank saw only its slice.
-struct SplitGroup {
-  nn::DynamicLayer* layer;
-  Communicator* group;
-  std::vector<size_t> shared;
-};
-
-// Every group of more than one rank that a quantized layer is split over, in module order.
-std::vector<SplitGroup> split_groups(const std::vector<QuantizerSlot>& slots,
-                                     const std::vector<std::vector<int64_t>>& shapes) {
-  std::vector<SplitGroup> out;
-  for (size_t i = 0; i < slots.size(); ++i) {
-    const SplitModule* split = split_over_ranks(slots[i].layer);
-    if (split == nullptr) continue;
-    Communicator* group = split->split_group().get();
-    auto it = std::find_if(out.begin(), out.end(), [&](const SplitGroup& g) { return g.group == group; });
-    if (it == out.end()) it = out.insert(out.end(), {slots[i].layer, group, {}});
-    if (!split->slice_of(slots[i].transform + "._amax", at::empty(shapes[i]))) it->shared.push_back(i);
-  }
-  return out;
-}
-
 }  // namespace
 
 MaxCalibration::MaxCalibration(torch::nn::Module& model, const ForwardLoop* forward_loop,
@@ -141,21 +116,29 @@ MaxCalibration::MaxCalibration(torch::nn::Module& model, const ForwardLoop* forw
     shapes.push_back(amax_shape(slot));
     offsets.push_back(offsets.back() + c10::multiply_integers(shapes.back()));
   }
-  const std::vector<SplitGroup> groups = split_groups(slots_, shapes);
-  const int64_t total = offsets.back() + 2 * static_cast<int64_t>(groups.size()) + 1;
+  // The tensor-parallel groups, and the amax their ranks share.
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    const SplitModule* split = split_over_ranks(slots_[i].layer);
+    if (split == nullptr) continue;
+    Communicator* group = split->split_group().get();
+    auto it = std::find_if(groups_.begin(), groups_.end(), [&](const SplitGroup& g) { return g.group == group; });
+    if (it == groups_.end()) it = groups_.insert(groups_.end(), {slots_[i].layer, group, {}});
+    if (!split->slice_of(slots_[i].transform + "._amax", at::empty(shapes[i]))) it->shared.push_back(i);
+  }
+  const int64_t total = offsets.back() + 2 * static_cast<int64_t>(groups_.size()) + 1;
   at::Tensor buffer = at::full({total}, -1.0f, at::kFloat);
   for (size_t i = 0; i < slots_.size(); ++i) {
     if (amax[i].defined()) buffer.narrow(0, offsets[i], offsets[i + 1] - offsets[i]).copy_(amax[i].reshape({-1}));
   }
-  for (size_t g = 0; g < groups.size(); ++g) {
-    buffer[offsets.back() + 2 * g] = static_cast<float>(groups[g].group->rank());
-    buffer[offsets.back() + 2 * g + 1] = -static_cast<float>(groups[g].group->rank());
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    buffer[offsets.back() + 2 * g] = static_cast<float>(groups_[g].group->rank());
+    buffer[offsets.back() + 2 * g + 1] = -static_cast<float>(groups_[g].group->rank());
   }
   const int rank = communicator != nullptr ? communicator->rank() : 0;
   buffer[total - 1] = own_failure_ ? static_cast<float>(rank + 1) : 0.0f;
   if (communicator != nullptr) communicator->all_reduce(buffer, ReduceOp::kMax);
   failed_rank_ = static_cast<int>(buffer[total - 1].item<float>()) - 1;
-  for (size_t g = 0; g < groups.size(); ++g) {
+  for (size_t g = 0; g < groups_.size(); ++g) {
     const float highest = buffer[offsets.back() + 2 * g].item<float>();
     const float lowest = -buffer[offsets.back() + 2 * g + 1].item<float>();
     if (highest != lowest) {
@@ -181,14 +164,11 @@ void MaxCalibration::finish() {
   // Per split group, the amax its ranks must share, with the algorithm's own statistics and
   // a flag saying whether a replica failed, so that no rank of the group goes on alone (even
   // with nothing to share): one MAX per group, or one gather where an algorithm sums.
-  std::vector<std::vector<int64_t>> shapes;
-  for (const QuantizerSlot& slot : slots_) shapes.push_back(amax_shape(slot));
-  const std::vector<SplitGroup> groups = split_groups(slots_, shapes);
-  std::vector<at::Tensor> flags(groups.size());
-  for (size_t g = 0; g < groups.size(); ++g) {
-    for (size_t i : groups[g].shared) split_.add(groups[g].layer, &amax_[i], ReduceOp::kMax);
+  std::vector<at::Tensor> flags(groups_.size());
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    for (size_t i : groups_[g].shared) split_.add(groups_[g].layer, &amax_[i], ReduceOp::kMax);
     flags[g] = at::full({1}, failed() ? 1.0f : 0.0f, at::kFloat);
-    split_.add(groups[g].layer, &flags[g], ReduceOp::kMax);
+    split_.add(groups_[g].layer, &flags[g], ReduceOp::kMax);
   }
   split_.run();
   bool failed_elsewhere = false;

@@ -82,7 +82,18 @@ class MaxCalibration {
   void finish();
 
  private:
+  // A tensor-parallel group that split layers of the model are split over: one of its
+  // layers (every rank of the group joins its collectives), and the quantizers whose amax its
+  // ranks must share: those a layer reports whole (a per-tensor amax of a split weight or
+  // input, a per-channel amax of a row-parallel weight) while each rank saw only its slice.
+  struct SplitGroup {
+    nn::DynamicLayer* layer;
+    Communicator* group;
+    std::vector<size_t> shared;
+  };
+
   std::vector<QuantizerSlot> slots_;
+  std::vector<SplitGroup> groups_;  // every group of more than one rank, in module order
   std::vector<at::Tensor> amax_;
   std::exception_ptr own_failure_;
   int failed_rank_ = -1;
