@@ -14,6 +14,8 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "distributed/distributed_error.h"
 #include "distributed/gpu.h"
 #include "distributed/local_backend.h"
 #include "distributed/mpi_backend.h"
@@ -193,6 +195,52 @@ TEST_F(BackendTest, TwoCommunicatorsRunCollectivesFromTwoThreads) {
   EXPECT_EQ(foreground_wrong, 0);
   EXPECT_EQ(background_wrong, 0);
   b.barrier(kTimeout);
+}
+
+// NCCL only (one GPU): an init whose peer never comes fails within its timeout, naming the
+// rank and the wait, instead of hanging.
+TEST(NcclBackendTest, InitWithAMissingPeerTimesOut) {
+  if (!nccl_requested()) GTEST_SKIP() << "needs MTO_BACKEND=nccl and a GPU";
+  const auto timeout = std::chrono::milliseconds(3000);
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    NcclBackend::create(NcclBackend::new_unique_id(), 0, 2, 0, timeout);
+    FAIL() << "init of rank 0 of 2 succeeded without rank 1";
+  } catch (const DistributedError& e) {
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::cout << "missing peer: " << e.what() << " (after " << seconds << " s)\n";
+    EXPECT_NE(std::string(e.what()).find("NCCL init failed on rank 0 of 2"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("did not join within 3 s"), std::string::npos);
+    EXPECT_LT(seconds, 30.0);
+  }
+}
+
+// NCCL only: two ranks of one communicator on the same GPU are refused by NCCL; both fail
+// with an error that says so, and neither hangs. (mto's world never picks NCCL for ranks
+// without a GPU of their own; this is what a user who forces it sees.)
+TEST(NcclBackendTest, TwoRanksOnOneGpuFailClearly) {
+  if (!nccl_requested()) GTEST_SKIP() << "needs MTO_BACKEND=nccl and a GPU";
+  const std::string id = NcclBackend::new_unique_id();
+  std::string errors[2];
+  std::thread peer([&] {
+    try {
+      NcclBackend::create(id, 1, 2, 0, std::chrono::milliseconds(20000));
+    } catch (const DistributedError& e) {
+      errors[1] = e.what();
+    }
+  });
+  try {
+    NcclBackend::create(id, 0, 2, 0, std::chrono::milliseconds(20000));
+  } catch (const DistributedError& e) {
+    errors[0] = e.what();
+  }
+  peer.join();
+  for (int r = 0; r < 2; ++r) {
+    std::cout << "rank " << r << " on a shared GPU: " << errors[r] << "\n";
+    EXPECT_NE(errors[r].find(absl::StrCat("NCCL init failed on rank ", r, " of 2")), std::string::npos)
+        << errors[r];
+  }
 }
 
 }  // namespace
