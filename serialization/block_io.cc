@@ -180,32 +180,17 @@ void read_band_into(const File& file, const TensorRecord& record, const std::vec
   char* dest = static_cast<char*>(dest_data);
   char* bounce = bounce_buffer();
   BandHash hash(band);
-  // A band narrower than its tensor's rows (a column slice) is read through a mapping of its
-  // rows, where a pread per row piece costs a system call and a page cache lookup each time.
-  std::unique_ptr<FileMapping> rows;
-  if (span.cols() < cols && span.rows() > 1) {
-    const uint64_t row_bytes = cols * element_size;
-    rows = std::make_unique<FileMapping>(file, record.offset() + span.row_begin * row_bytes,
-                                         span.rows() * row_bytes, FileMapping::Access::kRead);
-  }
   for_each_run(span, cols, [&](const Run& run) {
     const uint64_t at = record.offset() + (run.row * cols + run.col) * element_size;
     const uint64_t size = run.width * run.rows * element_size;
-    // Straight into the destination when the run is contiguous there too.
+    // One copy per chunk when the run is contiguous in the destination too.
     const bool direct = inside && (run.rows == 1 || dest_rect.cols() == run.width);
     char* target = direct ? dest + offset_in(dest_rect, run.row, run.col, element_size) : nullptr;
     for (uint64_t done = 0; done < size; done += kBounceBufferBytes) {
       const size_t n = static_cast<size_t>(std::min<uint64_t>(kBounceBufferBytes, size - done));
-      char* to = direct ? target + done : bounce;
-      const char* buffer = to;
-      if (rows == nullptr) {
-        file.read_at(to, n, at + done);
-      } else if (direct) {
-        std::memcpy(to, rows->at(at + done), n);
-      } else {
-        buffer = rows->at(at + done);
-      }
-      for_each_segment(run, done / element_size, n / element_size, buffer, element_size,
+      file.read_at(bounce, n, at + done);
+      if (direct) std::memcpy(target + done, bounce, n);
+      for_each_segment(run, done / element_size, n / element_size, bounce, element_size,
                        [&](uint64_t row, uint64_t col, uint64_t col_end, const char* data) {
                          hash.update(col, col_end, data, element_size);
                          if (direct || row < dest_rect.row_begin || row >= dest_rect.row_end) return;

@@ -31,13 +31,13 @@ std::vector<Block> write_slice(File& file, uint64_t tensor_offset, uint64_t cols
 // same rows, adjacent columns, ascending), checks each block's XXH3-64, and copies the
 // elements they share with `dest_rect` into `dest`: the elements of `dest_rect`, contiguous
 // and row-major. The band's bytes are read once, a row (or a run of whole rows) at a time,
-// straight into `dest` where they are contiguous on both sides; a band narrower than its
-// tensor's rows is copied from a read-only mapping of its rows instead (about 10 % faster
-// restoring the 3 GiB GPT at tp 4, whose row-parallel slices are 65 k row pieces a rank), so
-// the file must not shrink meanwhile (checkpoint files are checked against the manifest's
-// sizes when opened). Elements of `dest` outside the band are left alone. Throws
-// CheckpointError naming the file, the tensor and the block's rows and columns on a checksum
-// mismatch or a short read; `dest` then holds undefined values.
+// by pread into the thread's bounce buffer, hashed there and copied out. Not straight into
+// `dest`, nor from a mapping of the file: where the kernel's first access to a user page
+// costs a page fault's price (the VMs measured in bounce_buffer.h), either made restoring
+// the GPT at tp 4 5x slower (tools/bench/gpt_checkpoint_bench.sh). Elements of `dest`
+// outside the band are left alone. Throws CheckpointError naming the file, the tensor and
+// the block's rows and columns on a checksum mismatch or a short read; `dest` then holds
+// undefined values.
 void read_band_into(const File& file, const TensorRecord& record, const std::vector<Block>& band,
                     const Rect& dest_rect, void* dest);
 

@@ -126,12 +126,11 @@ bool File::reserve(uint64_t offset, uint64_t size) {
       io_error_message(absl::StrCat("cannot reserve bytes ", offset, " to ", offset + size, " of"), path_, errno));
 }
 
-FileMapping::FileMapping(const File& file, uint64_t offset, uint64_t size, Access access) {
+FileMapping::FileMapping(const File& file, uint64_t offset, uint64_t size) {
   const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
   start_ = offset / page * page;
   length_ = static_cast<size_t>(offset + size - start_);
-  const int protection = access == Access::kRead ? PROT_READ : PROT_READ | PROT_WRITE;
-  void* base = ::mmap(nullptr, length_, protection, MAP_SHARED, file.fd(), static_cast<off_t>(start_));
+  void* base = ::mmap(nullptr, length_, PROT_READ | PROT_WRITE, MAP_SHARED, file.fd(), static_cast<off_t>(start_));
   if (base == MAP_FAILED) {
     throw CheckpointError(
         io_error_message(absl::StrCat("cannot map bytes ", offset, " to ", offset + size, " of"), file.path(), errno));
