@@ -149,22 +149,35 @@ SaveHandle save_async(torch::nn::Module& model, const std::string& dir, const Sa
     return SaveHandle(save);
   }
   save->background = background_of(comm);
-  save->planned = plan_save(model, dir, options, *comm);
-  // Only the tensors this rank writes are copied; the others are let go.
-  run_on_every_rank(*comm, [&] {
+  std::set<size_t> mine;
+  // The snapshot: only the tensors this rank writes are copied, and where other ranks hold
+  // them too, hashed during the copy for the replica check.
+  save->planned = plan_save(model, dir, options, *comm, [&](PlannedSave& planned) {
     std::lock_guard<std::mutex> lock(registry_mutex);
     if (pool == nullptr) {
       pool = new SnapshotPool();
       in_flight = new std::shared_ptr<AsyncSave>();
       std::atexit(finish_at_exit);
     }
-    const std::set<size_t> mine = tensors_written_by(save->planned, comm->rank());
-    std::vector<at::Tensor> sources(save->planned.tensors.size());
-    for (size_t i : mine) sources[i] = save->planned.tensors[i].tensor;
+    mine = tensors_written_by(planned, comm->rank());
+    std::vector<at::Tensor> sources(planned.tensors.size());
+    for (size_t i : mine) sources[i] = planned.tensors[i].tensor;
     torch::NoGradGuard no_grad;
-    const std::vector<at::Tensor> copies = pool->copy(sources, static_cast<int>(cores_per_local_rank()));
-    for (size_t i = 0; i < copies.size(); ++i) save->planned.tensors[i].tensor = copies[i];
+    std::vector<uint64_t> digests;
+    const bool hash = replicated(planned.plan);
+    const std::vector<at::Tensor> copies =
+        pool->copy(sources, static_cast<int>(cores_per_local_rank()), hash ? &digests : nullptr);
+    std::map<size_t, uint64_t> known;
+    for (size_t i : mine) {
+      planned.tensors[i].tensor = copies[i];
+      if (hash) known[i] = digests[i];
+    }
+    return known;
   });
+  // The tensors that other ranks write are let go.
+  for (size_t i = 0; i < save->planned.tensors.size(); ++i) {
+    if (!mine.count(i)) save->planned.tensors[i].tensor = at::Tensor();
+  }
   {
     // Registered only once every rank has its snapshot: a failed one leaves nothing behind.
     std::lock_guard<std::mutex> lock(registry_mutex);

@@ -106,11 +106,17 @@ std::string describe_holdings(const ModeloptState& state, const std::vector<Stat
 }
 
 // The XXH3-64 of every part this rank holds that other ranks hold too, in plan order, as
-// check_replicas takes them (packed as bytes).
-std::string replica_digests(const CheckpointPlan& plan, const std::vector<StateTensor>& tensors, int rank) {
+// check_replicas takes them (packed as bytes): from `known` (by tensor index) where it has
+// them, else hashed here.
+std::string replica_digests(const CheckpointPlan& plan, const std::vector<StateTensor>& tensors, int rank,
+                            const std::map<size_t, uint64_t>& known) {
   std::vector<uint64_t> digests;
   for (const SlicePlan& part : plan.slices) {
     if (part.holders.size() < 2 || !std::binary_search(part.holders.begin(), part.holders.end(), rank)) continue;
+    if (auto it = known.find(part.tensor); it != known.end()) {
+      digests.push_back(it->second);
+      continue;
+    }
     const at::Tensor c = tensors[part.tensor].tensor.contiguous();
     digests.push_back(xxh3_64(c.data_ptr(), c.nbytes()));
   }
@@ -221,7 +227,7 @@ Manifest assemble_manifest(const CheckpointPlan& plan, const std::vector<std::st
 }  // namespace
 
 PlannedSave plan_save(torch::nn::Module& model_in, const std::string& dir, const SaveOptions& options,
-                      Communicator& comm) {
+                      Communicator& comm, const BeforeReplicaCheck& before_replica_check) {
   const int rank = comm.rank();
   auto* wrapper = dynamic_cast<DataParallelImpl*>(&model_in);
   torch::nn::Module& model = wrapper ? *wrapper->module() : model_in;
@@ -261,11 +267,10 @@ PlannedSave plan_save(torch::nn::Module& model_in, const std::string& dir, const
   std::string digests;
   run_on_every_rank(comm, [&] {
     planned.plan = plan_checkpoint(decode_holdings(all_holdings));
-    digests = replica_digests(planned.plan, planned.tensors, rank);
+    const std::map<size_t, uint64_t> known = before_replica_check ? before_replica_check(planned) : std::map<size_t, uint64_t>{};
+    digests = replica_digests(planned.plan, planned.tensors, rank, known);
   });
-  const bool replicated = std::any_of(planned.plan.slices.begin(), planned.plan.slices.end(),
-                                      [](const SlicePlan& part) { return part.holders.size() > 1; });
-  if (replicated) {
+  if (replicated(planned.plan)) {
     const std::vector<std::string> all_digests = comm.all_gather(digests);
     run_on_every_rank(comm, [&] {
       std::vector<std::vector<uint64_t>> decoded;
@@ -277,6 +282,10 @@ PlannedSave plan_save(torch::nn::Module& model_in, const std::string& dir, const
     });
   }
   return planned;
+}
+
+bool replicated(const CheckpointPlan& plan) {
+  return std::any_of(plan.slices.begin(), plan.slices.end(), [](const SlicePlan& part) { return part.holders.size() > 1; });
 }
 
 std::set<size_t> tensors_written_by(const PlannedSave& planned, int rank) {

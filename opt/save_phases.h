@@ -1,5 +1,7 @@
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -37,12 +39,21 @@ struct PlannedSave {
   std::string staging_path;
 };
 
+// Called by plan_save on every rank once the plan is known, before holders of the same part
+// compare checksums. It may replace tensors of planned.tensors by copies (save_async's
+// snapshot); it returns the XXH3-64 of the tensors it hashed on the way (by index into
+// planned.tensors), which the comparison then takes instead of reading them again.
+using BeforeReplicaCheck = std::function<std::map<size_t, uint64_t>(PlannedSave& planned)>;
+
 // Reads `model` (a DataParallel wrapper is unwrapped) and plans its checkpoint at `dir` with
 // the other ranks of `comm`: every rank lists what it holds, holders of the same part compare
 // checksums, and rank 0 creates the staging directory. Collective; on any failure every rank
 // throws (see save).
 PlannedSave plan_save(torch::nn::Module& model, const std::string& dir, const SaveOptions& options,
-                      Communicator& comm);
+                      Communicator& comm, const BeforeReplicaCheck& before_replica_check = {});
+
+// Whether more than one rank holds some part of `plan` (data-parallel replicas).
+bool replicated(const CheckpointPlan& plan);
 
 // The parts of planned.plan.tensors that `rank` writes (indices into planned.tensors).
 std::set<size_t> tensors_written_by(const PlannedSave& planned, int rank);

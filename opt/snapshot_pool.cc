@@ -10,6 +10,7 @@
 #include <tuple>
 #include <vector>
 
+#include "serialization/checksum.h"
 #include "serialization/ordered_work.h"
 
 namespace mto {
@@ -18,6 +19,8 @@ namespace {
 constexpr size_t kAlignment = 64;
 // Bytes one thread copies at a time.
 constexpr size_t kPieceBytes = size_t{4} << 20;
+// Bytes copied, then hashed, at a time: small enough to stay in the L2 cache between the two.
+constexpr size_t kHashedPieceBytes = size_t{256} << 10;
 
 size_t aligned(size_t bytes) { return (bytes + kAlignment - 1) / kAlignment * kAlignment; }
 
@@ -38,7 +41,8 @@ void SnapshotPool::reserve(size_t bytes) {
   capacity_ = bytes;
 }
 
-std::vector<at::Tensor> SnapshotPool::copy(const std::vector<at::Tensor>& tensors, int threads) {
+std::vector<at::Tensor> SnapshotPool::copy(const std::vector<at::Tensor>& tensors, int threads,
+                                           std::vector<uint64_t>* digests) {
   size_t total = 0;
   for (const at::Tensor& t : tensors) {
     if (t.defined()) total += aligned(t.nbytes());
@@ -58,6 +62,25 @@ std::vector<at::Tensor> SnapshotPool::copy(const std::vector<at::Tensor>& tensor
       pieces.emplace_back(from + done, memory_ + offset + done, std::min(kPieceBytes, sources[i].nbytes() - done));
     }
     offset += aligned(sources[i].nbytes());
+  }
+  if (digests != nullptr) {
+    // A tensor's hash runs through its bytes in order: each thread takes whole tensors.
+    digests->assign(tensors.size(), 0);
+    const size_t workers = threads > 1 ? std::min(static_cast<size_t>(threads), tensors.size()) : 1;
+    run_in_order(tensors.size(), static_cast<unsigned>(workers), [&](size_t i) {
+      if (!out[i].defined()) return;
+      const char* from = static_cast<const char*>(sources[i].data_ptr());
+      char* to = static_cast<char*>(out[i].data_ptr());
+      const size_t bytes = sources[i].nbytes();
+      Xxh3Stream hash;
+      for (size_t done = 0; done < bytes; done += kHashedPieceBytes) {
+        const size_t n = std::min(kHashedPieceBytes, bytes - done);
+        std::memcpy(to + done, from + done, n);
+        hash.update(to + done, n);
+      }
+      (*digests)[i] = hash.digest();
+    });
+    return out;
   }
   const size_t workers = threads > 1 ? std::min(static_cast<size_t>(threads), pieces.size()) : 1;
   run_in_order(pieces.size(), static_cast<unsigned>(workers), [&](size_t p) {

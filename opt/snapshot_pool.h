@@ -3,6 +3,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <vector>
 
 namespace mto {
@@ -20,8 +21,11 @@ class SnapshotPool {
 
   // Copies of `tensors` (undefined ones stay undefined), contiguous and packed into the
   // pool, which grows to fit, made by `threads` threads. The copies of the previous call
-  // become invalid.
-  std::vector<at::Tensor> copy(const std::vector<at::Tensor>& tensors, int threads = 1);
+  // become invalid. With `digests`, it also holds the XXH3-64 of each copy (0 for an
+  // undefined tensor), hashed piece by piece while the piece is in cache: cheaper than
+  // reading the tensor a second time.
+  std::vector<at::Tensor> copy(const std::vector<at::Tensor>& tensors, int threads = 1,
+                               std::vector<uint64_t>* digests = nullptr);
   // Bytes the pool holds.
   size_t capacity() const { return capacity_; }
 

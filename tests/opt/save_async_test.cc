@@ -18,6 +18,7 @@
 #include "opt/checkpoint.h"
 #include "opt/conversion.h"
 #include "opt/save_async.h"
+#include "opt/state_dict.h"
 #include "serialization/checkpoint_error.h"
 #include "serialization/file.h"
 #include "serialization/manifest_file.h"
@@ -159,6 +160,34 @@ TEST_F(SaveAsyncTest, ABackgroundFailureReachesEveryRankAndKeepsThePreviousCheck
   // The next save goes through.
   save_async(*next, dir_).wait();
   EXPECT_TRUE(at::equal(restored_output(), output_of(next)));
+}
+
+// Replicas are compared before save_async returns, the ones this rank writes by the hash of
+// their snapshot: a replica that differs on one rank, whichever rank writes it, is refused
+// as save refuses it, and nothing is written.
+TEST_F(SaveAsyncTest, ReplicasThatDifferAreRefusedAsSaveRefusesThem) {
+  if (size < 2) GTEST_SKIP() << "needs mpirun ranks";
+  const ModulePtr m = model(1);
+  const int victim = size - 1;
+  for (const NamedTensor& t : model_state_dict(*m)) {
+    if (!t.tensor.is_floating_point()) continue;
+    torch::NoGradGuard no_grad;
+    const at::Tensor kept = t.tensor.clone();
+    if (rank == victim) t.tensor.view(-1)[0] += 1;
+    const std::string sync_error = test::error_of<CheckpointError>([&] { save(*m, dir_); });
+    const std::string async_error = test::error_of<CheckpointError>([&] { save_async(*m, dir_).wait(); });
+    t.tensor.copy_(kept);
+    EXPECT_NE(sync_error.find("save: tensor " + t.name + " differs between rank 0 and rank " +
+                              std::to_string(victim)),
+              std::string::npos)
+        << sync_error;
+    EXPECT_EQ(async_error, sync_error);
+    comm->barrier();
+    EXPECT_FALSE(fs::exists(dir_));
+    if (rank == 0) EXPECT_EQ(hidden_entries(), std::vector<std::string>{});
+  }
+  save_async(*m, dir_).wait();
+  EXPECT_TRUE(at::equal(restored_output(), output_of(m)));
 }
 
 TEST_F(SaveAsyncTest, ExtraTensorsTravelBesideTheModel) {
