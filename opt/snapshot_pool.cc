@@ -48,19 +48,14 @@ std::vector<at::Tensor> SnapshotPool::copy(const std::vector<at::Tensor>& tensor
     if (t.defined()) total += aligned(t.nbytes());
   }
   reserve(total);
-  // Where each tensor goes, then the bytes cut into pieces that the threads take in turn.
+  // Where each tensor goes.
   std::vector<at::Tensor> sources(tensors.size());
   std::vector<at::Tensor> out(tensors.size());
-  std::vector<std::tuple<const char*, char*, size_t>> pieces;
   size_t offset = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
     if (!tensors[i].defined()) continue;
     sources[i] = tensors[i].contiguous();
     out[i] = at::from_blob(memory_ + offset, sources[i].sizes(), sources[i].options());
-    const char* from = static_cast<const char*>(sources[i].data_ptr());
-    for (size_t done = 0; done < sources[i].nbytes(); done += kPieceBytes) {
-      pieces.emplace_back(from + done, memory_ + offset + done, std::min(kPieceBytes, sources[i].nbytes() - done));
-    }
     offset += aligned(sources[i].nbytes());
   }
   if (digests != nullptr) {
@@ -81,6 +76,16 @@ std::vector<at::Tensor> SnapshotPool::copy(const std::vector<at::Tensor>& tensor
       (*digests)[i] = hash.digest();
     });
     return out;
+  }
+  // Unhashed, the bytes are cut into pieces that the threads take in turn.
+  std::vector<std::tuple<const char*, char*, size_t>> pieces;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (!out[i].defined()) continue;
+    const char* from = static_cast<const char*>(sources[i].data_ptr());
+    char* to = static_cast<char*>(out[i].data_ptr());
+    for (size_t done = 0; done < sources[i].nbytes(); done += kPieceBytes) {
+      pieces.emplace_back(from + done, to + done, std::min(kPieceBytes, sources[i].nbytes() - done));
+    }
   }
   const size_t workers = threads > 1 ? std::min(static_cast<size_t>(threads), pieces.size()) : 1;
   run_in_order(pieces.size(), static_cast<unsigned>(workers), [&](size_t p) {
