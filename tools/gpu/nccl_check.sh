@@ -11,15 +11,17 @@ set -euo pipefail
 
 usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [ $# -eq 2 ] || usage
-dir=$2
+dir=$(realpath -m "$2")
 
 case $1 in
   pack)
     cd "$(dirname "$0")/../.."
     bazel build //tests/distributed:backend_test
+    # Not bazel-bin: that link follows whichever configuration was built last.
+    binary="$(bazel info bazel-bin 2>/dev/null)/tests/distributed/backend_test"
     mkdir -p "$dir/lib"
-    cp -L bazel-bin/tests/distributed/backend_test "$dir/"
-    ldd bazel-bin/tests/distributed/backend_test | awk '$3 ~ /^\// { print $3 }' |
+    cp -L "$binary" "$dir/"
+    ldd "$binary" | awk '$3 ~ /^\// { print $3 }' |
       grep -Ev '/(libc|libm|libpthread|libdl|librt|libstdc\+\+|libgcc_s|libnccl)\.so' |
       xargs -I{} cp -L {} "$dir/lib/"
     echo "packed $(ls "$dir/lib" | wc -l) libraries, $(du -sh "$dir" | cut -f1), into $dir"
