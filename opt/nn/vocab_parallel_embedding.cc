@@ -33,7 +33,7 @@ void VocabParallelEmbeddingImpl::reset() {
 void VocabParallelEmbeddingImpl::reset_parameters() {
   if (parameters_uninitialized()) return;
   global_normal_(weight, TensorSlice{{options.num_embeddings(), options.embedding_dim()}, 0, vocab_begin()},
-                 seed_for(options.seed(), "weight"), 0.0, 1.0);
+                 seed_for(options.seed(), "weight"), 0.0, options.init_std());
 }
 
 int64_t VocabParallelEmbeddingImpl::vocab_begin() const { return options.tp()->rank() * weight.size(0); }

@@ -27,6 +27,8 @@ struct VocabParallelEmbeddingOptions {
   // Seed of the initialization (see global_init.h): the same seed gives the same global
   // table at every tensor-parallel size.
   TORCH_ARG(uint64_t, seed) = 0;
+  // Standard deviation of the normal initialization (1, as torch::nn::Embedding's).
+  TORCH_ARG(double, init_std) = 1.0;
   // The tensor-parallel group; nullptr means default_mesh()->tp().
   TORCH_ARG(std::shared_ptr<Communicator>, tp) = nullptr;
 };
@@ -45,7 +47,7 @@ class VocabParallelEmbeddingImpl : public torch::nn::Cloneable<VocabParallelEmbe
 
   // Creates the weight and initializes it with reset_parameters().
   void reset() override;
-  // Initializes the global table with normal values (mean 0, std 1, as torch::nn::Embedding)
+  // Initializes the global table with normal values (mean 0, std options.init_std)
   // from the seed seed_for(seed, "weight"), and keeps this rank's rows.
   void reset_parameters();
   void pretty_print(std::ostream& stream) const override;

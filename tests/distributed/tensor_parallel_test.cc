@@ -294,6 +294,14 @@ TEST_F(TensorParallelTest, VocabParallelEmbeddingEqualsTheUnsplitTable) {
   expect_close(table->weight.grad(), mine(reference->weight.grad(), 0), "weight gradient");
 }
 
+TEST_F(TensorParallelTest, VocabParallelEmbeddingScalesItsDrawsByInitStd) {
+  const auto options = nn::VocabParallelEmbeddingOptions(3 * n, 4).seed(31);
+  nn::VocabParallelEmbedding table(nn::VocabParallelEmbeddingOptions(options).init_std(0.25).tp(tp));
+  nn::VocabParallelEmbedding reference(nn::VocabParallelEmbeddingOptions(options).tp(solo));
+  // A power of two scales each draw exactly.
+  EXPECT_TRUE(table->weight.equal(mine(reference->weight, 0) * 0.25));
+}
+
 TEST_F(TensorParallelTest, WithOneRankTheLayersComputeWhatLinearComputes) {
   nn::ColumnParallelLinear column(nn::ColumnParallelLinearOptions(6, 5).seed(1).tp(solo));
   nn::RowParallelLinear row(nn::RowParallelLinearOptions(6, 5).seed(2).tp(solo));

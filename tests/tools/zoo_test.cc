@@ -7,6 +7,7 @@
 #include <torch/nn/module.h>
 
 #include <algorithm>
+#include <cmath>
 #include <set>
 #include <sstream>
 #include <string>
@@ -188,6 +189,29 @@ TEST(GptTest, ATiedHeadComputesTheLogitsWithTheTokenEmbedding) {
   for (int64_t row = 0; row < 40; ++row) EXPECT_EQ(touched[row].item<bool>(), rows.count(row) == 1) << row;
   EXPECT_EQ(config_error("gpt", {{"tie_embeddings", 1}}),
             "argument 'tie_embeddings' of model 'gpt' must be true or false, got 1");
+}
+
+TEST(GptTest, ATiedHeadStartsNearTheUniformLoss) {
+  // Both embeddings of a tied GPT start at 1 / sqrt(width), so its first logits are of order
+  // one and its first loss near ln(vocab); the untied one keeps torch's N(0, 1) embeddings.
+  const nlohmann::json args = {{"width", 128}, {"depth", 2}, {"heads", 4}, {"context", 16}};
+  nlohmann::json tied_args = args;
+  tied_args["tie_embeddings"] = true;
+  auto tied = std::dynamic_pointer_cast<zoo::GptImpl>(ModelLike("gpt", tied_args).build());
+  auto untied = std::dynamic_pointer_cast<zoo::GptImpl>(ModelLike("gpt", args).build());
+  ASSERT_NE(tied, nullptr);
+  ASSERT_NE(untied, nullptr);
+  const double root = 1.0 / std::sqrt(128.0);
+  EXPECT_NEAR(tied->tok_emb->weight.std().item<double>(), root, 0.1 * root);
+  EXPECT_NEAR(tied->pos_emb->weight.std().item<double>(), root, 0.1 * root);
+  EXPECT_NEAR(untied->tok_emb->weight.std().item<double>(), 1.0, 0.1);
+  // The same seed, the same draws: only the scale differs.
+  EXPECT_TRUE(at::allclose(tied->tok_emb->weight / root, untied->tok_emb->weight, 1e-5, 1e-5));
+
+  const at::Tensor tokens = at::arange(2 * 16, at::kLong).mul(37).remainder(256).reshape({2, 16});
+  const at::Tensor logits = tied->forward(tokens);
+  const double loss = at::cross_entropy_loss(logits.reshape({-1, 256}), tokens.roll(-1, 1).reshape({-1})).item<double>();
+  EXPECT_NEAR(loss, std::log(256.0), 1.0);
 }
 
 TEST(GptTest, AttentionIsCausal) {

@@ -116,15 +116,22 @@ GptImpl::GptImpl(GptOptions options_) : options(options_) {
   check_divides(tp->world_size(), "heads", options.heads());
   check_divides(tp->world_size(), "vocabulary entries", options.vocab());
   const uint64_t seed = static_cast<uint64_t>(options.seed());
+  // The tied head computes its logits with the token embedding, whose N(0, 1) entries would
+  // start them at a standard deviation of about sqrt(width): a first loss of 16 instead of
+  // ln 256 = 5.5 at width 128. Tied, both embeddings start at 1 / sqrt(width). Measured at
+  // width 128, depth 2, 8000 sequences on (2, 2): final loss 2.79 so, against 3.02 with GPT-2's
+  // 0.02, 3.35 with 0.02 for the token embedding alone, and 2.60 untied.
+  const double embedding_std = options.tie_embeddings() ? 1.0 / std::sqrt(double(options.width())) : 1.0;
 
   tok_emb = register_module(
       "tok_emb", mto::nn::VocabParallelEmbedding(mto::nn::VocabParallelEmbeddingOptions(options.vocab(), options.width())
                                                      .seed(seed_for(seed, "tok_emb"))
+                                                     .init_std(embedding_std)
                                                      .tp(tp)));
   pos_emb = register_module("pos_emb", torch::nn::Embedding(options.context(), options.width()));
   if (!mto::nn::parameters_uninitialized()) {
     torch::NoGradGuard no_grad;
-    global_normal_(pos_emb->weight, seed_for(seed, "pos_emb"), 0.0, 1.0);
+    global_normal_(pos_emb->weight, seed_for(seed, "pos_emb"), 0.0, embedding_std);
   }
   blocks = register_module("blocks", torch::nn::ModuleList());
   for (int64_t i = 0; i < options.depth(); ++i) {
