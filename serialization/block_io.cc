@@ -9,6 +9,7 @@
 #include "serialization/checkpoint_error.h"
 #include "serialization/checksum.h"
 #include "serialization/file.h"
+#include "serialization/page_fault_cost.h"
 #include "serialization/safetensors.h"
 #include "serialization/write_behind.h"
 
@@ -125,11 +126,15 @@ bool write_columns_mapped(File& file, uint64_t tensor_offset, uint64_t cols, siz
 
 std::vector<Block> write_slice(File& file, uint64_t tensor_offset, uint64_t cols,
                                size_t element_size, const Rect& slice, const void* local,
-                               uint64_t grid) {
+                               uint64_t grid, ColumnWrites column_writes) {
   const char* source = static_cast<const char*>(local);
   const std::vector<Rect> blocks = checksum_blocks(slice, element_size, grid);
   std::vector<Block> out;
-  if (slice.area() > 0 && slice.cols() < cols &&
+  if (column_writes == ColumnWrites::kFastestHere) {
+    column_writes = page_fault_microseconds() > kCostlyPageFaultMicroseconds ? ColumnWrites::kPwrite
+                                                                              : ColumnWrites::kMapped;
+  }
+  if (slice.area() > 0 && slice.cols() < cols && column_writes == ColumnWrites::kMapped &&
       write_columns_mapped(file, tensor_offset, cols, element_size, slice, source, blocks, &out)) {
     return out;
   }

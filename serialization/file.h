@@ -73,9 +73,8 @@ class File {
 // to one range (the rows of a column slice, which several processes write into the same
 // pages), where a pwrite per row costs a system call and the file's lock each time. 768 MiB
 // written by 4 processes, each a quarter of every 4 KiB row, took 1.8 s by pwrite and 0.8 to
-// 1.0 s so, against 0.65 to 0.85 s for 4 files of their own. (On a VM whose page faults cost
-// 3 s per GiB, the 0.8 GiB GPT at tp 4 saved in 1.6 s so and 1.3 s by pwrite: the mapping
-// stays for the machines where it halves the time.) The bytes must lie within the file
+// 1.0 s so, against 0.65 to 0.85 s for 4 files of their own; where page faults are costly it
+// is the slower way (block_io.h, ColumnWrites). The bytes must lie within the file
 // (File::reserve them first, so that no write can fault for want of space).
 class FileMapping {
  public:
