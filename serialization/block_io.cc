@@ -130,13 +130,15 @@ std::vector<Block> write_slice(File& file, uint64_t tensor_offset, uint64_t cols
   const char* source = static_cast<const char*>(local);
   const std::vector<Rect> blocks = checksum_blocks(slice, element_size, grid);
   std::vector<Block> out;
-  if (column_writes == ColumnWrites::kFastestHere) {
-    column_writes = page_fault_microseconds() > kCostlyPageFaultMicroseconds ? ColumnWrites::kPwrite
-                                                                              : ColumnWrites::kMapped;
-  }
-  if (slice.area() > 0 && slice.cols() < cols && column_writes == ColumnWrites::kMapped &&
-      write_columns_mapped(file, tensor_offset, cols, element_size, slice, source, blocks, &out)) {
-    return out;
+  if (slice.area() > 0 && slice.cols() < cols) {
+    if (column_writes == ColumnWrites::kFastestHere) {
+      column_writes = page_fault_microseconds() > kCostlyPageFaultMicroseconds ? ColumnWrites::kPwrite
+                                                                                : ColumnWrites::kMapped;
+    }
+    if (column_writes == ColumnWrites::kMapped &&
+        write_columns_mapped(file, tensor_offset, cols, element_size, slice, source, blocks, &out)) {
+      return out;
+    }
   }
   // Where a core is to spare, a helper writes each chunk while the next is copied and hashed.
   // It lives for this call only, so that no thread of ours outlives it (a fork() between saves

@@ -42,7 +42,8 @@ struct GptOptions {
   // Seed of the initialization: the global weights depend on it alone, never on the mesh.
   TORCH_ARG(int64_t, seed) = 0;
   // Whether the logits are computed with the token embedding's weight (GPT-2's tied head)
-  // instead of a separate lm_head.
+  // instead of a separate lm_head. Both embeddings then start at a standard deviation of
+  // 1 / sqrt(width) instead of torch's 1, so that the first logits are of order one.
   TORCH_ARG(bool, tie_embeddings) = false;
   // The mesh the model is split over (heads, MLP width and vocabulary over its tp group);
   // nullptr means default_mesh(). Not a model-like argument: a checkpoint fits any mesh.
