@@ -11,11 +11,11 @@
 namespace mto {
 namespace {
 
-// The least cost per page over 8 rounds of 128 fresh pages, so that a round in which the
+// The least cost per page over 8 rounds of 32 fresh pages, so that a round in which the
 // process was preempted (a loaded machine) does not count.
 double measure() {
   constexpr size_t kRounds = 8;
-  constexpr size_t kPagesPerRound = 128;
+  constexpr size_t kPagesPerRound = 32;
   const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
   const size_t length = kRounds * kPagesPerRound * page;
   void* mapped = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
