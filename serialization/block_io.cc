@@ -124,6 +124,10 @@ bool write_columns_mapped(File& file, uint64_t tensor_offset, uint64_t cols, siz
 
 }  // namespace
 
+ColumnWrites fastest_column_writes() {
+  return page_fault_microseconds() > kCostlyPageFaultMicroseconds ? ColumnWrites::kPwrite : ColumnWrites::kMapped;
+}
+
 std::vector<Block> write_slice(File& file, uint64_t tensor_offset, uint64_t cols,
                                size_t element_size, const Rect& slice, const void* local,
                                uint64_t grid, ColumnWrites column_writes) {
@@ -131,10 +135,7 @@ std::vector<Block> write_slice(File& file, uint64_t tensor_offset, uint64_t cols
   const std::vector<Rect> blocks = checksum_blocks(slice, element_size, grid);
   std::vector<Block> out;
   if (slice.area() > 0 && slice.cols() < cols) {
-    if (column_writes == ColumnWrites::kFastestHere) {
-      column_writes = page_fault_microseconds() > kCostlyPageFaultMicroseconds ? ColumnWrites::kPwrite
-                                                                                : ColumnWrites::kMapped;
-    }
+    if (column_writes == ColumnWrites::kFastestHere) column_writes = fastest_column_writes();
     if (column_writes == ColumnWrites::kMapped &&
         write_columns_mapped(file, tensor_offset, cols, element_size, slice, source, blocks, &out)) {
       return out;

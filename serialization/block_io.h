@@ -34,6 +34,10 @@ enum class ColumnWrites {
 // The page fault cost above which ColumnWrites::kFastestHere writes by pwrite.
 inline constexpr double kCostlyPageFaultMicroseconds = 5.0;
 
+// What ColumnWrites::kFastestHere stands for on this machine: kPwrite where
+// page_fault_microseconds() is above kCostlyPageFaultMicroseconds, else kMapped.
+ColumnWrites fastest_column_writes();
+
 // Writes the slice `slice` of a tensor whose data starts at byte `tensor_offset` of `file`
 // and whose matrix has `cols` columns, from `local`: the slice's elements, contiguous and
 // row-major. The slice is cut into checksum_blocks(slice, element_size, grid); whole rows are

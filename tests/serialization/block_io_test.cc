@@ -150,6 +150,8 @@ TEST(BlockIoTest, TheWayOfWritingColumnsIsChosenByThePriceOfAPageFault) {
   EXPECT_GT(cost, 0.0);
   EXPECT_LT(cost, 10000.0);
   EXPECT_EQ(page_fault_microseconds(), cost);  // measured once
+  EXPECT_EQ(fastest_column_writes(),
+            cost > kCostlyPageFaultMicroseconds ? ColumnWrites::kPwrite : ColumnWrites::kMapped);
   // Both ways write the same bytes with the same checksums.
   const at::Tensor whole = at::arange(0, 16 * 64, at::kFloat).reshape({16, 64});
   const at::Tensor local = whole.slice(1, 16, 32).contiguous();

@@ -403,7 +403,7 @@ int main(int argc, char** argv) {
                   own_range[0].item<double>() / kGiB, own / kGiB, ranks, std::thread::hardware_concurrency(),
                   comm->backend_name().c_str(), repeat, dir.c_str(), rss_base / double(1 << 20), load_at_start.c_str(),
                   load_average().c_str(), mto::page_fault_microseconds(),
-                  mto::page_fault_microseconds() > mto::kCostlyPageFaultMicroseconds ? "by pwrite" : "through a mapping");
+                  mto::fastest_column_writes() == mto::ColumnWrites::kPwrite ? "by pwrite" : "through a mapping");
       std::printf("\n%-40s %9s %7s %9s %10s %8s %13s  %s\n", "operation", "median s", "GB/s", "time/raw",
                   "peak RSS", "RSS/own", "(RSS-base)/own", "runs (s)");
       for (const auto& r : rows) {
