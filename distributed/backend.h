@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace mto {
 
@@ -19,6 +20,18 @@ size_t data_type_size(DataType type);
 
 // "sum", "max" or "min".
 const char* reduce_op_name(ReduceOp op);
+
+// Bytes that all_to_all sends to one peer.
+struct SendBuffer {
+  const void* data = nullptr;
+  size_t bytes = 0;
+};
+
+// Room for the bytes that all_to_all receives from one peer.
+struct ReceiveBuffer {
+  void* data = nullptr;
+  size_t bytes = 0;
+};
 
 // The transport under a Communicator: collectives on raw host buffers, each bounded by a
 // timeout. Implementations: MpiBackend (CPU, Open MPI), NcclBackend (one GPU per rank,
@@ -43,6 +56,12 @@ class Backend {
                          std::chrono::milliseconds timeout) = 0;
   // Gathers `bytes` bytes from every rank into `out` (world_size * bytes), rank order.
   virtual void all_gather(const void* in, void* out, size_t bytes,
+                          std::chrono::milliseconds timeout) = 0;
+  // Sends send[r] to rank r and receives into receive[r] what rank r sends here, for every
+  // rank r (both world_size long; zero bytes where there is nothing to move). Sizes agree
+  // pairwise: receive[r].bytes here is send[this rank].bytes on rank r. Every rank calls it,
+  // but only ranks that exchange bytes wait for each other.
+  virtual void all_to_all(const std::vector<SendBuffer>& send, const std::vector<ReceiveBuffer>& receive,
                           std::chrono::milliseconds timeout) = 0;
   // Returns once every rank has entered it.
   virtual void barrier(std::chrono::milliseconds timeout) = 0;

@@ -127,6 +127,24 @@ std::vector<std::string> Communicator::all_gather(const std::string& bytes, cons
   return out;
 }
 
+void Communicator::all_to_all(const std::vector<SendBuffer>& send, const std::vector<ReceiveBuffer>& receive,
+                              const CollectiveOptions& options) {
+  const size_t n = static_cast<size_t>(world_size());
+  if (send.size() != n || receive.size() != n) {
+    throw DistributedError(absl::StrCat("all_to_all on rank ", rank(), " of ", n, ": ", send.size(), " send and ",
+                                        receive.size(), " receive buffers, not one per rank"));
+  }
+  const size_t self = static_cast<size_t>(rank());
+  if (send[self].bytes != receive[self].bytes) {
+    throw DistributedError(absl::StrCat("all_to_all on rank ", rank(), " of ", n, ": sends itself ", send[self].bytes,
+                                        " bytes but expects ", receive[self].bytes));
+  }
+  uint64_t bytes = 0;
+  for (const SendBuffer& b : send) bytes += b.bytes;
+  count(bytes);
+  backend_->all_to_all(send, receive, timeout(options));
+}
+
 void Communicator::barrier(const CollectiveOptions& options) {
   count(0);
   backend_->barrier(timeout(options));

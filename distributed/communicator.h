@@ -59,6 +59,13 @@ class Communicator {
   // Every rank's bytes, in rank order; the sizes may differ between ranks.
   std::vector<std::string> all_gather(const std::string& bytes, const CollectiveOptions& options = {});
 
+  // Sends send[r] to rank r and receives what rank r sends here into receive[r], for every
+  // rank r (both world_size() long; zero bytes where nothing moves): receive[r].bytes must
+  // be what rank r sends here. Every rank calls it, in the same order, but only ranks that
+  // exchange bytes wait for each other. Counts as one collective of the bytes sent.
+  void all_to_all(const std::vector<SendBuffer>& send, const std::vector<ReceiveBuffer>& receive,
+                  const CollectiveOptions& options = {});
+
   // Returns once every rank has called it.
   void barrier(const CollectiveOptions& options = {});
 

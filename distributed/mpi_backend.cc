@@ -3,6 +3,7 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -14,6 +15,8 @@ namespace {
 
 // MPI counts are ints: move at most this many bytes per call.
 constexpr size_t kMaxChunkBytes = size_t{1} << 30;
+// The tag of all_to_all's messages, the only point-to-point ones on mto's communicators.
+constexpr int kAllToAllTag = 0x6d74;
 
 MPI_Datatype mpi_type(DataType type) {
   switch (type) {
@@ -85,15 +88,15 @@ void MpiBackend::check_usable(const char* op) const {
   }
 }
 
-void MpiBackend::wait(void* request, const char* op, const std::string& what,
+void MpiBackend::wait(void* requests, int count, const char* op, const std::string& what,
                       std::chrono::milliseconds timeout,
                       std::chrono::steady_clock::time_point deadline) {
-  MPI_Request* req = static_cast<MPI_Request*>(request);
+  MPI_Request* req = static_cast<MPI_Request*>(requests);
   int spins = 0;
   auto sleep = std::chrono::microseconds(10);
   while (true) {
     int done = 0;
-    int rc = MPI_Test(req, &done, MPI_STATUS_IGNORE);
+    int rc = MPI_Testall(count, req, &done, MPI_STATUSES_IGNORE);
     if (rc != MPI_SUCCESS) {
       broken_reason_ = absl::StrCat(op, " failed: ", mpi_error_text(rc));
       throw DistributedError(absl::StrCat(op, " (", what, ") failed on rank ", rank_, " of ",
@@ -136,7 +139,7 @@ void MpiBackend::all_reduce(void* data, size_t count, DataType type, ReduceOp op
     int rc = MPI_Iallreduce(MPI_IN_PLACE, p + done * item, n, mpi_type(type), mpi_op(op),
                             comm_->comm, &request);
     if (rc != MPI_SUCCESS) start_failed("all_reduce", what, rc);
-    wait(&request, "all_reduce", what, timeout, deadline);
+    wait(&request, 1, "all_reduce", what, timeout, deadline);
   }
 }
 
@@ -150,7 +153,7 @@ void MpiBackend::broadcast(void* data, size_t bytes, int root, std::chrono::mill
     MPI_Request request;
     int rc = MPI_Ibcast(p + done, n, MPI_BYTE, root, comm_->comm, &request);
     if (rc != MPI_SUCCESS) start_failed("broadcast", what, rc);
-    wait(&request, "broadcast", what, timeout, deadline);
+    wait(&request, 1, "broadcast", what, timeout, deadline);
   }
 }
 
@@ -164,7 +167,7 @@ void MpiBackend::all_gather(const void* in, void* out, size_t bytes,
     int rc = MPI_Iallgather(in, static_cast<int>(bytes), MPI_BYTE, out, static_cast<int>(bytes),
                             MPI_BYTE, comm_->comm, &request);
     if (rc != MPI_SUCCESS) start_failed("all_gather", what, rc);
-    wait(&request, "all_gather", what, timeout, deadline);
+    wait(&request, 1, "all_gather", what, timeout, deadline);
     return;
   }
   // Large gathers: one broadcast per rank keeps every count within an int.
@@ -177,12 +180,46 @@ void MpiBackend::all_gather(const void* in, void* out, size_t bytes,
   }
 }
 
+void MpiBackend::all_to_all(const std::vector<SendBuffer>& send, const std::vector<ReceiveBuffer>& receive,
+                            std::chrono::milliseconds timeout) {
+  check_usable("all_to_all");
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  size_t moved = 0;
+  std::vector<MPI_Request> requests;
+  // Messages of at most kMaxChunkBytes keep every count within an int; MPI delivers the
+  // pieces between two ranks in order.
+  auto post = [&](bool sending, int peer, char* data, size_t bytes) {
+    for (size_t done = 0; done < bytes; done += kMaxChunkBytes) {
+      const int n = static_cast<int>(std::min(kMaxChunkBytes, bytes - done));
+      MPI_Request& request = requests.emplace_back();
+      const int rc = sending ? MPI_Isend(data + done, n, MPI_BYTE, peer, kAllToAllTag, comm_->comm, &request)
+                             : MPI_Irecv(data + done, n, MPI_BYTE, peer, kAllToAllTag, comm_->comm, &request);
+      if (rc != MPI_SUCCESS) start_failed("all_to_all", absl::StrCat(bytes, " bytes with rank ", peer), rc);
+    }
+    moved += bytes;
+  };
+  for (int r = 0; r < size_; ++r) {
+    if (r != rank_ && receive[r].bytes > 0) post(false, r, static_cast<char*>(receive[r].data), receive[r].bytes);
+  }
+  for (int r = 0; r < size_; ++r) {
+    if (r != rank_ && send[r].bytes > 0) {
+      post(true, r, const_cast<char*>(static_cast<const char*>(send[r].data)), send[r].bytes);
+    }
+  }
+  if (send[rank_].bytes > 0 && send[rank_].data != receive[rank_].data) {
+    std::memmove(receive[rank_].data, send[rank_].data, send[rank_].bytes);
+  }
+  if (requests.empty()) return;
+  wait(requests.data(), static_cast<int>(requests.size()), "all_to_all", absl::StrCat(moved, " bytes"), timeout,
+       deadline);
+}
+
 void MpiBackend::barrier(std::chrono::milliseconds timeout) {
   check_usable("barrier");
   MPI_Request request;
   int rc = MPI_Ibarrier(comm_->comm, &request);
   if (rc != MPI_SUCCESS) start_failed("barrier", "all ranks", rc);
-  wait(&request, "barrier", "all ranks", timeout, std::chrono::steady_clock::now() + timeout);
+  wait(&request, 1, "barrier", "all ranks", timeout, std::chrono::steady_clock::now() + timeout);
 }
 
 std::unique_ptr<Backend> MpiBackend::split(int color, int key, std::chrono::milliseconds) {

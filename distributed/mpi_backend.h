@@ -24,6 +24,9 @@ class MpiBackend : public Backend {
   void broadcast(void* data, size_t bytes, int root, std::chrono::milliseconds timeout) override;
   void all_gather(const void* in, void* out, size_t bytes,
                   std::chrono::milliseconds timeout) override;
+  // By point-to-point messages: ranks that exchange nothing return at once.
+  void all_to_all(const std::vector<SendBuffer>& send, const std::vector<ReceiveBuffer>& receive,
+                  std::chrono::milliseconds timeout) override;
   void barrier(std::chrono::milliseconds timeout) override;
   // Uses MPI_Comm_split, which blocks without a timeout.
   std::unique_ptr<Backend> split(int color, int key, std::chrono::milliseconds timeout) override;
@@ -35,8 +38,9 @@ class MpiBackend : public Backend {
   explicit MpiBackend(std::unique_ptr<Comm> comm);
   // Throws if the backend is broken.
   void check_usable(const char* op) const;
-  // Polls `request` until it completes; throws DistributedError on error or at `deadline`.
-  void wait(void* request, const char* op, const std::string& what,
+  // Polls the `count` requests at `requests` until all complete; throws DistributedError on
+  // error or at `deadline`.
+  void wait(void* requests, int count, const char* op, const std::string& what,
             std::chrono::milliseconds timeout, std::chrono::steady_clock::time_point deadline);
   // Marks the backend broken and throws for a collective that MPI refused to start.
   [[noreturn]] void start_failed(const char* op, const std::string& what, int rc);

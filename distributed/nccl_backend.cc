@@ -311,6 +311,56 @@ void NcclBackend::all_gather(const void* in, void* out, size_t bytes,
   }
 }
 
+void NcclBackend::all_to_all(const std::vector<SendBuffer>& send, const std::vector<ReceiveBuffer>& receive,
+                             std::chrono::milliseconds timeout) {
+  const std::string name = "all_to_all";
+  state_->check_usable(name, rank_, size_);
+  const auto deadline = Clock::now() + timeout;
+  size_t sent = 0;
+  size_t received = 0;
+  for (int r = 0; r < size_; ++r) {
+    sent += send[r].bytes;
+    received += receive[r].bytes;
+  }
+  if (sent == 0 && received == 0) return;
+  state_->check_cuda(cudaSetDevice(state_->device), name, rank_, size_);
+  state_->reserve(sent + received, name, rank_, size_);
+  char* device_send = static_cast<char*>(state_->buffer);
+  char* device_receive = device_send + sent;
+  size_t at = 0;
+  for (int r = 0; r < size_; ++r) {
+    if (send[r].bytes == 0) continue;
+    state_->check_cuda(cudaMemcpyAsync(device_send + at, send[r].data, send[r].bytes, cudaMemcpyHostToDevice,
+                                       state_->stream), name, rank_, size_);
+    at += send[r].bytes;
+  }
+  state_->check_nccl(ncclGroupStart(), name, rank_, size_);
+  size_t send_at = 0;
+  size_t receive_at = 0;
+  for (int r = 0; r < size_; ++r) {
+    if (send[r].bytes > 0) {
+      state_->check_nccl(ncclSend(device_send + send_at, send[r].bytes, ncclUint8, r, state_->comm, state_->stream),
+                         name, rank_, size_);
+      send_at += send[r].bytes;
+    }
+    if (receive[r].bytes > 0) {
+      state_->check_nccl(ncclRecv(device_receive + receive_at, receive[r].bytes, ncclUint8, r, state_->comm,
+                                  state_->stream), name, rank_, size_);
+      receive_at += receive[r].bytes;
+    }
+  }
+  state_->check_nccl(ncclGroupEnd(), name, rank_, size_);
+  state_->wait_enqueued(name, rank_, size_, deadline, timeout);
+  state_->wait_stream(name, rank_, size_, deadline, timeout);
+  receive_at = 0;
+  for (int r = 0; r < size_; ++r) {
+    if (receive[r].bytes == 0) continue;
+    state_->check_cuda(cudaMemcpy(receive[r].data, device_receive + receive_at, receive[r].bytes,
+                                  cudaMemcpyDeviceToHost), name, rank_, size_);
+    receive_at += receive[r].bytes;
+  }
+}
+
 bool NcclBackend::broken() const { return !state_->broken_reason.empty(); }
 
 void NcclBackend::barrier(std::chrono::milliseconds timeout) {

@@ -33,6 +33,9 @@ class NcclBackend : public Backend {
   void broadcast(void* data, size_t bytes, int root, std::chrono::milliseconds timeout) override;
   void all_gather(const void* in, void* out, size_t bytes,
                   std::chrono::milliseconds timeout) override;
+  // Grouped ncclSend / ncclRecv, staged through device memory like the others.
+  void all_to_all(const std::vector<SendBuffer>& send, const std::vector<ReceiveBuffer>& receive,
+                  std::chrono::milliseconds timeout) override;
   void barrier(std::chrono::milliseconds timeout) override;
   std::unique_ptr<Backend> split(int color, int key, std::chrono::milliseconds timeout) override;
   bool broken() const override;

@@ -225,7 +225,7 @@ void save(torch::nn::Module& model, const std::string& dir, const SaveOptions& o
   finish_save_in_flight();
   PlannedSave planned = plan_save(model, dir, options, *comm);
   std::string written;
-  run_on_every_rank(*comm, [&] { written = write_planned_save(planned, comm->rank()); });
+  run_on_every_rank(*comm, [&] { written = write_planned_save(planned, *comm); });
   commit_save(planned, written, *comm);
 }
 

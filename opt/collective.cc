@@ -66,7 +66,9 @@ void run_on_every_rank(Communicator& communicator, const std::function<void()>& 
     error = std::current_exception();
     encoded = encode(error);
   }
-  if (communicator.world_size() > 1) {
+  // A step whose own collective broke the communicator (a peer died) cannot agree with
+  // anyone: its error, a timeout naming the collective, is the one to report.
+  if (communicator.world_size() > 1 && !(error && communicator.broken())) {
     const std::vector<std::string> outcomes = communicator.all_gather(encoded);
     if (!error) {
       for (size_t r = 0; r < outcomes.size(); ++r) {

@@ -10,7 +10,8 @@ namespace mto {
 // throws on any rank, every rank throws. The failing rank rethrows its own exception; the
 // others throw the same mto error type with the lowest failing rank's message and
 // "(on rank R)" appended. Collective: keeps ranks from waiting forever in a later
-// collective for a rank that failed alone.
+// collective for a rank that failed alone. A step that broke the communicator (a collective
+// of its own timed out) rethrows that error at once.
 void run_on_every_rank(Communicator& communicator, const std::function<void()>& step);
 
 }  // namespace mto

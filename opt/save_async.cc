@@ -74,7 +74,7 @@ void run_in_background(AsyncSave* save) {
   try {
     std::string written;
     Communicator& comm = *save->background;
-    run_on_every_rank(comm, [&] { written = write_planned_save(save->planned, comm.rank()); });
+    run_on_every_rank(comm, [&] { written = write_planned_save(save->planned, comm); });
     commit_save(save->planned, written, comm);
   } catch (...) {
     std::lock_guard<std::mutex> lock(save->mutex);

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <exception>
+#include <set>
 #include <tuple>
 #include <unordered_map>
 
@@ -11,6 +13,7 @@
 #include "absl/strings/str_join.h"
 #include "distributed/data_parallel.h"
 #include "opt/collective.h"
+#include "opt/row_exchange.h"
 #include "opt/state_manager.h"
 #include "opt/version.h"
 #include "serialization/block_io.h"
@@ -156,7 +159,8 @@ std::vector<std::vector<HeldSlice>> decode_holdings(const std::vector<std::strin
 // shard, and every part whose writer it is. Returns the checksum blocks written, as a
 // Manifest of tensor records that hold only names and blocks.
 std::string write_planned_parts(const CheckpointPlan& plan, const std::vector<StateTensor>& tensors,
-                                const std::string& staging_path, int rank) {
+                                const std::string& staging_path, Communicator& comm) {
+  const int rank = comm.rank();
   std::map<uint32_t, File> files;
   auto file = [&](uint32_t shard) -> File& {
     auto it = files.find(shard);
@@ -165,11 +169,28 @@ std::string write_planned_parts(const CheckpointPlan& plan, const std::vector<St
     }
     return it->second;
   };
-  if (rank < static_cast<int>(plan.shards.size())) {
-    file(static_cast<uint32_t>(rank)).write_at(plan.headers[rank].data(), plan.headers[rank].size(), 0);
+  // A failure before the exchange waits for its end: the peers expect this rank's rows.
+  std::exception_ptr failure;
+  try {
+    if (rank < static_cast<int>(plan.shards.size())) {
+      file(static_cast<uint32_t>(rank)).write_at(plan.headers[rank].data(), plan.headers[rank].size(), 0);
+    }
+  } catch (...) {
+    failure = std::current_exception();
   }
   Manifest written;
+  // Column parts first, exchanged into whole rows: all ranks start them together.
+  const std::vector<RowExchange> exchanges = row_exchanges(plan);
+  try {
+    write_by_row_exchange(plan, exchanges, tensors, file, comm, &written);
+  } catch (...) {
+    if (!failure) throw;
+  }
+  if (failure) std::rethrow_exception(failure);
+  std::set<size_t> exchanged;
+  for (const RowExchange& e : exchanges) exchanged.insert(e.parts.begin(), e.parts.end());
   for (size_t index : write_order(plan, rank)) {
+    if (exchanged.count(index)) continue;
     const SlicePlan& part = plan.slices[index];
     const TensorRecord& record = plan.tensors[part.tensor];
     const StateTensor& t = tensors[part.tensor];
@@ -294,8 +315,8 @@ std::set<size_t> tensors_written_by(const PlannedSave& planned, int rank) {
   return out;
 }
 
-std::string write_planned_save(const PlannedSave& planned, int rank) {
-  return write_planned_parts(planned.plan, planned.tensors, planned.staging_path, rank);
+std::string write_planned_save(const PlannedSave& planned, Communicator& comm) {
+  return write_planned_parts(planned.plan, planned.tensors, planned.staging_path, comm);
 }
 
 void commit_save(PlannedSave& planned, const std::string& written, Communicator& comm) {

@@ -58,9 +58,10 @@ bool replicated(const CheckpointPlan& plan);
 // The parts of planned.plan.tensors that `rank` writes (indices into planned.tensors).
 std::set<size_t> tensors_written_by(const PlannedSave& planned, int rank);
 
-// Writes this rank's share of the plan into the staging directory and fsyncs it. Local.
-// Returns the checksum blocks written, encoded for commit_save.
-std::string write_planned_save(const PlannedSave& planned, int rank);
+// Writes this rank's share of the plan into the staging directory and fsyncs it. Collective
+// over `comm` (the writers of a tensor's column parts exchange them, row_exchange.h), but
+// ranks meet only there. Returns the checksum blocks written, encoded for commit_save.
+std::string write_planned_save(const PlannedSave& planned, Communicator& comm);
 
 // Gathers what every rank wrote and, on rank 0, writes the state, the index, the extra files
 // and the manifest, and commits. Collective; on any failure every rank throws and the

@@ -176,6 +176,42 @@ std::vector<Block> write_slice(File& file, uint64_t tensor_offset, uint64_t cols
   return out;
 }
 
+std::vector<Block> write_rows(File& file, uint64_t tensor_offset, uint64_t cols, size_t element_size,
+                              const Rect& rows, const std::vector<ColumnPiece>& pieces, uint64_t grid) {
+  std::vector<Block> out;
+  char* bounce = bounce_buffer();
+  size_t filled = 0;
+  uint64_t at = tensor_offset + rows.row_begin * cols * element_size;
+  auto flush = [&] {
+    file.write_at(bounce, filled, at);
+    file.start_writeback_of_windows(at, filled);
+    at += filled;
+    filled = 0;
+  };
+  for_each_band(checksum_blocks(rows, element_size, grid), [&](const std::vector<Rect>& band) {
+    BandHash hash(band);
+    const Rect span = span_of(band);
+    for (uint64_t r = span.row_begin; r < span.row_end; ++r) {
+      for (const ColumnPiece& piece : pieces) {
+        const uint64_t width = piece.col_end - piece.col_begin;
+        const char* from = static_cast<const char*>(piece.data) + (r - rows.row_begin) * width * element_size;
+        // Whole elements at a time: the bounce buffer holds a whole number of them.
+        for (uint64_t done = 0; done < width;) {
+          const uint64_t n = std::min<uint64_t>(width - done, (kBounceBufferBytes - filled) / element_size);
+          std::memcpy(bounce + filled, from + done * element_size, n * element_size);
+          hash.update(piece.col_begin + done, piece.col_begin + done + n, bounce + filled, element_size);
+          filled += n * element_size;
+          done += n;
+          if (filled + element_size > kBounceBufferBytes) flush();
+        }
+      }
+    }
+    for (size_t k = 0; k < band.size(); ++k) out.push_back(block_of(band[k], hash.digest(k)));
+  });
+  if (filled > 0) flush();
+  return out;
+}
+
 void read_band_into(const File& file, const TensorRecord& record, const std::vector<Block>& blocks,
                     const Rect& dest_rect, void* dest_data) {
   const size_t element_size =

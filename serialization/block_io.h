@@ -50,6 +50,23 @@ std::vector<Block> write_slice(File& file, uint64_t tensor_offset, uint64_t cols
                                size_t element_size, const Rect& slice, const void* local,
                                uint64_t grid, ColumnWrites column_writes = ColumnWrites::kFastestHere);
 
+// Columns [col_begin, col_end) of a run of consecutive rows, held in memory row-major and
+// contiguous at `data`: the part of a row band that one rank sends its row's writer.
+struct ColumnPiece {
+  uint64_t col_begin = 0;
+  uint64_t col_end = 0;
+  const void* data = nullptr;
+};
+
+// Writes the whole rows `rows` (rows.col_begin 0, rows.col_end `cols`) of a tensor whose
+// data starts at byte `tensor_offset` of `file`, assembled from `pieces`: ascending, they
+// tile the columns, each holding rows.rows() rows of its columns. The rows are cut into
+// checksum_blocks(rows, element_size, grid), copied piece by piece into the thread's bounce
+// buffer, hashed there and written by pwrite, half a MiB at a time. Returns the blocks with
+// their XXH3-64. Throws CheckpointError on an I/O failure or a full disk.
+std::vector<Block> write_rows(File& file, uint64_t tensor_offset, uint64_t cols, size_t element_size,
+                              const Rect& rows, const std::vector<ColumnPiece>& pieces, uint64_t grid);
+
 // Reads the blocks `band` of the tensor `record` from `file` (one group of row_bands: the
 // same rows, adjacent columns, ascending), checks each block's XXH3-64, and copies the
 // elements they share with `dest_rect` into `dest`: the elements of `dest_rect`, contiguous

@@ -79,6 +79,47 @@ TEST_F(CommunicatorTest, AllGatherTensorsAndBytesOfDifferentSizes) {
   for (int r = 0; r < n; ++r) EXPECT_EQ(strings[r], std::string(r * 3, static_cast<char>('0' + r)));
 }
 
+// Rank r sends rank q the bytes r * 16 + q, repeated r + q + 1 times; rank 1 sends nothing to
+// anyone and gets nothing back, and a rank with nothing to move still takes part.
+TEST_F(CommunicatorTest, AllToAllMovesEachPairsBytes) {
+  auto length = [](int from, int to) -> size_t { return from == 1 || to == 1 ? 0 : from + to + 1; };
+  std::vector<std::string> out(n);
+  std::vector<std::string> in(n);
+  std::vector<SendBuffer> send(n);
+  std::vector<ReceiveBuffer> receive(n);
+  for (int q = 0; q < n; ++q) {
+    out[q].assign(length(rank, q), static_cast<char>(rank * 16 + q));
+    in[q].assign(length(q, rank), '?');
+    send[q] = {out[q].data(), out[q].size()};
+    receive[q] = {in[q].data(), in[q].size()};
+  }
+  comm->reset_stats();
+  comm->all_to_all(send, receive);
+  for (int q = 0; q < n; ++q) EXPECT_EQ(in[q], std::string(length(q, rank), static_cast<char>(q * 16 + rank))) << q;
+  EXPECT_EQ(comm->stats().collectives, 1u);
+  size_t sent = 0;
+  for (int q = 0; q < n; ++q) sent += length(rank, q);
+  EXPECT_EQ(comm->stats().bytes, sent);
+  comm->barrier();
+}
+
+TEST_F(CommunicatorTest, AllToAllRefusesBuffersNotOnePerRank) {
+  std::string self(4, 'x');
+  std::vector<SendBuffer> send(n + 1);
+  std::vector<ReceiveBuffer> receive(n + 1);
+  EXPECT_THROW(comm->all_to_all(send, receive), DistributedError);
+  std::vector<SendBuffer> one(n);
+  std::vector<ReceiveBuffer> other(n);
+  one[rank] = {self.data(), 4};
+  other[rank] = {self.data(), 3};
+  try {
+    comm->all_to_all(one, other);
+    ADD_FAILURE() << "a rank that sends itself 4 bytes and expects 3 went on";
+  } catch (const DistributedError& e) {
+    EXPECT_NE(std::string(e.what()).find("sends itself 4 bytes but expects 3"), std::string::npos) << e.what();
+  }
+}
+
 TEST_F(CommunicatorTest, BytesReduceElementwise) {
   std::string flags(3, '\0');
   flags[rank % 3] = 1;

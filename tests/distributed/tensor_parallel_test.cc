@@ -58,6 +58,10 @@ class ClaimedSizeBackend : public Backend {
   void all_reduce(void*, size_t, DataType, ReduceOp, std::chrono::milliseconds) override { refuse(); }
   void broadcast(void*, size_t, int, std::chrono::milliseconds) override { refuse(); }
   void all_gather(const void*, void*, size_t, std::chrono::milliseconds) override { refuse(); }
+  void all_to_all(const std::vector<SendBuffer>&, const std::vector<ReceiveBuffer>&,
+                  std::chrono::milliseconds) override {
+    refuse();
+  }
   void barrier(std::chrono::milliseconds) override { refuse(); }
   std::unique_ptr<Backend> split(int, int, std::chrono::milliseconds) override { refuse(); }
 

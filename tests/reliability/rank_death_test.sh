@@ -43,7 +43,7 @@ for run in "save 1" "save 0" "restore 1" "restore 2"; do
       fail "$op/$victim: rank $rank did not report a timed-out collective: ${line:-nothing}"
       continue
     fi
-    grep -qE "caught DistributedError after [0-9.e-]+ s: (all_gather|broadcast|all_reduce|barrier) \(" <<<"$line" ||
+    grep -qE "caught DistributedError after [0-9.e-]+ s: (all_gather|broadcast|all_reduce|all_to_all|barrier) \(" <<<"$line" ||
       fail "$op/$victim: rank $rank's error does not start with the collective operation: $line"
     seconds=$(sed -E 's/.*after ([0-9.e-]+) s:.*/\1/' <<<"$line")
     awk -v s="$seconds" 'BEGIN { exit !(s >= 2.9 && s < 10) }' ||

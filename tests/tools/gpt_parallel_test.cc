@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <map>
+#include <set>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -556,6 +557,19 @@ TEST_F(GptParallelTest, TheManifestRecordsTheMeshAndEachSplit) {
   EXPECT_EQ(split["tok_emb.weight"], std::make_pair(2, 0));
   EXPECT_EQ(split["lm_head.weight"], std::make_pair(2, 0));
   EXPECT_EQ(split["ln_f.weight"], std::make_pair(1, 0));
+  // The writers of a tensor split along dim 1 exchanged their parts and wrote whole rows: each
+  // block lies in one half of the rows, every block in the half its writer took.
+  for (const auto& t : manifest.tensors()) {
+    if (t.split_dim() != 1 || t.split_parts() != 2) continue;
+    const uint64_t rows = t.shape(0);
+    std::set<std::pair<uint64_t, uint64_t>> halves;
+    for (const auto& b : t.blocks()) {
+      EXPECT_TRUE(b.row_end() <= rows / 2 || b.row_begin() >= rows / 2)
+          << t.name() << " rows [" << b.row_begin() << ", " << b.row_end() << ")";
+      halves.insert({b.row_begin() < rows / 2 ? 0 : rows / 2, b.row_begin() < rows / 2 ? rows / 2 : rows});
+    }
+    EXPECT_EQ(halves.size(), 2u) << t.name();
+  }
 }
 
 // A reader of safetensors files that knows nothing of mto: the 8-byte length, the JSON
