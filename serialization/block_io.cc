@@ -9,7 +9,6 @@
 #include "serialization/checkpoint_error.h"
 #include "serialization/checksum.h"
 #include "serialization/file.h"
-#include "serialization/page_fault_cost.h"
 #include "serialization/safetensors.h"
 #include "serialization/write_behind.h"
 
@@ -95,52 +94,14 @@ void for_each_band(const std::vector<Rect>& blocks, const Visit& visit) {
   }
 }
 
-// write_slice for a slice narrower than its tensor's rows (a column slice): each row's part
-// is copied into a mapping of the band's rows and hashed there, where a pwrite per row would
-// take the file's lock as often. False, having written nothing, if the file system cannot
-// reserve the rows' blocks (the mapping then could fault for want of space).
-bool write_columns_mapped(File& file, uint64_t tensor_offset, uint64_t cols, size_t element_size,
-                          const Rect& slice, const char* source, const std::vector<Rect>& blocks,
-                          std::vector<Block>* out) {
-  const uint64_t row_bytes = cols * element_size;
-  if (!file.reserve(tensor_offset + slice.row_begin * row_bytes, slice.rows() * row_bytes)) return false;
-  for_each_band(blocks, [&](const std::vector<Rect>& band) {
-    const Rect span = span_of(band);
-    BandHash hash(band);
-    const FileMapping rows(file, tensor_offset + span.row_begin * row_bytes, span.rows() * row_bytes);
-    for_each_run(span, cols, [&](const Run& run) {
-      const uint64_t size = run.width * run.rows * element_size;
-      char* to = rows.at(tensor_offset + (run.row * cols + run.col) * element_size);
-      std::memcpy(to, source + offset_in(slice, run.row, run.col, element_size), size);
-      for_each_segment(run, 0, run.width * run.rows, to, element_size,
-                       [&](uint64_t, uint64_t col, uint64_t col_end, const char* data) {
-                         hash.update(col, col_end, data, element_size);
-                       });
-    });
-    for (size_t k = 0; k < band.size(); ++k) out->push_back(block_of(band[k], hash.digest(k)));
-  });
-  return true;
-}
-
 }  // namespace
-
-ColumnWrites fastest_column_writes() {
-  return page_fault_microseconds() > kCostlyPageFaultMicroseconds ? ColumnWrites::kPwrite : ColumnWrites::kMapped;
-}
 
 std::vector<Block> write_slice(File& file, uint64_t tensor_offset, uint64_t cols,
                                size_t element_size, const Rect& slice, const void* local,
-                               uint64_t grid, ColumnWrites column_writes) {
+                               uint64_t grid) {
   const char* source = static_cast<const char*>(local);
   const std::vector<Rect> blocks = checksum_blocks(slice, element_size, grid);
   std::vector<Block> out;
-  if (slice.area() > 0 && slice.cols() < cols) {
-    if (column_writes == ColumnWrites::kFastestHere) column_writes = fastest_column_writes();
-    if (column_writes == ColumnWrites::kMapped &&
-        write_columns_mapped(file, tensor_offset, cols, element_size, slice, source, blocks, &out)) {
-      return out;
-    }
-  }
   // Where a core is to spare, a helper writes each chunk while the next is copied and hashed.
   // It lives for this call only, so that no thread of ours outlives it (a fork() between saves
   // copies none); on an early exit its destructor waits for the write in flight.

@@ -15,40 +15,17 @@ namespace mto {
 // thread's bounce buffer, or go straight between the file and memory where a block's bytes
 // are contiguous on both sides.
 
-// How write_slice writes the parts of rows of a slice narrower than its tensor (a column
-// slice), whose rows other ranks complete.
-enum class ColumnWrites {
-  // Copied into a FileMapping of the rows: one page fault per page instead of a system call
-  // and the file's lock per row part.
-  kMapped,
-  // By pwrite, a row part at a time, through the bounce buffer.
-  kPwrite,
-  // kMapped where page faults are cheap, kPwrite where page_fault_microseconds() is above
-  // kCostlyPageFaultMicroseconds. Measured with tools/bench/gpt_checkpoint_bench.sh (3 GiB at
-  // tp 4, 4 ranks on 2 cores, medians of 3): on a VM whose faults cost about 20 us, saving
-  // took 11.5 s mapped and 5.3 s by pwrite; on one with ordinary faults, 768 MiB written as
-  // quarter rows by 4 processes took 0.8 to 1.0 s mapped and 1.8 s by pwrite.
-  kFastestHere,
-};
-
-// The page fault cost above which ColumnWrites::kFastestHere writes by pwrite.
-inline constexpr double kCostlyPageFaultMicroseconds = 5.0;
-
-// What ColumnWrites::kFastestHere stands for on this machine: kPwrite where
-// page_fault_microseconds() is above kCostlyPageFaultMicroseconds, else kMapped.
-ColumnWrites fastest_column_writes();
-
 // Writes the slice `slice` of a tensor whose data starts at byte `tensor_offset` of `file`
 // and whose matrix has `cols` columns, from `local`: the slice's elements, contiguous and
-// row-major. The slice is cut into checksum_blocks(slice, element_size, grid); whole rows are
-// written by pwrite, a run of rows at a time, and the parts of rows of a narrower slice as
-// `column_writes` says (mapped: the rows' blocks are reserved first, and where the file
-// system cannot reserve them, they are written by pwrite). Returns the blocks with their
-// XXH3-64 of the bytes as written. Other processes may write other slices of the same file
-// at the same time. Throws CheckpointError on an I/O failure or a full disk.
+// row-major. The slice is cut into checksum_blocks(slice, element_size, grid) and written by
+// pwrite: whole rows a run of rows at a time, the parts of rows of a narrower slice one part
+// at a time (a save exchanges such parts into whole rows instead: opt/row_exchange.h).
+// Returns the blocks with their XXH3-64 of the bytes as written. Other processes may write
+// other slices of the same file at the same time. Throws CheckpointError on an I/O failure
+// or a full disk.
 std::vector<Block> write_slice(File& file, uint64_t tensor_offset, uint64_t cols,
                                size_t element_size, const Rect& slice, const void* local,
-                               uint64_t grid, ColumnWrites column_writes = ColumnWrites::kFastestHere);
+                               uint64_t grid);
 
 // Columns [col_begin, col_end) of a run of consecutive rows, held in memory row-major and
 // contiguous at `data`: the part of a row band that one rank sends its row's writer.

@@ -1,7 +1,6 @@
 #include "serialization/file.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -39,7 +38,7 @@ File File::create(const std::string& path) {
 }
 
 File File::open_shared(const std::string& path) {
-  return File(open_or_throw(path, O_RDWR | O_CREAT, "cannot open for writing"), path);
+  return File(open_or_throw(path, O_WRONLY | O_CREAT, "cannot open for writing"), path);
 }
 
 File File::open(const std::string& path) {
@@ -114,31 +113,6 @@ void File::write_at(const void* data, size_t size, uint64_t offset) {
     size -= static_cast<size_t>(n);
   }
 }
-
-bool File::reserve(uint64_t offset, uint64_t size) {
-  int result;
-  do {
-    result = ::fallocate(fd_, 0, static_cast<off_t>(offset), static_cast<off_t>(size));
-  } while (result != 0 && errno == EINTR);
-  if (result == 0) return true;
-  if (errno == EOPNOTSUPP || errno == ENOSYS) return false;
-  throw CheckpointError(
-      io_error_message(absl::StrCat("cannot reserve bytes ", offset, " to ", offset + size, " of"), path_, errno));
-}
-
-FileMapping::FileMapping(const File& file, uint64_t offset, uint64_t size) {
-  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-  start_ = offset / page * page;
-  length_ = static_cast<size_t>(offset + size - start_);
-  void* base = ::mmap(nullptr, length_, PROT_READ | PROT_WRITE, MAP_SHARED, file.fd(), static_cast<off_t>(start_));
-  if (base == MAP_FAILED) {
-    throw CheckpointError(
-        io_error_message(absl::StrCat("cannot map bytes ", offset, " to ", offset + size, " of"), file.path(), errno));
-  }
-  base_ = static_cast<char*>(base);
-}
-
-FileMapping::~FileMapping() { ::munmap(base_, length_); }
 
 void File::read_at(void* data, size_t size, uint64_t offset) const {
   char* p = static_cast<char*>(data);

@@ -14,8 +14,7 @@ class File {
   // Creates (or truncates) `path` for writing, mode 0644.
   static File create(const std::string& path);
   // Opens `path` for writing at given offsets, creating it (mode 0644) if it is missing and
-  // keeping what it holds: several processes write their parts of one file this way. Opened
-  // for reading too, as a FileMapping of it needs.
+  // keeping what it holds: several processes write their parts of one file this way.
   static File open_shared(const std::string& path);
   // Opens an existing `path` for reading.
   static File open(const std::string& path);
@@ -38,10 +37,6 @@ class File {
   void read_at(void* data, size_t size, uint64_t offset) const;
   // Size of the file now, from fstat.
   uint64_t size() const;
-  // Reserves the disk blocks of [offset, offset + size), growing the file to hold them
-  // (fallocate), so that writes there through a FileMapping cannot run out of space. False if
-  // the file system cannot reserve blocks; throws CheckpointError if there is no room.
-  bool reserve(uint64_t offset, uint64_t size);
   // Asks the kernel to start writing bytes [offset, offset + size) to the device now, without
   // waiting (sync_file_range), so that writeback overlaps the writes after them and sync()
   // has little left to do: a 1 GiB write + fsync measured 0.52 s plain, 0.31 s so. Best
@@ -67,29 +62,6 @@ class File {
   int fd_ = -1;
   std::string path_;
   uint64_t written_ = 0;
-};
-
-// A writable shared mapping of bytes of a file, unmapped when it goes: for many small writes
-// to one range (the rows of a column slice, which several processes write into the same
-// pages), where a pwrite per row costs a system call and the file's lock each time. 768 MiB
-// written by 4 processes, each a quarter of every 4 KiB row, took 1.8 s by pwrite and 0.8 to
-// 1.0 s so, against 0.65 to 0.85 s for 4 files of their own; where page faults are costly it
-// is the slower way (block_io.h, ColumnWrites). The bytes must lie within the file
-// (File::reserve them first, so that no write can fault for want of space).
-class FileMapping {
- public:
-  FileMapping(const File& file, uint64_t offset, uint64_t size);
-  FileMapping(const FileMapping&) = delete;
-  FileMapping& operator=(const FileMapping&) = delete;
-  ~FileMapping();
-
-  // The mapped byte at `offset` of the file.
-  char* at(uint64_t offset) const { return base_ + (offset - start_); }
-
- private:
-  char* base_ = nullptr;
-  size_t length_ = 0;
-  uint64_t start_ = 0;
 };
 
 // Reads the whole of `path`, which must be at most `max_size` bytes.

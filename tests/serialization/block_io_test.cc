@@ -7,7 +7,7 @@
 
 #include <csignal>
 #include <string>
-#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "serialization/block_io.h"
@@ -16,7 +16,6 @@
 #include "serialization/checkpoint_reader.h"
 #include "serialization/checksum.h"
 #include "serialization/file.h"
-#include "serialization/page_fault_cost.h"
 #include "serialization/tensor_blocks.h"
 #include "tests/testing/errors.h"
 #include "tests/testing/temp_dir.h"
@@ -107,11 +106,10 @@ TEST(TensorBlocksTest, TilingIsChecked) {
 // Writes a [rows, cols] tensor as `parts` column or row slices, as ranks would, each way of
 // writing column slices, then reads arbitrary rectangles back, each through the blocks it
 // overlaps.
-class SliceRoundTrip : public ::testing::TestWithParam<std::tuple<int, ColumnWrites>> {};
+class SliceRoundTrip : public ::testing::TestWithParam<int> {};
 
 TEST_P(SliceRoundTrip, AnySplitReadsBackAnyRectangle) {
-  const int dim = std::get<0>(GetParam());
-  const ColumnWrites column_writes = std::get<1>(GetParam());
+  const int dim = GetParam();
   const std::string path = test::make_temp_dir() + "/t.safetensors";
   const at::Tensor whole = at::arange(0, 12 * 20, at::kFloat).reshape({12, 20});
   const uint64_t offset = 16;
@@ -123,7 +121,7 @@ TEST_P(SliceRoundTrip, AnySplitReadsBackAnyRectangle) {
       const int64_t size = whole.size(dim) / 4;
       const Rect rect = slice_rect({12, 20}, dim, p * size, size, "w");
       const at::Tensor local = whole.narrow(dim, p * size, size).contiguous();
-      for (auto& b : write_slice(f, offset, 20, 4, rect, local.data_ptr(), /*grid=*/5, column_writes)) {
+      for (auto& b : write_slice(f, offset, 20, 4, rect, local.data_ptr(), /*grid=*/5)) {
         blocks.push_back(b);
       }
     }
@@ -140,10 +138,7 @@ TEST_P(SliceRoundTrip, AnySplitReadsBackAnyRectangle) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(DimsAndWays, SliceRoundTrip,
-                         ::testing::Combine(::testing::Values(0, 1),
-                                            ::testing::Values(ColumnWrites::kMapped, ColumnWrites::kPwrite,
-                                                              ColumnWrites::kFastestHere)));
+INSTANTIATE_TEST_SUITE_P(Dims, SliceRoundTrip, ::testing::Values(0, 1));
 
 // Rows assembled from the column pieces of several ranks are the bytes and the checksum
 // blocks that a writer holding those rows whole writes; also for rows longer than the
@@ -193,35 +188,6 @@ TEST(BlockIoTest, RowsWrittenFromColumnPiecesAreTheWholeRowsSlice) {
     read_tensor_part(File::open(path), record_of({rows, cols}, 8, blocks[1]), want, dest.data_ptr());
     EXPECT_TRUE(at::equal(dest, whole.slice(0, 2, 9).slice(1, cols / 4, cols / 2))) << cols;
   }
-}
-
-TEST(BlockIoTest, TheWayOfWritingColumnsIsChosenByThePriceOfAPageFault) {
-  const double cost = page_fault_microseconds();
-  EXPECT_GT(cost, 0.0);
-  EXPECT_LT(cost, 10000.0);
-  EXPECT_EQ(page_fault_microseconds(), cost);  // measured once
-  EXPECT_EQ(fastest_column_writes(),
-            cost > kCostlyPageFaultMicroseconds ? ColumnWrites::kPwrite : ColumnWrites::kMapped);
-  // Both ways write the same bytes with the same checksums.
-  const at::Tensor whole = at::arange(0, 16 * 64, at::kFloat).reshape({16, 64});
-  const at::Tensor local = whole.slice(1, 16, 32).contiguous();
-  std::vector<std::vector<Block>> blocks;
-  std::vector<std::string> bytes;
-  for (ColumnWrites way : {ColumnWrites::kMapped, ColumnWrites::kPwrite}) {
-    const std::string path = test::make_temp_dir() + "/t.safetensors";
-    File f = File::open_shared(path);
-    blocks.push_back(write_slice(f, 8, 64, 4, {0, 16, 16, 32}, local.data_ptr(), 16, way));
-    f.sync();
-    bytes.push_back(read_file(path, 1 << 20));
-  }
-  // The mapped way reserves the rows whole first, so its file runs on to the end of the last
-  // row, in zeros; pwrite stops after the last row part.
-  EXPECT_EQ(bytes[0].size(), 8 + 16 * 64 * 4u);
-  EXPECT_EQ(bytes[1].size(), 8 + (15 * 64 + 32) * 4u);
-  EXPECT_TRUE(bytes[0].compare(0, bytes[1].size(), bytes[1]) == 0);
-  EXPECT_EQ(bytes[0].find_first_not_of('\0', bytes[1].size()), std::string::npos);
-  ASSERT_EQ(blocks[0].size(), blocks[1].size());
-  for (size_t i = 0; i < blocks[0].size(); ++i) EXPECT_EQ(blocks[0][i].xxh3(), blocks[1][i].xxh3()) << i;
 }
 
 TEST(BlockIoTest, ACorruptBlockIsNamed) {
@@ -293,10 +259,9 @@ TEST(BlockIoTest, PartsReadOnThreadsGiveTheBytesAndTheFirstErrorOfOneThread) {
             error_of([&] { read_tensor_part(f, record, {0, 1024, 0, 4096}, dest.data_ptr()); }));
 }
 
-// A column slice written through a mapping of its rows has their blocks reserved first: a
-// file that may not grow fails there with a clear error, never a SIGBUS in the copy. By
-// pwrite it fails at the first row part that does not fit.
-TEST(BlockIoTest, AColumnSliceWithNoRoomFailsBeforeAnyByteIsCopied) {
+// A column slice whose file may not grow fails at the first row part that does not fit,
+// with the offset and the path.
+TEST(BlockIoTest, AColumnSliceWithNoRoomFailsAtTheFirstPartPastTheLimit) {
   const std::string path = test::make_temp_dir() + "/t.safetensors";
   const at::Tensor whole = at::arange(0, 64 * 64, at::kFloat).reshape({64, 64});
   const at::Tensor local = whole.slice(1, 32, 64).contiguous();
@@ -307,15 +272,11 @@ TEST(BlockIoTest, AColumnSliceWithNoRoomFailsBeforeAnyByteIsCopied) {
   small.rlim_cur = 4096;
   const auto old_handler = ::signal(SIGXFSZ, SIG_IGN);
   ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
-  const std::string error =
-      error_of([&] { write_slice(f, 0, 64, 4, {0, 64, 32, 64}, local.data_ptr(), 64, ColumnWrites::kMapped); });
-  // By pwrite, the first row part past the limit fails: row 16's, at 16 * 256 + 128.
-  const std::string by_pwrite =
-      error_of([&] { write_slice(f, 0, 64, 4, {0, 64, 32, 64}, local.data_ptr(), 64, ColumnWrites::kPwrite); });
+  // Row 16's part, at 16 * 256 + 128, is the first past the limit.
+  const std::string error = error_of([&] { write_slice(f, 0, 64, 4, {0, 64, 32, 64}, local.data_ptr(), 64); });
   ::setrlimit(RLIMIT_FSIZE, &before);
   ::signal(SIGXFSZ, old_handler);
-  EXPECT_EQ(error, "cannot reserve bytes 0 to 16384 of " + path + ": File too large");
-  EXPECT_EQ(by_pwrite, "cannot write at offset 4224 of " + path + ": File too large");
+  EXPECT_EQ(error, "cannot write at offset 4224 of " + path + ": File too large");
   // With room, the same slice is written and reads back.
   const std::vector<Block> blocks = write_slice(f, 0, 64, 4, {0, 64, 32, 64}, local.data_ptr(), 64);
   f.sync();

@@ -51,8 +51,6 @@
 #include "distributed/world.h"
 #include "opt/checkpoint.h"
 #include "opt/state_dict.h"
-#include "serialization/block_io.h"
-#include "serialization/page_fault_cost.h"
 #include "tools/bench/measure.h"
 #include "tools/zoo/gpt.h"
 
@@ -396,14 +394,12 @@ int main(int argc, char** argv) {
       std::printf("\nmodel: zoo GPT width %ld, depth %ld, 16 heads, vocab 256, context 64: %zu tensors, %.3f GiB\n"
                   "(%llu bytes) global, saved from %s; own bytes per rank %.3f..%.3f GiB (rank 0: %.3f GiB)\n"
                   "%d rank(s) on %u core(s), backend %s; %d run(s) each; scratch %s; process RSS before the model\n"
-                  "%.0f MiB (rank 0); load average at start %s, at end %s; a page fault costs %.1f us here, so\n"
-                  "column slices are written %s (serialization/block_io.h, ColumnWrites)\n",
+                  "%.0f MiB (rank 0); load average at start %s, at end %s\n",
                   static_cast<long>(width), static_cast<long>(depth), tensor_count, bytes / kGiB,
                   static_cast<unsigned long long>(bytes), mesh->describe().c_str(), -own_range[1].item<double>() / kGiB,
                   own_range[0].item<double>() / kGiB, own / kGiB, ranks, std::thread::hardware_concurrency(),
                   comm->backend_name().c_str(), repeat, dir.c_str(), rss_base / double(1 << 20), load_at_start.c_str(),
-                  load_average().c_str(), mto::page_fault_microseconds(),
-                  mto::fastest_column_writes() == mto::ColumnWrites::kPwrite ? "by pwrite" : "through a mapping");
+                  load_average().c_str());
       std::printf("\n%-40s %9s %7s %9s %10s %8s %13s  %s\n", "operation", "median s", "GB/s", "time/raw",
                   "peak RSS", "RSS/own", "(RSS-base)/own", "runs (s)");
       for (const auto& r : rows) {
