@@ -87,6 +87,7 @@ void write_by_row_exchange(const CheckpointPlan& plan, const std::vector<RowExch
     // Every rank computes the same rounds, from the plan.
     const size_t element_size = c10::elementSize(scalar_type_from_safetensors(record.dtype(), record.name()));
     const uint64_t per_round = round_rows(cols, element_size);
+    const uint64_t grid = column_grid(shape, element_size);
     uint64_t rounds = 0;
     for (size_t i = 0; i < n; ++i) {
       rounds = std::max(rounds, (band_rows(plan, exchange, i).rows() + per_round - 1) / per_round);
@@ -124,8 +125,7 @@ void write_by_row_exchange(const CheckpointPlan& plan, const std::vector<RowExch
       comm.all_to_all(send, receive);
       if (pieces.empty() || failure) continue;
       try {
-        for (Block& b : write_rows(file(record.shard()), record.offset(), cols, element_size, rows, pieces,
-                                   column_grid(shape, element_size))) {
+        for (Block& b : write_rows(file(record.shard()), record.offset(), cols, element_size, rows, pieces, grid)) {
           *out->add_blocks() = std::move(b);
         }
       } catch (...) {

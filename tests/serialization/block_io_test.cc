@@ -103,9 +103,8 @@ TEST(TensorBlocksTest, TilingIsChecked) {
   EXPECT_NE(error_of([&] { check_tiling({{0, 6, 0, 4}}, m, "t"); }).find("end at column 4"), std::string::npos);
 }
 
-// Writes a [rows, cols] tensor as `parts` column or row slices, as ranks would, each way of
-// writing column slices, then reads arbitrary rectangles back, each through the blocks it
-// overlaps.
+// Writes a [rows, cols] tensor as 4 column or row slices, as ranks would, then reads arbitrary
+// rectangles back, each through the blocks it overlaps.
 class SliceRoundTrip : public ::testing::TestWithParam<int> {};
 
 TEST_P(SliceRoundTrip, AnySplitReadsBackAnyRectangle) {
