@@ -9,6 +9,7 @@
 #include "serialization/checkpoint_error.h"
 #include "serialization/checksum.h"
 #include "serialization/file.h"
+#include "serialization/read_ranges.h"
 #include "serialization/safetensors.h"
 #include "serialization/write_behind.h"
 
@@ -185,29 +186,54 @@ void read_band_into(const File& file, const TensorRecord& record, const std::vec
   char* dest = static_cast<char*>(dest_data);
   char* bounce = bounce_buffer();
   BandHash hash(band);
-  for_each_run(span, cols, [&](const Run& run) {
-    const uint64_t at = record.offset() + (run.row * cols + run.col) * element_size;
-    const uint64_t size = run.width * run.rows * element_size;
-    // One copy per chunk when the run is contiguous in the destination too.
-    const bool direct = inside && (run.rows == 1 || dest_rect.cols() == run.width);
-    char* target = direct ? dest + offset_in(dest_rect, run.row, run.col, element_size) : nullptr;
-    for (uint64_t done = 0; done < size; done += kBounceBufferBytes) {
-      const size_t n = static_cast<size_t>(std::min<uint64_t>(kBounceBufferBytes, size - done));
-      file.read_at(bounce, n, at + done);
-      if (direct) std::memcpy(target + done, bounce, n);
-      for_each_segment(run, done / element_size, n / element_size, bounce, element_size,
-                       [&](uint64_t row, uint64_t col, uint64_t col_end, const char* data) {
-                         hash.update(col, col_end, data, element_size);
+  // Chunks of runs read into the bounce buffer together, each at its `bounce` offset.
+  struct Chunk {
+    Run run;
+    uint64_t done;  // bytes of the run before the chunk
+    size_t size;
+    size_t bounce;
+  };
+  std::vector<Chunk> chunks;
+  std::vector<ReadRange> ranges;
+  size_t filled = 0;
+  const auto drain = [&] {
+    read_ranges(file, ranges);
+    for (const Chunk& chunk : chunks) {
+      const Run& run = chunk.run;
+      const char* data = bounce + chunk.bounce;
+      const size_t n = chunk.size;
+      // One copy per chunk when the run is contiguous in the destination too.
+      const bool direct = inside && (run.rows == 1 || dest_rect.cols() == run.width);
+      if (direct) std::memcpy(dest + offset_in(dest_rect, run.row, run.col, element_size) + chunk.done, data, n);
+      for_each_segment(run, chunk.done / element_size, n / element_size, data, element_size,
+                       [&](uint64_t row, uint64_t col, uint64_t col_end, const char* segment) {
+                         hash.update(col, col_end, segment, element_size);
                          if (direct || row < dest_rect.row_begin || row >= dest_rect.row_end) return;
                          const uint64_t lo = std::max(col, dest_rect.col_begin);
                          const uint64_t hi = std::min(col_end, dest_rect.col_end);
                          if (lo < hi) {
                            std::memcpy(dest + offset_in(dest_rect, row, lo, element_size),
-                                       data + (lo - col) * element_size, (hi - lo) * element_size);
+                                       segment + (lo - col) * element_size, (hi - lo) * element_size);
                          }
                        });
     }
+    chunks.clear();
+    ranges.clear();
+    filled = 0;
+  };
+  // A narrow band's runs are row pieces, read many to a system call (read_ranges.h).
+  for_each_run(span, cols, [&](const Run& run) {
+    const uint64_t at = record.offset() + (run.row * cols + run.col) * element_size;
+    const uint64_t size = run.width * run.rows * element_size;
+    for (uint64_t done = 0; done < size; done += kBounceBufferBytes) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(kBounceBufferBytes, size - done));
+      if (filled + n > kBounceBufferBytes) drain();
+      chunks.push_back({run, done, n, filled});
+      ranges.push_back({bounce + filled, n, at + done});
+      filled += n;
+    }
   });
+  drain();
   for (size_t k = 0; k < blocks.size(); ++k) {
     if (hash.digest(k) == blocks[k].xxh3()) continue;
     const Block& block = blocks[k];

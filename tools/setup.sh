@@ -13,6 +13,7 @@ packages=(
   libbenchmark-dev                       # benchmarks
   libopenmpi-dev openmpi-bin             # the MPI backend and mpirun
   libxxhash-dev                          # checksums
+  liburing-dev                           # batched reads of a split tensor's row pieces
   nlohmann-json3-dev libcli11-dev        # JSON, the command line
   dataset-fashion-mnist                  # the main job's images
   fortunes                               # the main job's text (2.5 MB of English, BSD licence)
