@@ -47,12 +47,12 @@ std::vector<Block> write_rows(File& file, uint64_t tensor_offset, uint64_t cols,
 // Reads the blocks `band` of the tensor `record` from `file` (one group of row_bands: the
 // same rows, adjacent columns, ascending), checks each block's XXH3-64, and copies the
 // elements they share with `dest_rect` into `dest`: the elements of `dest_rect`, contiguous
-// and row-major. The band's bytes are read once, a row (or a run of whole rows) at a time,
-// by pread into the thread's bounce buffer, hashed there and copied out. Not straight into
-// `dest`, nor from a mapping of the file: where the kernel's first access to a user page
-// costs a page fault's price (the VMs measured in bounce_buffer.h), either made restoring
-// the GPT at tp 4 5x slower (tools/bench/gpt_checkpoint_bench.sh). Elements of `dest`
-// outside the band are left alone. Throws CheckpointError naming the file, the tensor and
+// and row-major. The band's bytes are read once into the thread's bounce buffer, hashed
+// there and copied out: a run of whole rows by pread, the pieces of narrower rows many to a
+// system call (read_ranges.h). Not straight into `dest`, nor from a mapping of the file:
+// where the kernel's first access to a user page costs a page fault's price (the VMs
+// measured in bounce_buffer.h), either made restoring the GPT at tp 4 5x slower
+// (tools/bench/gpt_checkpoint_bench.sh). Elements of `dest` outside the band are left alone. Throws CheckpointError naming the file, the tensor and
 // the block's rows and columns on a checksum mismatch or a short read; `dest` then holds
 // undefined values.
 void read_band_into(const File& file, const TensorRecord& record, const std::vector<Block>& band,
