@@ -52,9 +52,9 @@ std::vector<Block> write_rows(File& file, uint64_t tensor_offset, uint64_t cols,
 // system call (read_ranges.h). Not straight into `dest`, nor from a mapping of the file:
 // where the kernel's first access to a user page costs a page fault's price (the VMs
 // measured in bounce_buffer.h), either made restoring the GPT at tp 4 5x slower
-// (tools/bench/gpt_checkpoint_bench.sh). Elements of `dest` outside the band are left alone. Throws CheckpointError naming the file, the tensor and
-// the block's rows and columns on a checksum mismatch or a short read; `dest` then holds
-// undefined values.
+// (tools/bench/gpt_checkpoint_bench.sh). Elements of `dest` outside the band are left alone.
+// Throws CheckpointError naming the file, the tensor and the block's rows and columns on a
+// checksum mismatch or a short read; `dest` then holds undefined values.
 void read_band_into(const File& file, const TensorRecord& record, const std::vector<Block>& band,
                     const Rect& dest_rect, void* dest);
 
