@@ -204,7 +204,9 @@ void read_band_into(const File& file, const TensorRecord& record, const std::vec
       const size_t n = chunk.size;
       // One copy per chunk when the run is contiguous in the destination too.
       const bool direct = inside && (run.rows == 1 || dest_rect.cols() == run.width);
-      if (direct) std::memcpy(dest + offset_in(dest_rect, run.row, run.col, element_size) + chunk.done, data, n);
+      if (direct) {
+        std::memcpy(dest + offset_in(dest_rect, run.row, run.col, element_size) + chunk.done, data, n);
+      }
       for_each_segment(run, chunk.done / element_size, n / element_size, data, element_size,
                        [&](uint64_t row, uint64_t col, uint64_t col_end, const char* segment) {
                          hash.update(col, col_end, segment, element_size);
