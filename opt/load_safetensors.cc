@@ -14,6 +14,7 @@
 #include "serialization/checkpoint_reader.h"
 #include "serialization/file.h"
 #include "serialization/ordered_work.h"
+#include "serialization/read_ranges.h"
 #include "serialization/safetensors.h"
 #include "serialization/safetensors_set.h"
 
@@ -52,10 +53,12 @@ at::Tensor read_part(const File& file, const SafetensorsLocation& location, cons
   for (size_t d = dim + 1; d < global.size(); ++d) inner *= global[d];
   const int64_t length = target.tensor.size(dim);
   const uint64_t run = static_cast<uint64_t>(length * inner) * element;
-  for (int64_t i = 0; i < outer; ++i) {
+  std::vector<ReadRange> runs;
+  for (int64_t i = 0; i < outer && run > 0; ++i) {
     const uint64_t from = first + static_cast<uint64_t>((i * global[dim] + target.slice->offset) * inner) * element;
-    if (run > 0) file.read_at(data + i * run, run, from);
+    runs.push_back({data + i * run, run, from});
   }
+  read_ranges(file, runs);  // many runs to a system call, as a restore reads them
   *bytes_read += run * outer;
   return out;
 }
