@@ -186,28 +186,27 @@ void read_band_into(const File& file, const TensorRecord& record, const std::vec
   char* dest = static_cast<char*>(dest_data);
   char* bounce = bounce_buffer();
   BandHash hash(band);
-  // Chunks of runs read into the bounce buffer together, each at its `bounce` offset.
+  // The runs' chunks read into the bounce buffer together: chunk i lands at ranges[i].
   struct Chunk {
     Run run;
     uint64_t done;  // bytes of the run before the chunk
-    size_t size;
-    size_t bounce;
   };
   std::vector<Chunk> chunks;
   std::vector<ReadRange> ranges;
   size_t filled = 0;
   const auto drain = [&] {
     read_ranges(file, ranges);
-    for (const Chunk& chunk : chunks) {
-      const Run& run = chunk.run;
-      const char* data = bounce + chunk.bounce;
-      const size_t n = chunk.size;
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      const Run& run = chunks[i].run;
+      const uint64_t done = chunks[i].done;
+      const char* data = static_cast<const char*>(ranges[i].data);
+      const size_t n = ranges[i].size;
       // One copy per chunk when the run is contiguous in the destination too.
       const bool direct = inside && (run.rows == 1 || dest_rect.cols() == run.width);
       if (direct) {
-        std::memcpy(dest + offset_in(dest_rect, run.row, run.col, element_size) + chunk.done, data, n);
+        std::memcpy(dest + offset_in(dest_rect, run.row, run.col, element_size) + done, data, n);
       }
-      for_each_segment(run, chunk.done / element_size, n / element_size, data, element_size,
+      for_each_segment(run, done / element_size, n / element_size, data, element_size,
                        [&](uint64_t row, uint64_t col, uint64_t col_end, const char* segment) {
                          hash.update(col, col_end, segment, element_size);
                          if (direct || row < dest_rect.row_begin || row >= dest_rect.row_end) return;
@@ -230,7 +229,7 @@ void read_band_into(const File& file, const TensorRecord& record, const std::vec
     for (uint64_t done = 0; done < size; done += kBounceBufferBytes) {
       const size_t n = static_cast<size_t>(std::min<uint64_t>(kBounceBufferBytes, size - done));
       if (filled + n > kBounceBufferBytes) drain();
-      chunks.push_back({run, done, n, filled});
+      chunks.push_back({run, done});
       ranges.push_back({bounce + filled, n, at + done});
       filled += n;
     }

@@ -22,14 +22,14 @@ class ThreadRing {
   io_uring* get() {
     const pid_t pid = ::getpid();
     if (pid != pid_) {
-      if (ready_) io_uring_queue_exit(&ring_);  // the child's copy only
+      close();  // a parent's ring: this closes the child's copy only
       pid_ = pid;
       ready_ = io_uring_queue_init(kQueueDepth, &ring_, 0) == 0;
     }
     return ready_ ? &ring_ : nullptr;
   }
 
-  // Gives the ring up for good: this thread reads by pread from now on.
+  // Gives the ring up: this thread of this process reads by pread from now on.
   void close() {
     if (ready_) io_uring_queue_exit(&ring_);
     ready_ = false;
@@ -107,11 +107,7 @@ bool ranges_use_io_uring() { return thread_ring().get() != nullptr; }
 
 void read_ranges(const File& file, const std::vector<ReadRange>& ranges) {
   std::vector<ReadRange> queued;
-  for (size_t i = 0; i <= ranges.size(); ++i) {
-    if (i < ranges.size() && ranges[i].size <= kMaxRingReadBytes) {
-      queued.push_back(ranges[i]);
-      if (queued.size() < kQueueDepth) continue;
-    }
+  const auto flush = [&] {
     io_uring* ring = queued.size() > 1 ? thread_ring().get() : nullptr;
     if (ring != nullptr) {
       read_through_ring(ring, file, queued);
@@ -119,10 +115,16 @@ void read_ranges(const File& file, const std::vector<ReadRange>& ranges) {
       for (const ReadRange& r : queued) file.read_at(r.data, r.size, r.offset);
     }
     queued.clear();
-    if (i < ranges.size() && ranges[i].size > kMaxRingReadBytes) {
-      file.read_at(ranges[i].data, ranges[i].size, ranges[i].offset);
+  };
+  for (const ReadRange& r : ranges) {
+    if (r.size > kMaxRingReadBytes) {
+      file.read_at(r.data, r.size, r.offset);
+      continue;
     }
+    queued.push_back(r);
+    if (queued.size() == kQueueDepth) flush();
   }
+  flush();
 }
 
 }  // namespace mto
