@@ -184,7 +184,9 @@ TEST_F(SaveAsyncTest, ReplicasThatDifferAreRefusedAsSaveRefusesThem) {
     EXPECT_EQ(async_error, sync_error);
     comm->barrier();
     EXPECT_FALSE(fs::exists(dir_));
-    if (rank == 0) EXPECT_EQ(hidden_entries(), std::vector<std::string>{});
+    if (rank == 0) {
+      EXPECT_EQ(hidden_entries(), std::vector<std::string>{});
+    }
   }
   save_async(*m, dir_).wait();
   EXPECT_TRUE(at::equal(restored_output(), output_of(m)));

@@ -17,15 +17,15 @@ ranks() { mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$1" -x 
 check() {
   local name=$1
   shift
-  local out
+  local out start=$(date +%s)
   if out=$("$@" 2>&1); then
     passed=$((passed + 1))
-    cases+="<testcase name=\"$name\"/>"
-    echo "PASS $name"
+    cases+="<testcase name=\"$name\" time=\"$(($(date +%s) - start))\"/>"
+    echo "PASS $name ($(($(date +%s) - start)) s)"
   else
     failed=$((failed + 1))
-    cases+="<testcase name=\"$name\"><failure message=\"failed\"/></testcase>"
-    echo "FAIL $name"
+    cases+="<testcase name=\"$name\" time=\"$(($(date +%s) - start))\"><failure message=\"failed\"/></testcase>"
+    echo "FAIL $name ($(($(date +%s) - start)) s)"
     echo "$out" | sed 's/^/    /'
   fi
 }

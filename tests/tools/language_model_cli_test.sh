@@ -4,14 +4,16 @@
 # evaluate it on (1, 1) and (1, 2) with the same numbers, quantize it on 2 ranks and
 # evaluate on 3, export it as real int8 weights, search a format per layer within a bit
 # budget, fine-tune pruned and sparse students with it as the teacher, sample from it on one process and on a tp group with the same text, and the
-# errors a user meets, each one clear line.
-#   language_model_cli_test.sh MTO_BINARY
+# errors a user meets, each one clear line. The checks come in three groups, one Bazel test
+# each, so that none nears the time limit on two loaded cores:
+#   language_model_cli_test.sh MTO_BINARY mesh|pruning|auto_quantize
 # Writes one JUnit test case per check to $XML_OUTPUT_FILE.
 set -uo pipefail
 mto=$(realpath "$1")
+group=$2
 work="${TEST_TMPDIR:-$(mktemp -d)}/language_model_cli"
 mkdir -p "$work"
-source "$(dirname "$0")/cli_harness.sh" language_model_cli_test
+source "$(dirname "$0")/cli_harness.sh" "language_model_cli_${group}_test"
 
 # A GPT small enough to train in a second on two shared cores.
 gpt_args='{"width": 32, "depth": 1, "heads": 2, "context": 16}'
@@ -34,9 +36,14 @@ close() {
     { echo "$1 and $2 differ by more than $3 (relative)"; return 1; }
 }
 
+# train_gpt: trains the GPT the other checks read into $work/gpt on a (dp=2, tp=2) mesh.
+train_gpt() {
+  ranks 4 "$mto" train --model gpt --tp 2 --model-args "$gpt_args" --train-samples 256 --batch-size 8 \
+    --lr 1e-2 --out "$work/gpt" 2>&1
+}
+
 train_on_2x2_mesh() {
-  out=$(ranks 4 "$mto" train --model gpt --tp 2 --model-args "$gpt_args" --train-samples 256 --batch-size 8 \
-        --lr 1e-2 --out "$work/gpt" 2>&1) || { echo "$out"; return 1; }
+  out=$(train_gpt) || { echo "$out"; return 1; }
   grep -q "training gpt on 256 sequences of 16 bytes of the text corpus, 4 rank(s) as (dp=2, tp=2)," <<<"$out" ||
     { echo "$out"; return 1; }
   grep -q "^saved $work/gpt in" <<<"$out" || { echo "$out"; return 1; }
@@ -334,18 +341,31 @@ help_mentions_tp() {
   "$mto" train --help | grep -q "gpt" && "$mto" --help | grep -q "generate"
 }
 
-check train_on_2x2_mesh train_on_2x2_mesh
-check eval_same_on_any_mesh eval_same_on_any_mesh
-check quantize_int8_eval_on_3 quantize_int8_eval_on_3
-check generate_is_deterministic generate_is_deterministic
-check missing_corpus_names_the_package missing_corpus_names_the_package
-check tensor_parallel_size_errors tensor_parallel_size_errors
-check generate_needs_a_language_model generate_needs_a_language_model
-check prune_and_sparsify prune_and_sparsify
-check distill_from_the_float_gpt distill_from_the_float_gpt
-check auto_quantize_within_bits auto_quantize_within_bits
-check import_plain_safetensors import_plain_safetensors
-check export_deployable export_deployable
-check help_mentions_tp help_mentions_tp
+case $group in
+  mesh)
+    check train_on_2x2_mesh train_on_2x2_mesh
+    check eval_same_on_any_mesh eval_same_on_any_mesh
+    check quantize_int8_eval_on_3 quantize_int8_eval_on_3
+    check export_deployable export_deployable
+    check import_plain_safetensors import_plain_safetensors
+    check generate_is_deterministic generate_is_deterministic
+    check tensor_parallel_size_errors tensor_parallel_size_errors
+    check help_mentions_tp help_mentions_tp
+    ;;
+  pruning)
+    out=$(train_gpt) || { echo "cannot train the GPT the checks read:"; echo "$out"; exit 1; }
+    check prune_and_sparsify prune_and_sparsify
+    check distill_from_the_float_gpt distill_from_the_float_gpt
+    check missing_corpus_names_the_package missing_corpus_names_the_package
+    check generate_needs_a_language_model generate_needs_a_language_model
+    ;;
+  auto_quantize)
+    check auto_quantize_within_bits auto_quantize_within_bits
+    ;;
+  *)
+    echo "unknown group '$group': mesh, pruning or auto_quantize" >&2
+    exit 2
+    ;;
+esac
 
 finish
