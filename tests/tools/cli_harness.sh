@@ -17,15 +17,18 @@ ranks() { mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$1" -x 
 check() {
   local name=$1
   shift
-  local out start=$(date +%s)
-  if out=$("$@" 2>&1); then
+  local out status seconds start=$(date +%s)
+  out=$("$@" 2>&1)
+  status=$?
+  seconds=$(($(date +%s) - start))
+  if [ "$status" = 0 ]; then
     passed=$((passed + 1))
-    cases+="<testcase name=\"$name\" time=\"$(($(date +%s) - start))\"/>"
-    echo "PASS $name ($(($(date +%s) - start)) s)"
+    cases+="<testcase name=\"$name\" time=\"$seconds\"/>"
+    echo "PASS $name ($seconds s)"
   else
     failed=$((failed + 1))
-    cases+="<testcase name=\"$name\" time=\"$(($(date +%s) - start))\"><failure message=\"failed\"/></testcase>"
-    echo "FAIL $name ($(($(date +%s) - start)) s)"
+    cases+="<testcase name=\"$name\" time=\"$seconds\"><failure message=\"failed\"/></testcase>"
+    echo "FAIL $name ($seconds s)"
     echo "$out" | sed 's/^/    /'
   fi
 }

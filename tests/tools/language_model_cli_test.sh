@@ -3,9 +3,10 @@
 # the real text corpus (Debian package fortunes): train a tiny GPT on a (dp=2, tp=2) mesh,
 # evaluate it on (1, 1) and (1, 2) with the same numbers, quantize it on 2 ranks and
 # evaluate on 3, export it as real int8 weights, search a format per layer within a bit
-# budget, fine-tune pruned and sparse students with it as the teacher, sample from it on one process and on a tp group with the same text, and the
-# errors a user meets, each one clear line. The checks come in three groups, one Bazel test
-# each, so that none nears the time limit on two loaded cores:
+# budget, fine-tune pruned and sparse students with it as the teacher, sample from it on one
+# process and on a tp group with the same text, and the errors a user meets, each one clear
+# line. The checks come in three groups, one Bazel test each, so that none nears the time
+# limit on two loaded cores:
 #   language_model_cli_test.sh MTO_BINARY mesh|pruning|auto_quantize
 # Writes one JUnit test case per check to $XML_OUTPUT_FILE.
 set -uo pipefail
