@@ -52,16 +52,23 @@ def _impl(ctx):
         mnemonic = "CppPrecompiledHeader",
         progress_message = "Precompiling %s" % ctx.file.hdr.short_path,
     )
-    return [DefaultInfo(files = depset([header, compiled])), cc_common.merge_cc_infos(cc_infos = [
+    info = cc_common.merge_cc_infos(cc_infos = [
         CcInfo(compilation_context = cc_common.create_compilation_context(headers = depset([header, compiled]))),
         deps,
-    ])]
+    ])
+    if not ctx.attr.link_deps:
+        info = CcInfo(compilation_context = info.compilation_context)
+    return [DefaultInfo(files = depset([header, compiled])), info]
 
 cc_precompiled_header = rule(
     implementation = _impl,
     attrs = {
         "hdr": attr.label(allow_single_file = [".h"], mandatory = True),
         "deps": attr.label_list(providers = [CcInfo]),
+        # False: a target that uses the header gets the deps' headers but links only its own
+        # deps (so a header may name a library, e.g. one that registers modes, that the
+        # target does not link).
+        "link_deps": attr.bool(default = True),
         "_cc_toolchain": attr.label(default = Label("@bazel_tools//tools/cpp:current_cc_toolchain")),
     },
     fragments = ["cpp"],
