@@ -4,8 +4,8 @@ must include //tests/testing:test_pch).
 Tests of the checkpoint, the modes and the model zoo use it. The small ones that need only
 tensors (data sets, fake quantization) and the distributed and reliability tests stay on
 //third_party/pch:torch_pch: GCC instantiates the templates of every header of a precompiled
-header again in each translation unit, which costs those files 1 to 3 CPU-seconds more than
-the parsing it saves them (measured one file at a time).
+header again in each translation unit, which cost most of those files up to 3.5 CPU-seconds
+more than the parsing it saved them (measured one file at a time).
 """
 
 load("//third_party/pch:pch.bzl", "precompiled_header_copts")
