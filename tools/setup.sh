@@ -17,7 +17,8 @@ packages=(
   nlohmann-json3-dev libcli11-dev        # JSON, the command line
   dataset-fashion-mnist                  # the main job's images
   fortunes                               # the main job's text (2.5 MB of English, BSD licence)
-  libfuzzer-14-dev                       # clang-14 and libFuzzer for tests/fuzz
+  clang-14                               # the compiler of every target (.bazelrc)
+  libfuzzer-14-dev lld-14                # libFuzzer, and the linker of tests/fuzz
 )
 
 missing=()

@@ -2,7 +2,7 @@
 
 The fuzz binary is built in the configuration of //third_party/toolchains/clang_fuzz (the
 same one --config=fuzz selects) through a transition, so a plain `bazel test //...` builds
-and runs it next to the gcc-built tests without reconfiguring anything else.
+and runs it next to the other tests without reconfiguring anything else.
 """
 
 _FUZZ_TOOLCHAIN = "//third_party/toolchains/clang_fuzz:toolchain"
