@@ -15,7 +15,9 @@ was 6.6 of the 8.2 CPU-seconds GCC took for a small LibTorch file here (clang: 1
 
 Clang records the absolute paths of the header's inputs in the .gch and lists them in each
 user's dependency file, so the header is compiled outside the sandbox: the paths are then
-the execution root's, which Bazel accepts, not those of a sandbox that is gone.
+the execution root's, which Bazel accepts, not those of a sandbox that is gone. For the same
+reason a .gch is never taken from a disk or remote cache (no-cache; the local action cache
+still keeps it): one built in another workspace names that workspace's files.
 """
 
 load("@bazel_tools//tools/cpp:toolchain_utils.bzl", "find_cpp_toolchain")
@@ -62,7 +64,7 @@ def _impl(ctx):
         inputs = depset([header], transitive = [context.headers, cc_toolchain.all_files]),
         outputs = [compiled],
         mnemonic = "CppPrecompiledHeader",
-        execution_requirements = {"no-sandbox": "1"},
+        execution_requirements = {"no-cache": "1", "no-sandbox": "1"},
         progress_message = "Precompiling %s" % ctx.file.hdr.short_path,
     )
     info = cc_common.merge_cc_infos(cc_infos = [
