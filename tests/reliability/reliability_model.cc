@@ -37,7 +37,7 @@ class ReliabilityModel : public torch::nn::Module, public SplitModule {
     for (int64_t i = 0; i < megabytes / 4; ++i) {
       std::vector<int64_t> shape = {kRows, kCols};
       shape[i % 2] /= group_->world_size();
-      register_parameter("w" + std::to_string(i), at::zeros(shape));
+      register_parameter("w" + std::to_string(i), at::empty(shape));
     }
     register_parameter("embedding", at::zeros({512, 256}, at::kBFloat16));
     register_buffer("step", at::zeros({3}, at::kLong));
@@ -59,15 +59,41 @@ MTO_REGISTER_MODEL(reliability_model, [](const nlohmann::json& args) -> std::sha
   return std::make_shared<ReliabilityModel>(args.value("megabytes", kDefaultMegabytes), default_mesh()->tp());
 });
 
-// Indices of the 8-byte words of `t` in its global tensor's row-major bytes.
-at::Tensor global_words(const StateTensor& t) {
-  const int64_t words = (static_cast<int64_t>(t.tensor.nbytes()) + 7) / 8;
-  if (!t.slice) return at::arange(words, at::kLong);
-  const int64_t cols = t.slice->global_shape[1], local_cols = t.tensor.size(1);
-  const int64_t row0 = t.slice->dim == 0 ? t.slice->offset : 0;
-  const int64_t col0 = t.slice->dim == 1 ? t.slice->offset : 0;
-  const at::Tensor rows = (at::arange(t.tensor.size(0), at::kLong) + row0).mul(cols / 2).unsqueeze(1);
-  return (rows + col0 / 2 + at::arange(local_cols / 2, at::kLong).unsqueeze(0)).reshape({-1});
+// The 64-bit mix of word `word` of a tensor under `key` (the generation and the tensor).
+uint64_t mix(int64_t word, int64_t key) {
+  uint64_t x = static_cast<uint64_t>(word + key) * 0x9E3779B97F4A7C15ull;
+  x ^= static_cast<uint64_t>(static_cast<int64_t>(x) >> 31);
+  x *= 0xBF58476D1CE4E5B9ull;
+  return x ^ static_cast<uint64_t>(static_cast<int64_t>(x) >> 29);
+}
+
+// Fills `t` in place, in one pass (no temporaries: a trial builds three models), with the
+// mixes of its words' indices in the global tensor's row-major bytes; a BOOL tensor gets the
+// low bit of each byte.
+void fill(const StateTensor& t, int64_t key) {
+  auto* out = static_cast<uint8_t*>(t.tensor.data_ptr());
+  const int64_t nbytes = static_cast<int64_t>(t.tensor.nbytes());
+  if (t.tensor.scalar_type() == at::kBool) {
+    for (int64_t i = 0; i < nbytes; ++i) out[i] = (mix(i / 8, key) >> (8 * (i % 8))) & 1;
+    return;
+  }
+  // A split tensor is an F32 matrix: a row of it holds cols / 2 words of the global row.
+  const int64_t rows = t.slice ? t.tensor.size(0) : 1;
+  const int64_t row_bytes = nbytes / rows;
+  const int64_t global_row_words = t.slice ? t.slice->global_shape[1] / 2 : 0;
+  const int64_t row0 = t.slice && t.slice->dim == 0 ? t.slice->offset : 0;
+  const int64_t word0 = t.slice && t.slice->dim == 1 ? t.slice->offset / 2 : 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t first = (row0 + r) * global_row_words + word0;
+    uint8_t* row = out + r * row_bytes;
+    const int64_t whole = row_bytes / 8;
+    for (int64_t w = 0; w < whole; ++w) {
+      const uint64_t x = mix(first + w, key);
+      std::memcpy(row + 8 * w, &x, 8);
+    }
+    const uint64_t tail = mix(first + whole, key);
+    std::memcpy(row + 8 * whole, &tail, row_bytes % 8);
+  }
 }
 
 }  // namespace
@@ -75,23 +101,9 @@ at::Tensor global_words(const StateTensor& t) {
 std::shared_ptr<torch::nn::Module> make_model(int64_t generation, int64_t megabytes) {
   std::shared_ptr<torch::nn::Module> model = ModelLike("reliability_model", {{"megabytes", megabytes}}).build();
   // Bytes of a 64-bit mix of (generation, tensor, position): every byte differs between
-  // generations, and it is fast (a model is built for every trial).
-  // Positions are global, so a split model holds the slices of the unsplit one.
+  // generations. Positions are global, so a split model holds the slices of the unsplit one.
   int64_t tensor = 0;
-  for (const auto& t : model_state_slices(*model)) {
-    const int64_t nbytes = static_cast<int64_t>(t.tensor.nbytes());
-    at::Tensor x = global_words(t) + (generation * 1000 + ++tensor) * (int64_t{1} << 40);
-    x.mul_(static_cast<int64_t>(0x9E3779B97F4A7C15ull));
-    x.bitwise_xor_(x.__rshift__(31));
-    x.mul_(static_cast<int64_t>(0xBF58476D1CE4E5B9ull));
-    x.bitwise_xor_(x.__rshift__(29));
-    if (t.tensor.scalar_type() == at::kBool) {
-      const at::Tensor bits = x.view(at::kByte).narrow(0, 0, nbytes).bitwise_and(1);
-      std::memcpy(t.tensor.data_ptr(), bits.data_ptr(), nbytes);
-    } else {
-      std::memcpy(t.tensor.data_ptr(), x.data_ptr(), nbytes);
-    }
-  }
+  for (const auto& t : model_state_slices(*model)) fill(t, (generation * 1000 + ++tensor) * (int64_t{1} << 40));
   return model;
 }
 
