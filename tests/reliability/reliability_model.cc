@@ -37,6 +37,7 @@ class ReliabilityModel : public torch::nn::Module, public SplitModule {
     for (int64_t i = 0; i < megabytes / 4; ++i) {
       std::vector<int64_t> shape = {kRows, kCols};
       shape[i % 2] /= group_->world_size();
+      // Uninitialized: make_model or a restore writes every byte.
       register_parameter("w" + std::to_string(i), at::empty(shape));
     }
     register_parameter("embedding", at::zeros({512, 256}, at::kBFloat16));

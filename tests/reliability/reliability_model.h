@@ -20,7 +20,8 @@ inline constexpr int64_t kDefaultMegabytes = 24;
 // split over the default mesh's tensor-parallel group: see use_split_model_from_env), plus a
 // BF16, an I64 and a BOOL tensor. Every byte is a hash of `generation`, the tensor and the
 // position in the global tensor (floats of any bit pattern, NaNs included; bools 0 or 1).
-// Restoring a checkpoint of it with mto::restore(dir) builds it with zeros first.
+// mto::restore(dir) of a checkpoint of it builds it with its matrices uninitialized (the
+// checkpoint fills every byte, as make_model does).
 std::shared_ptr<torch::nn::Module> make_model(int64_t generation,
                                               int64_t megabytes = kDefaultMegabytes);
 
