@@ -19,6 +19,7 @@ packages=(
   fortunes                               # the main job's text (2.5 MB of English, BSD licence)
   clang-14                               # the compiler of every target (.bazelrc)
   libfuzzer-14-dev lld-14                # libFuzzer, and the linker of tests/fuzz
+  llvm-14                                # llvm-bcanalyzer-14, which reads the .gch in a test
 )
 
 missing=()
