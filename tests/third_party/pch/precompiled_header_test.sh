@@ -3,11 +3,18 @@
 # clone of the repo (new mtimes, same contents) into a workspace whose output base survives
 # does not stop every compile that uses it ("has been modified since the precompiled header
 # was built: mtime changed"). Bazel rebuilds the .gch when an input's content changes.
-#   precompiled_header_test.sh HEADER GCH   (the rule's two outputs)
+#   precompiled_header_test.sh FILE...   (the rule's outputs: the header and its .gch)
 set -euo pipefail
-header=$1
-gch=$2
 fail() { echo "FAIL: $*" >&2; exit 1; }
+header=""
+gch=""
+for f in "$@"; do
+  case $f in
+    *.h.gch) gch=$f ;;
+    *.h) header=$f ;;
+  esac
+done
+[ -n "$header" ] && [ -n "$gch" ] || fail "expected a header and its .gch, got: $*"
 
 dump=$(llvm-bcanalyzer-14 -dump "$gch") || fail "llvm-bcanalyzer-14 cannot read $gch"
 # Clang 14's INPUT_FILE record: op0 id, op1 size, op2 modification time, then flags; the
