@@ -8,6 +8,7 @@
 #include "modes/nas/nas.pb.h"
 #include "modes/nas/search.h"
 #include "modes/nas/search_space.h"
+#include "modes/nas/trace.h"
 #include "opt/nn/dynamic_layer.h"
 #include "opt/registry.h"
 

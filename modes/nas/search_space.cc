@@ -1,121 +1,35 @@
 #include "modes/nas/search_space.h"
 
 #include <ATen/ATen.h>
-#include <c10/core/GradMode.h>
-#include <torch/csrc/autograd/function.h>
-#include <torch/csrc/autograd/functions/accumulate_grad.h>
-#include <torch/nn/modules/batchnorm.h>
 
 #include <algorithm>
-#include <cmath>
 #include <map>
+#include <memory>
 #include <numeric>
 #include <set>
-#include <unordered_map>
-#include <unordered_set>
+#include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "modes/nas/batch_norm.h"
+#include "modes/nas/layers.h"
 #include "opt/errors.h"
-#include "opt/nn/conv2d.h"
 #include "opt/nn/dynamic_layer.h"
-#include "opt/nn/linear.h"
 
 namespace mto {
 namespace nas {
-namespace {
 
-using torch::autograd::Node;
+// The search space shared by the masks of one model.
+struct SearchSpace::State {
+  FastNasMetadata metadata;
+  std::vector<int64_t> active;
+};
+
+namespace {
 
 // The name under which a consumer holds its input-channel mask.
 constexpr char kMaskName[] = "nas_width_mask";
-
-// Operations through which channel c of the output depends on channel c of the input only.
-const std::set<std::string>& channelwise_operations() {
-  static const auto* names = new std::set<std::string>{
-      "ReluBackward0",        "GeluBackward0",           "SiluBackward0",
-      "SigmoidBackward0",     "TanhBackward0",           "LeakyReluBackward0",
-      "HardtanhBackward0",    "EluBackward0",            "MaxPool2DWithIndicesBackward0",
-      "AvgPool2DBackward0",   "AdaptiveAvgPool2DBackward0", "NativeBatchNormBackward0",
-      "CloneBackward0",       "NativeDropoutBackward0",  "AddBackward1",
-      "SubBackward1",         "MulBackward1",            "DivBackward1",
-  };
-  return *names;
-}
-
-// Reshapes; allowed only as the flatten between a Conv2d and a Linear.
-bool is_view(const std::string& name) {
-  return name == "ViewBackward0" || name == "ReshapeAliasBackward0" ||
-         name == "UnsafeViewBackward0";
-}
-
-// An mto::nn layer of the model, by name.
-struct Layer {
-  std::string name;
-  torch::nn::Module* module = nullptr;
-  nn::DynamicLayer* dynamic = nullptr;
-  nn::LinearImpl* linear = nullptr;
-  nn::Conv2dImpl* conv = nullptr;
-
-  at::Tensor& weight() const { return linear ? linear->weight : conv->weight; }
-  at::Tensor& bias() const { return linear ? linear->bias : conv->bias; }
-  int64_t in_width() const { return linear ? linear->options.in_features() : conv->options.in_channels(); }
-  int64_t out_width() const { return linear ? linear->options.out_features() : conv->options.out_channels(); }
-  int64_t groups() const { return linear ? 1 : conv->options.groups(); }
-  int64_t kernel_area() const {
-    return linear ? 1 : conv->options.kernel_size()->at(0) * conv->options.kernel_size()->at(1);
-  }
-  void set_in_width(int64_t width) const {
-    if (linear) {
-      linear->options.in_features(width);
-    } else {
-      conv->options.in_channels(width);
-    }
-  }
-  void set_out_width(int64_t width) const {
-    if (linear) {
-      linear->options.out_features(width);
-    } else {
-      conv->options.out_channels(width);
-    }
-  }
-  // Parameters of the layer with `out` outputs and `in` inputs.
-  int64_t params(int64_t out, int64_t in) const {
-    return out * (in / groups()) * kernel_area() + (bias().defined() ? out : 0);
-  }
-};
-
-std::map<std::string, torch::nn::Module*> modules_by_name(torch::nn::Module& model) {
-  std::map<std::string, torch::nn::Module*> out;
-  for (const auto& item : model.named_modules()) out[item.key()] = item.value().get();
-  return out;
-}
-
-// The Linear or Conv2d `name` of `model`; throws ApplyModeError if there is none.
-Layer find_layer(const std::map<std::string, torch::nn::Module*>& modules, const std::string& name) {
-  auto it = modules.find(name);
-  Layer layer;
-  layer.name = name;
-  if (it != modules.end()) {
-    layer.module = it->second;
-    layer.dynamic = dynamic_cast<nn::DynamicLayer*>(it->second);
-    layer.linear = dynamic_cast<nn::LinearImpl*>(it->second);
-    layer.conv = dynamic_cast<nn::Conv2dImpl*>(it->second);
-  }
-  if (layer.linear == nullptr && layer.conv == nullptr) {
-    throw ApplyModeError(absl::StrCat("fastnas: the model has no mto::nn::Linear or mto::nn::Conv2d '", name, "'"));
-  }
-  return layer;
-}
-
-// The batch norm `name` of `model`; throws ApplyModeError if there is none.
-BatchNorm find_batch_norm(const std::map<std::string, torch::nn::Module*>& modules, const std::string& name) {
-  auto it = modules.find(name);
-  std::optional<BatchNorm> norm = it == modules.end() ? std::nullopt : as_batch_norm(*it->second);
-  if (!norm) throw ApplyModeError(absl::StrCat("fastnas: the model has no BatchNorm1d or BatchNorm2d '", name, "'"));
-  return *norm;
-}
 
 // Makes `tensor` (a parameter or buffer) its first `size` entries along `dim`.
 void keep_first(at::Tensor& tensor, int64_t dim, int64_t size) {
@@ -131,134 +45,6 @@ void reorder(at::Tensor& tensor, int64_t dim, const at::Tensor& index) {
 at::Tensor feature_index(const at::Tensor& channels, int64_t factor) {
   return (channels.unsqueeze(1) * factor + at::arange(factor, at::kLong).unsqueeze(0)).flatten();
 }
-
-// What a walk back through the autograd graph from some tensors found.
-struct Reach {
-  std::set<int> producers;
-  std::set<std::string> batch_norms;
-  bool view = false;
-  // The first operation met that is not channel-wise ("" for none).
-  std::string other;
-};
-
-// Walks back from `starts` to the outputs of mto::nn layers (`producer_of`), through any
-// operation, and records what it passes.
-Reach walk(const std::vector<std::shared_ptr<Node>>& starts,
-           const std::unordered_map<const Node*, int>& producer_of,
-           const std::unordered_map<const c10::TensorImpl*, std::string>& parameter_owner,
-           const std::map<std::string, torch::nn::Module*>& modules) {
-  Reach reach;
-  std::vector<Node*> stack;
-  std::unordered_set<const Node*> seen;
-  for (const auto& start : starts) {
-    if (start) stack.push_back(start.get());
-  }
-  while (!stack.empty()) {
-    Node* node = stack.back();
-    stack.pop_back();
-    if (!seen.insert(node).second) continue;
-    if (auto it = producer_of.find(node); it != producer_of.end()) {
-      reach.producers.insert(it->second);
-      continue;
-    }
-    if (auto* leaf = dynamic_cast<torch::autograd::AccumulateGrad*>(node)) {
-      auto owner = parameter_owner.find(leaf->variable.unsafeGetTensorImpl());
-      const std::string module = owner == parameter_owner.end() ? "" : owner->second;
-      if (as_batch_norm(*modules.at(module))) {
-        reach.batch_norms.insert(module);
-      } else if (reach.other.empty()) {
-        reach.other = absl::StrCat("the parameters of '", module, "'");
-      }
-      continue;
-    }
-    const std::string name = node->name();
-    if (is_view(name)) {
-      reach.view = true;
-    } else if (!channelwise_operations().count(name) && reach.other.empty()) {
-      reach.other = name;
-    }
-    bool has_parameter = false;
-    for (const auto& edge : node->next_edges()) {
-      if (!edge.function) continue;
-      has_parameter |= dynamic_cast<torch::autograd::AccumulateGrad*>(edge.function.get()) != nullptr;
-      stack.push_back(edge.function.get());
-    }
-    // A batch norm without affine parameters cannot be told apart from its module.
-    if (name == "NativeBatchNormBackward0" && !has_parameter && reach.other.empty()) {
-      reach.other = "a batch norm without affine parameters";
-    }
-  }
-  return reach;
-}
-
-// Records the tensors that pass a slot during the trace.
-class ProbeImpl : public nn::TransformImpl {
- public:
-  explicit ProbeImpl(std::function<void(const at::Tensor&)> record) : record_(std::move(record)) {}
-  at::Tensor forward(const at::Tensor& x) override {
-    record_(x);
-    return x;
-  }
-
- private:
-  std::function<void(const at::Tensor&)> record_;
-};
-
-constexpr char kInputProbe[] = "nas_trace_input";
-constexpr char kOutputProbe[] = "nas_trace_output";
-
-// Removes the probes of a trace, also when it fails.
-class ProbeGuard {
- public:
-  explicit ProbeGuard(const std::vector<nn::NamedDynamicLayer>& layers) : layers_(layers) {}
-  ~ProbeGuard() {
-    for (const auto& layer : layers_) {
-      layer.layer->remove_transform(kInputProbe);
-      layer.layer->remove_transform(kOutputProbe);
-    }
-  }
-
- private:
-  const std::vector<nn::NamedDynamicLayer>& layers_;
-};
-
-// Sets requires_grad on every parameter for the trace and puts the old flags back.
-class RequiresGradGuard {
- public:
-  explicit RequiresGradGuard(torch::nn::Module& model) : parameters_(model.parameters()) {
-    for (auto& p : parameters_) {
-      flags_.push_back(p.requires_grad());
-      p.set_requires_grad(true);
-    }
-  }
-  ~RequiresGradGuard() {
-    for (size_t i = 0; i < parameters_.size(); ++i) parameters_[i].set_requires_grad(flags_[i]);
-  }
-
- private:
-  std::vector<at::Tensor> parameters_;
-  std::vector<bool> flags_;
-};
-
-std::vector<int64_t> offered_widths(int64_t max_width, const FastNasConfig& config) {
-  const int64_t divisor = config.channel_divisor();
-  std::set<int64_t> widths{max_width};
-  for (double ratio : config.width_ratios()) {
-    const int64_t rounded = static_cast<int64_t>(std::ceil(max_width * ratio / divisor)) * divisor;
-    widths.insert(std::clamp<int64_t>(rounded, std::min(divisor, max_width), max_width));
-  }
-  return {widths.begin(), widths.end()};
-}
-
-}  // namespace
-
-// The search space shared by the masks of one model.
-struct SearchSpace::State {
-  FastNasMetadata metadata;
-  std::vector<int64_t> active;
-};
-
-namespace {
 
 // Zeroes the input columns of a consumer beyond its group's active width.
 class WidthMaskImpl : public nn::TransformImpl {
@@ -290,110 +76,8 @@ class WidthMaskImpl : public nn::TransformImpl {
 
 }  // namespace
 
-FastNasMetadata trace_search_space(torch::nn::Module& model, const DummyForward& forward,
-                                   const FastNasConfig& config) {
-  const std::vector<nn::NamedDynamicLayer> layers = nn::named_dynamic_layers(model);
-  const std::map<std::string, torch::nn::Module*> modules = modules_by_name(model);
-  std::unordered_map<const Node*, int> producer_of;
-  std::vector<std::vector<std::shared_ptr<Node>>> inputs(layers.size());
-  std::vector<std::shared_ptr<Node>> outputs;
-  std::vector<int64_t> positions(layers.size(), 0);
-  Reach from_output;
-  std::vector<Reach> reaches(layers.size());
-  {
-    ProbeGuard probes(layers);
-    for (size_t i = 0; i < layers.size(); ++i) {
-      layers[i].layer->add_transform(nn::Slot::kInput, kInputProbe,
-                                     std::make_shared<ProbeImpl>([&inputs, i](const at::Tensor& x) {
-                                       inputs[i].push_back(x.grad_fn());
-                                     }));
-      layers[i].layer->add_transform(
-          nn::Slot::kOutput, kOutputProbe, std::make_shared<ProbeImpl>([&, i](const at::Tensor& y) {
-            if (y.grad_fn()) {
-              producer_of[y.grad_fn().get()] = static_cast<int>(i);
-              outputs.push_back(y.grad_fn());
-            }
-            const int64_t batch = y.dim() > 1 ? y.size(0) : 1;
-            const int64_t width = y.dim() == 4 ? y.size(1) : y.size(-1);
-            if (batch > 0 && width > 0) positions[i] += y.numel() / (batch * width);
-          }));
-    }
-    RequiresGradGuard requires_grad(model);
-    c10::AutoGradMode grad_mode(true);
-    const at::Tensor output = forward(model);
-    std::unordered_map<const c10::TensorImpl*, std::string> parameter_owner;
-    for (const auto& item : model.named_modules()) {
-      for (const auto& p : item.value()->named_parameters(/*recurse=*/false)) {
-        parameter_owner[p.value().unsafeGetTensorImpl()] = item.key();
-      }
-    }
-    from_output = walk({output.grad_fn()}, producer_of, parameter_owner, modules);
-    for (size_t i = 0; i < layers.size(); ++i) {
-      reaches[i] = walk(inputs[i], producer_of, parameter_owner, modules);
-    }
-  }
-
-  // A producer is searchable when only mto::nn layers read it, each through channel-wise
-  // operations from it alone.
-  std::vector<bool> fixed(layers.size(), false);
-  for (int p : from_output.producers) fixed[p] = true;
-  for (const Reach& reach : reaches) {
-    if (reach.producers.size() > 1 || !reach.other.empty()) {
-      for (int p : reach.producers) fixed[p] = true;
-    }
-  }
-  FastNasMetadata metadata;
-  for (size_t p = 0; p < layers.size(); ++p) {
-    if (fixed[p]) continue;
-    const Layer producer = find_layer(modules, layers[p].name);
-    const int64_t width = producer.out_width();
-    if (producer.groups() != 1) continue;
-    WidthGroup group;
-    group.set_producer(layers[p].name);
-    group.set_max_width(width);
-    std::set<std::string> batch_norms;
-    bool searchable = true;
-    for (size_t c = 0; c < layers.size() && searchable; ++c) {
-      if (!reaches[c].producers.count(static_cast<int>(p))) continue;
-      const Layer consumer = find_layer(modules, layers[c].name);
-      const bool flatten = producer.conv && consumer.linear && reaches[c].view;
-      const bool same_kind = (producer.conv != nullptr) == (consumer.conv != nullptr) && !reaches[c].view;
-      searchable = (flatten || same_kind) && consumer.groups() == 1 && consumer.in_width() % width == 0 &&
-                   (flatten || consumer.in_width() == width);
-      Consumer* entry = group.add_consumers();
-      entry->set_layer(layers[c].name);
-      entry->set_factor(consumer.in_width() / width);
-      batch_norms.insert(reaches[c].batch_norms.begin(), reaches[c].batch_norms.end());
-    }
-    for (const std::string& name : batch_norms) {
-      searchable &= find_batch_norm(modules, name).options->num_features() == width;
-      group.add_batch_norms(name);
-    }
-    const std::vector<int64_t> choices = offered_widths(width, config);
-    if (!searchable || group.consumers().empty() || choices.size() < 2) continue;
-    for (int64_t choice : choices) group.add_choices(choice);
-    LayerWidth* active = metadata.add_subnet_config();
-    active->set_layer(group.producer());
-    active->set_width(width);
-    *metadata.add_groups() = std::move(group);
-  }
-  for (size_t i = 0; i < layers.size(); ++i) {
-    if (positions[i] == 0) continue;
-    LayerPositions* entry = metadata.add_positions();
-    entry->set_layer(layers[i].name);
-    entry->set_positions(positions[i]);
-  }
-  if (metadata.groups().empty()) {
-    throw ApplyModeError(
-        "fastnas: no searchable width: every mto::nn layer's output reaches the model's output, "
-        "another layer's output or an operation other than activations, pooling, batch norm and "
-        "flatten (or the dummy forward recorded no gradients)");
-  }
-  return metadata;
-}
-
 void SearchSpace::install(torch::nn::Module& model, const FastNasMetadata& metadata) {
-  const std::map<std::string, torch::nn::Module*> modules = modules_by_name(model);
+  const ModulesByName modules = modules_by_name(model);
   if (metadata.groups().empty()) throw ApplyModeError("fastnas: the metadata holds no width group");
   std::set<std::string> producers;
   std::set<std::string> consumers;
@@ -509,7 +193,7 @@ void SearchSpace::select(const google::protobuf::RepeatedPtrField<LayerWidth>& s
 }
 
 int64_t SearchSpace::count_params(const std::vector<int64_t>& widths) const {
-  const std::map<std::string, torch::nn::Module*> modules = modules_by_name(*model_);
+  const ModulesByName modules = modules_by_name(*model_);
   int64_t total = 0;
   for (const at::Tensor& p : model_->parameters()) total += p.numel();
   std::map<std::string, std::pair<int64_t, int64_t>> sizes;  // layer -> (out, in) active
@@ -535,7 +219,7 @@ int64_t SearchSpace::count_params(const std::vector<int64_t>& widths) const {
 }
 
 int64_t SearchSpace::count_macs(const std::vector<int64_t>& widths) const {
-  const std::map<std::string, torch::nn::Module*> modules = modules_by_name(*model_);
+  const ModulesByName modules = modules_by_name(*model_);
   std::map<std::string, int64_t> out_width;
   std::map<std::string, int64_t> in_width;
   for (int g = 0; g < num_groups(); ++g) {
@@ -554,7 +238,7 @@ int64_t SearchSpace::count_macs(const std::vector<int64_t>& widths) const {
 }
 
 void SearchSpace::sort_by_importance() {
-  const std::map<std::string, torch::nn::Module*> modules = modules_by_name(*model_);
+  const ModulesByName modules = modules_by_name(*model_);
   at::NoGradGuard no_grad;
   for (const WidthGroup& group : state_->metadata.groups()) {
     const int64_t width = group.max_width();
@@ -582,7 +266,7 @@ void SearchSpace::sort_by_importance() {
 }
 
 void SearchSpace::export_subnet() {
-  const std::map<std::string, torch::nn::Module*> modules = modules_by_name(*model_);
+  const ModulesByName modules = modules_by_name(*model_);
   at::NoGradGuard no_grad;
   for (int g = 0; g < num_groups(); ++g) {
     const WidthGroup& group = state_->metadata.groups(g);

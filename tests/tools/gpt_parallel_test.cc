@@ -21,7 +21,7 @@
 #include "distributed/world.h"
 #include "opt/checkpoint.h"
 #include "opt/conversion.h"
-#include "modes/nas/search_space.h"
+#include "modes/nas/trace.h"
 #include "modes/quantization/awq_clip.h"
 #include "modes/quantization/awq_lite.h"
 #include "modes/quantization/quantized_model.h"

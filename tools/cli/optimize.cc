@@ -21,6 +21,7 @@
 #include "distributed/sharding.h"
 #include "distributed/world.h"
 #include "modes/nas/search.h"
+#include "modes/nas/trace.h"
 #include "modes/quantization/auto_quantize.h"
 #include "modes/quantization/calibrate.h"
 #include "modes/quantization/presets.h"

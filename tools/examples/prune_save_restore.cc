@@ -32,7 +32,7 @@
 #include "distributed/data_parallel.h"
 #include "distributed/world.h"
 #include "modes/nas/search.h"
-#include "modes/nas/search_space.h"
+#include "modes/nas/trace.h"
 #include "opt/checkpoint.h"
 #include "opt/conversion.h"
 #include "opt/model_like.h"

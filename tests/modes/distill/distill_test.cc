@@ -26,6 +26,7 @@
 #include "modes/distill/distillation_model.h"
 #include "modes/distill/logits_distillation_loss.h"
 #include "modes/nas/search_space.h"
+#include "modes/nas/trace.h"
 #include "modes/quantization/quantize.h"
 #include "modes/sparsity/sparsity.h"
 #include "opt/checkpoint.h"

@@ -12,6 +12,7 @@
 #include "modes/nas/batch_norm.h"
 #include "modes/nas/search.h"
 #include "modes/nas/search_space.h"
+#include "modes/nas/trace.h"
 #include "modes/quantization/presets.h"
 #include "modes/quantization/quantize.h"
 #include "opt/checkpoint.h"

@@ -12,6 +12,7 @@
 
 #include "distributed/world.h"
 #include "modes/nas/search.h"
+#include "modes/nas/trace.h"
 #include "modes/quantization/quantize.h"
 #include "opt/checkpoint.h"
 #include "opt/conversion.h"
