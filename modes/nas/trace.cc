@@ -19,6 +19,7 @@
 #include "modes/nas/layers.h"
 #include "opt/errors.h"
 #include "opt/nn/dynamic_layer.h"
+#include "opt/nn/observer.h"
 
 namespace mto {
 namespace nas {
@@ -104,19 +105,6 @@ Reach walk(const std::vector<std::shared_ptr<Node>>& starts,
   return reach;
 }
 
-// Records the tensors that pass a slot during the trace.
-class ProbeImpl : public nn::TransformImpl {
- public:
-  explicit ProbeImpl(std::function<void(const at::Tensor&)> record) : record_(std::move(record)) {}
-  at::Tensor forward(const at::Tensor& x) override {
-    record_(x);
-    return x;
-  }
-
- private:
-  std::function<void(const at::Tensor&)> record_;
-};
-
 constexpr char kInputProbe[] = "nas_trace_input";
 constexpr char kOutputProbe[] = "nas_trace_output";
 
@@ -178,12 +166,11 @@ FastNasMetadata trace_search_space(torch::nn::Module& model, const DummyForward&
   {
     ProbeGuard probes(layers);
     for (size_t i = 0; i < layers.size(); ++i) {
-      layers[i].layer->add_transform(nn::Slot::kInput, kInputProbe,
-                                     std::make_shared<ProbeImpl>([&inputs, i](const at::Tensor& x) {
-                                       inputs[i].push_back(x.grad_fn());
-                                     }));
       layers[i].layer->add_transform(
-          nn::Slot::kOutput, kOutputProbe, std::make_shared<ProbeImpl>([&, i](const at::Tensor& y) {
+          nn::Slot::kInput, kInputProbe,
+          std::make_shared<nn::ObserverImpl>([&inputs, i](const at::Tensor& x) { inputs[i].push_back(x.grad_fn()); }));
+      layers[i].layer->add_transform(
+          nn::Slot::kOutput, kOutputProbe, std::make_shared<nn::ObserverImpl>([&, i](const at::Tensor& y) {
             if (y.grad_fn()) {
               producer_of[y.grad_fn().get()] = static_cast<int>(i);
               outputs.push_back(y.grad_fn());

@@ -11,25 +11,13 @@
 #include "absl/strings/str_join.h"
 #include "distributed/tensor_slice.h"
 #include "opt/errors.h"
+#include "opt/nn/observer.h"
 
 namespace mto {
 namespace quantization {
 namespace {
 
 constexpr char kObserverName[] = "awq_observer";
-
-// A transform that shows the layer's input to `observe` and passes it on unchanged.
-class ObserverImpl : public nn::TransformImpl {
- public:
-  explicit ObserverImpl(std::function<void(const at::Tensor&)> observe) : observe_(std::move(observe)) {}
-  at::Tensor forward(const at::Tensor& x) override {
-    observe_(x);
-    return x;
-  }
-
- private:
-  std::function<void(const at::Tensor&)> observe_;
-};
 
 void set_enable(TensorQuantizerImpl* quantizer, bool enable) {
   QuantizerAttributes attributes = quantizer->attributes();
@@ -178,7 +166,7 @@ void InputObservers::install(const std::vector<nn::DynamicLayer*>& layers,
                              const std::vector<std::function<void(const at::Tensor&)>>& observers) {
   try {
     for (size_t i = 0; i < layers.size(); ++i) {
-      layers[i]->add_transform(nn::Slot::kInput, kObserverName, std::make_shared<ObserverImpl>(observers[i]));
+      layers[i]->add_transform(nn::Slot::kInput, kObserverName, std::make_shared<nn::ObserverImpl>(observers[i]));
       installed_.push_back(layers[i]);
     }
   } catch (...) {
