@@ -27,7 +27,16 @@ unknown_command_is_named() {
       return 1
   done
   out=$(ranks 2 "$mto" bogus 2>&1) && { echo "mto bogus succeeded on 2 ranks"; return 1; }
-  expect_error_line "$out" "unknown command 'bogus'"
+  expect_error_line "$out" "unknown command 'bogus'" || return 1
+  # Rank 0, which alone reports, starting a second late: mpirun kills the job when a rank
+  # exits non-zero, so the other rank must not leave before rank 0 has reported.
+  out=$(mpirun --allow-run-as-root --oversubscribe --bind-to none -np 1 sh -c "sleep 1; exec '$mto' bogus" : \
+        -np 1 "$mto" bogus 2>&1) && { echo "mto bogus succeeded with rank 0 late"; return 1; }
+  expect_error_line "$out" "unknown command 'bogus'" || return 1
+  # The same for a usage error, which CLI11 reports.
+  out=$(mpirun --allow-run-as-root --oversubscribe --bind-to none -np 1 sh -c "sleep 1; exec '$mto' train" : \
+        -np 1 "$mto" train 2>&1) && { echo "mto train without --out succeeded with rank 0 late"; return 1; }
+  grep -q "^--out is required" <<<"$out" || { echo "$out"; return 1; }
 }
 
 train_two_ranks() {

@@ -10,6 +10,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <iostream>
 #include <string>
@@ -17,6 +18,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "distributed/world.h"
 #include "tools/cli/commands.h"
 #include "tools/common/heap.h"
 
@@ -41,6 +43,24 @@ std::string typed_command(const CLI::App& app, int argc, char** argv) {
     if (option != nullptr && option->get_items_expected_min() > 0 && arg.find('=') == std::string::npos) ++i;
   }
   return "";
+}
+
+// Returns `code`, the exit status of an error in the arguments, which every rank meets alike
+// and rank 0 alone reports. Under mpirun a failing rank first waits in a barrier for all the
+// others, rank 0 having reported by then: mpirun kills the job's processes as soon as one of
+// them exits non-zero, and a rank that left early could kill rank 0 before its message was out.
+int exit_together(int code) {
+  if (code == 0 || !mto::launched_by_mpirun()) return code;
+  mto::WorldOptions options;
+  options.backend = mto::BackendKind::kMpi;
+  options.timeout = std::chrono::seconds(60);
+  options.announce = false;
+  try {
+    mto::init_world(options)->barrier();
+  } catch (const std::exception&) {
+    // A rank missing from the barrier: leave with the error's status all the same.
+  }
+  return code;
 }
 
 }  // namespace
@@ -81,14 +101,13 @@ int main(int argc, char** argv) {
       std::cerr << "mto: error: unknown command '" << command << "' (commands: " << CLI::detail::join(names, ", ")
                 << "; mto --help lists them)" << std::endl;
     }
-    return 1;
+    return exit_together(1);
   }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     // Every rank parses the same arguments: let rank 0 alone print help and usage errors.
-    if (!is_first_rank()) return e.get_exit_code();
-    return app.exit(e);
+    return exit_together(is_first_rank() ? app.exit(e) : e.get_exit_code());
   } catch (const std::exception& e) {
     if (is_first_rank() || verbose) {
       std::cerr << "mto: error: " << e.what();
