@@ -28,9 +28,11 @@ struct Xxh3Kernels {
 // system library's, which runs everywhere.
 const std::vector<const Xxh3Kernels*>& xxh3_kernels();
 
-// xxHash compiled with -mavx512f and with -mavx2 (xxh3_simd.cc, built once for each). Call
+// xxHash compiled with -mavx512f and with -mavx2 (xxh3_build.cc, built once for each). Call
 // their functions only where the CPU has those instructions; xxh3_kernels() checks.
 const Xxh3Kernels& xxh3_avx512_kernels();
 const Xxh3Kernels& xxh3_avx2_kernels();
+// The system library's build (SSE2 on x86-64), which runs everywhere.
+const Xxh3Kernels& xxh3_library_kernels();
 
 }  // namespace mto

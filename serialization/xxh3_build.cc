@@ -1,7 +1,10 @@
-// xxHash's XXH3-64 inlined here, so that it is compiled with this target's instruction set:
-// BUILD.bazel builds this file once with -mavx512f (MTO_XXH3_SIMD=avx512) and once with
-// -mavx2 (MTO_XXH3_SIMD=avx2), and xxHash picks its accumulator from those flags.
+// One build of xxHash's XXH3-64 behind an Xxh3Kernels table. BUILD.bazel compiles this file
+// three times: MTO_XXH3_BUILD=library calls the system library; avx512 and avx2 inline xxHash
+// here (MTO_XXH3_INLINE) with -mavx512f or -mavx2, and xxHash picks its accumulator from
+// those flags.
+#ifdef MTO_XXH3_INLINE
 #define XXH_INLINE_ALL
+#endif
 #include <xxhash.h>
 
 #include "serialization/xxh3_kernels.h"
@@ -32,8 +35,8 @@ void destroy_state(void* state) { XXH3_freeState(static_cast<XXH3_state_t*>(stat
 
 }  // namespace
 
-const Xxh3Kernels& MTO_XXH3_CONCAT(MTO_XXH3_CONCAT(xxh3_, MTO_XXH3_SIMD), _kernels)() {
-  static const Xxh3Kernels kernels{MTO_XXH3_STRING(MTO_XXH3_SIMD), hash, create_state, update, digest,
+const Xxh3Kernels& MTO_XXH3_CONCAT(MTO_XXH3_CONCAT(xxh3_, MTO_XXH3_BUILD), _kernels)() {
+  static const Xxh3Kernels kernels{MTO_XXH3_STRING(MTO_XXH3_BUILD), hash, create_state, update, digest,
                                    destroy_state};
   return kernels;
 }
