@@ -19,6 +19,11 @@ help_works() {
   "$mto" optimize --help | grep -q "int8, fp8, int4_blockwise"
 }
 
+# rank0_late COMMAND...: COMMAND on 2 mpirun ranks, rank 0 starting a second after rank 1.
+rank0_late() {
+  mpirun --allow-run-as-root --oversubscribe --bind-to none -np 1 sh -c 'sleep 1; exec "$@"' sh "$@" : -np 1 "$@"
+}
+
 # An unknown subcommand is an error that names it, with or without --help and global options.
 unknown_command_is_named() {
   for args in "bogus" "bogus --help" "--threads 2 bogus" "-v bogus ckpt"; do
@@ -30,12 +35,10 @@ unknown_command_is_named() {
   expect_error_line "$out" "unknown command 'bogus'" || return 1
   # Rank 0, which alone reports, starting a second late: mpirun kills the job when a rank
   # exits non-zero, so the other rank must not leave before rank 0 has reported.
-  out=$(mpirun --allow-run-as-root --oversubscribe --bind-to none -np 1 sh -c "sleep 1; exec '$mto' bogus" : \
-        -np 1 "$mto" bogus 2>&1) && { echo "mto bogus succeeded with rank 0 late"; return 1; }
+  out=$(rank0_late "$mto" bogus 2>&1) && { echo "mto bogus succeeded with rank 0 late"; return 1; }
   expect_error_line "$out" "unknown command 'bogus'" || return 1
   # The same for a usage error, which CLI11 reports.
-  out=$(mpirun --allow-run-as-root --oversubscribe --bind-to none -np 1 sh -c "sleep 1; exec '$mto' train" : \
-        -np 1 "$mto" train 2>&1) && { echo "mto train without --out succeeded with rank 0 late"; return 1; }
+  out=$(rank0_late "$mto" train 2>&1) && { echo "mto train without --out succeeded with rank 0 late"; return 1; }
   grep -q "^--out is required" <<<"$out" || { echo "$out"; return 1; }
 }
 
