@@ -103,7 +103,12 @@ inspect_text_and_json() {
     grep -q '"split": "whole"' <<<"$json" || { echo "$json"; return 1; }
   # The quantizers' buffer shapes (repeated int64) are numbers.
   grep -qE '"amax_shape": \[$' <<<"$json" || { echo "no amax_shape in:"; echo "$json"; return 1; }
-  integers_are_numbers "$json"
+  integers_are_numbers "$json" || return 1
+  # Under mpirun, rank 0 alone prints, its progress in readable units.
+  out=$(ranks 2 "$mto" inspect "$work/int8" --verify 2>&1) || { echo "$out"; return 1; }
+  [ "$(grep -c '^verified ' <<<"$out")" = 1 ] &&
+    [ "$(grep -cE '^verify  [0-9.]+ (kB|MB) in [0-9.]+ s \([0-9.]+ (kB|MB|GB)/s\)$' <<<"$out")" = 1 ] ||
+    { echo "not one report from 2 ranks:"; echo "$out"; return 1; }
 }
 
 corrupt_checkpoint_is_named() {
@@ -119,6 +124,9 @@ corrupt_checkpoint_is_named() {
 
 missing_directory() {
   out=$("$mto" inspect "$work/nowhere" 2>&1) && return 1
+  expect_error_line "$out" "$work/nowhere" || return 1
+  # Under mpirun rank 0 alone inspects, and reports its error even when it starts late.
+  out=$(rank0_late "$mto" inspect "$work/nowhere" 2>&1) && { echo "inspect succeeded on 2 ranks"; return 1; }
   expect_error_line "$out" "$work/nowhere"
 }
 

@@ -186,6 +186,11 @@ ordered_json to_json(const InspectOptions& options, const CheckpointContents& co
 }
 
 void run_inspect(const InspectOptions& options) {
+  // A one-process command: under mpirun, rank 0 alone reads and prints, and the other ranks
+  // leave at once with status 0. Were they to inspect too, each would print (and verify) the
+  // whole checkpoint, and one leaving non-zero on a bad checkpoint would have mpirun kill
+  // rank 0 before it reported the error.
+  if (!is_first_rank()) return;
   const CheckpointContents contents = read_checkpoint_contents(options.checkpoint);
   std::vector<ModeView> modes;
   for (const ModeEntry& entry : contents.state.modelopt_state_dict()) modes.push_back(view_mode(entry));
@@ -216,7 +221,7 @@ void run_inspect(const InspectOptions& options) {
 void add_inspect_command(CLI::App& app) {
   auto options = std::make_shared<InspectOptions>();
   CLI::App* command = app.add_subcommand(
-      "inspect", "Show what a checkpoint holds: model-like, mode chain, tensors (one process, no mpirun)");
+      "inspect", "Show what a checkpoint holds: model-like, mode chain, tensors (one process; under mpirun, rank 0 alone)");
   command->add_option("checkpoint", options->checkpoint, "Checkpoint directory")->required();
   command->add_flag("--json", options->json, "Print JSON instead of text");
   command->add_flag("--verify", options->verify, "Read every byte and check it against the manifest's checksums");

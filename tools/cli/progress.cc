@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <string>
 
 #include "absl/strings/str_format.h"
 
@@ -14,6 +15,16 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
+}
+
+// `amount` of `unit`, readable: a byte count in kB, MB or GB (decimal), anything else as a
+// whole number of its unit.
+std::string amount_of(double amount, const std::string& unit) {
+  if (unit != "bytes") return absl::StrFormat("%.0f %s", amount, unit);
+  if (amount < 1e3) return absl::StrFormat("%.0f bytes", amount);
+  if (amount < 1e6) return absl::StrFormat("%.1f kB", amount / 1e3);
+  if (amount < 1e9) return absl::StrFormat("%.1f MB", amount / 1e6);
+  return absl::StrFormat("%.2f GB", amount / 1e9);
 }
 
 }  // namespace
@@ -49,7 +60,11 @@ void Progress::print(int64_t done, const std::string& note, bool final) {
   const double rate = elapsed > 0 ? done / elapsed : 0;
   std::string line;
   if (final) {
-    line = absl::StrFormat("%s  %d %s in %.1f s (%.0f %s/s)", label_, done, unit_, elapsed, rate, unit_);
+    line = absl::StrFormat("%s  %s in %.1f s (%s/s)", label_, amount_of(done, unit_), elapsed, amount_of(rate, unit_));
+  } else if (unit_ == "bytes") {
+    const double eta = rate > 0 ? (total_ - done) / rate : 0;
+    line = absl::StrFormat("%s  %s of %s  %s/s  ETA %.0f s", label_, amount_of(done, unit_), amount_of(total_, unit_),
+                           amount_of(rate, unit_), eta);
   } else {
     const double eta = rate > 0 ? (total_ - done) / rate : 0;
     line = absl::StrFormat("%s  %d/%d %s  %.0f %s/s  ETA %.0f s", label_, done, total_, unit_, rate, unit_, eta);

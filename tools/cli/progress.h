@@ -10,7 +10,8 @@ namespace cli {
 // Seconds from `start` to now, for the timings the commands print.
 double seconds_since(std::chrono::steady_clock::time_point start);
 
-// Shows the progress of long work: "label  step/total  rate unit/s  ETA  note". On a
+// Shows the progress of long work: "label  step/total  rate unit/s  ETA  note" (amounts of
+// the unit "bytes" in kB, MB or GB: "verify  1.20 GB of 3.22 GB  2.95 GB/s  ETA 1 s"). On a
 // terminal it redraws one line; otherwise (logs, CI) it prints a line every few seconds.
 // Only an enabled Progress prints: enable it on rank 0 alone.
 class Progress {
