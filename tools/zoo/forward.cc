@@ -1,6 +1,7 @@
 #include "tools/zoo/forward.h"
 
 #include <stdexcept>
+#include <string>
 
 #include "distributed/data_parallel.h"
 #include "tools/zoo/cnn.h"
@@ -30,7 +31,13 @@ at::Tensor forward(torch::nn::Module& model, const at::Tensor& input) {
 
 int64_t language_model_context(torch::nn::Module& model) {
   auto* gpt = dynamic_cast<GptImpl*>(unwrapped(model));
-  return gpt == nullptr ? 0 : gpt->options.context();
+  if (gpt == nullptr) return 0;
+  if (gpt->options.vocab() < kByteVocabulary) {
+    throw std::invalid_argument("gpt: a vocab of " + std::to_string(gpt->options.vocab()) +
+                                " cannot take the text's tokens, which are bytes: it needs at least " +
+                                std::to_string(kByteVocabulary));
+  }
+  return gpt->options.context();
 }
 
 }  // namespace zoo

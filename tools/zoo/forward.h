@@ -12,8 +12,13 @@ namespace zoo {
 // ModelLikeModule is none: build it first).
 at::Tensor forward(torch::nn::Module& model, const at::Tensor& input);
 
+// The token values of the zoo's text: bytes.
+inline constexpr int64_t kByteVocabulary = 256;
+
 // The longest token sequence the zoo language model `model` (a Gpt, possibly wrapped in
 // DataParallel) accepts, or 0 when `model` is no language model (an image classifier).
+// Throws std::invalid_argument, naming the vocabulary, for a language model whose vocabulary
+// cannot take the zoo's text (under kByteVocabulary entries).
 int64_t language_model_context(torch::nn::Module& model);
 
 }  // namespace zoo
