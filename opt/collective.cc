@@ -4,6 +4,8 @@
 #include <string>
 #include <vector>
 
+#include <c10/util/Exception.h>
+
 #include "absl/strings/str_cat.h"
 #include "distributed/distributed_error.h"
 #include "opt/errors.h"
@@ -28,6 +30,9 @@ std::string encode(const std::exception_ptr& error) {
     return absl::StrCat("M", e.what());
   } catch (const DistributedError& e) {
     return absl::StrCat("D", e.what());
+  } catch (const c10::Error& e) {
+    // LibTorch's own message, without the C++ stack trace its what() appends.
+    return absl::StrCat("R", e.what_without_backtrace());
   } catch (const std::exception& e) {
     return absl::StrCat("R", e.what());
   } catch (...) {

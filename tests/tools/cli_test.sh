@@ -39,7 +39,7 @@ unknown_command_is_named() {
   expect_error_line "$out" "unknown command 'bogus'" || return 1
   # The same for a usage error, which CLI11 reports.
   out=$(rank0_late "$mto" train 2>&1) && { echo "mto train without --out succeeded with rank 0 late"; return 1; }
-  grep -q "^--out is required" <<<"$out" || { echo "$out"; return 1; }
+  grep -q "^mto: error: --out is required" <<<"$out" || { echo "$out"; return 1; }
 }
 
 train_two_ranks() {
@@ -122,12 +122,58 @@ corrupt_checkpoint_is_named() {
   expect_error_line "$out" "model-00001-of-00002.safetensors"
 }
 
+# one_error_line PATTERN COMMAND...: COMMAND fails, printing one line only, an error matching.
+one_error_line() {
+  local pattern=$1 out
+  shift
+  out=$("$@" 2>&1) && { echo "succeeded: $*"; return 1; }
+  [ "$(wc -l <<<"$out")" = 1 ] || { echo "more than one line from $*:"; echo "$out"; return 1; }
+  expect_error_line "$out" "$pattern"
+}
+
+# Bad option values, and LibTorch's own errors: one line each, naming the culprit, with no
+# "Run with --help" line and no C++ stack trace.
+bad_values_are_named() {
+  local train=("$mto" train --model fashion_cnn --model-args '{"channels": [4, 8], "hidden": 32}' --out "$work/x")
+  one_error_line "--epochs: must be a number above 0, not '0' (--help lists the options)" "${train[@]}" --epochs 0 ||
+    return 1
+  one_error_line "--lr: must be a number above 0, not 'inf'" "${train[@]}" --lr inf || return 1
+  one_error_line "--seed: must be a number, 0 or above, not '-1'" "${train[@]}" --seed -1 || return 1
+  one_error_line "--train-samples: must be a count above 0 (or negative for all), not '0'" "${train[@]}" \
+    --train-samples 0 || return 1
+  one_error_line "--samples: must be a count above 0 (or negative for all), not '0'" "$mto" eval "$work/float" \
+    --samples 0 || return 1
+  one_error_line "--out is required" "$mto" train --model fashion_cnn || return 1
+  # 627 TB, more than any address space: LibTorch's allocator refuses it.
+  one_error_line "you tried to allocate 627199999993728 bytes" "$mto" train --model fashion_cnn \
+    --model-args '{"hidden": 99999999999}' --train-samples 10 --out "$work/x" || return 1
+  one_error_line "gpt: a vocab of 100 cannot take the text's tokens, which are bytes: it needs at least 256" \
+    "$mto" train --model gpt --model-args '{"width": 32, "heads": 2, "depth": 1, "context": 16, "vocab": 100}' \
+    --train-samples 32 --out "$work/x"
+}
+
+# Past a file-size limit (ulimit -f), a save fails with one error line and leaves the
+# checkpoint it would have replaced as it was, with nothing beside it.
+file_size_limit() {
+  cp -r "$work/float" "$work/limited"
+  out=$( (ulimit -f 20 && "$mto" train --model fashion_cnn --model-args '{"channels": [4, 8], "hidden": 32}' \
+          --epochs 1 --train-samples 64 --out "$work/limited") 2>&1) && { echo "saved past the limit"; return 1; }
+  expect_error_line "$out" "cannot write at offset [0-9]* of .*: File too large" || return 1
+  "$mto" inspect "$work/limited" --verify >/dev/null || return 1
+  cmp "$work/float/MANIFEST" "$work/limited/MANIFEST" || return 1
+  [ -z "$(ls -A "$work" | grep '^\.limited')" ] || { echo "left beside it: $(ls -A "$work")"; return 1; }
+}
+
 missing_directory() {
   out=$("$mto" inspect "$work/nowhere" 2>&1) && return 1
   expect_error_line "$out" "$work/nowhere" || return 1
   # Under mpirun rank 0 alone inspects, and reports its error even when it starts late.
   out=$(rank0_late "$mto" inspect "$work/nowhere" 2>&1) && { echo "inspect succeeded on 2 ranks"; return 1; }
-  expect_error_line "$out" "$work/nowhere"
+  expect_error_line "$out" "$work/nowhere" || return 1
+  # --verbose: every rank's line, each whole, with the error's type.
+  out=$(ranks 2 "$mto" --verbose eval "$work/nowhere" 2>&1) && { echo "eval succeeded"; return 1; }
+  [ "$(grep -c "^mto: error: cannot open checkpoint directory $work/nowhere: .* \[mto::CheckpointError\]$" <<<"$out")" = 2 ] ||
+    { echo "not one whole line per rank:"; echo "$out"; return 1; }
 }
 
 unknown_mode_and_preset() {
@@ -186,6 +232,8 @@ check eval_any_world_size eval_any_world_size
 check inspect_text_and_json inspect_text_and_json
 check corrupt_checkpoint_is_named corrupt_checkpoint_is_named
 check missing_directory missing_directory
+check bad_values_are_named bad_values_are_named
+check file_size_limit file_size_limit
 check unknown_mode_and_preset unknown_mode_and_preset
 check chain_that_cannot_apply chain_that_cannot_apply
 check prune_search_resume_fine_tune prune_search_resume_fine_tune

@@ -14,6 +14,7 @@
 #include "tools/cli/evaluate.h"
 #include "tools/cli/mesh_option.h"
 #include "tools/cli/progress.h"
+#include "tools/cli/validators.h"
 #include "tools/data/bigram.h"
 #include "tools/data/fashion_mnist.h"
 #include "tools/data/text_corpus.h"
@@ -123,10 +124,11 @@ void add_eval_command(CLI::App& app) {
   command
       ->add_option("--samples", options->samples,
                    "Evaluate only the first N test images or validation sequences (all when negative)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(sample_count());
   command->add_option("--batch-size", options->batch_size, "Images or sequences per forward pass")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   command->add_option("--strategy", options->strategy,
                       "How the ranks read the weights: read-all (each rank reads everything), read-share "
                       "(each reads 1/N, then broadcast), or auto (read-all when the ranks share one node, "

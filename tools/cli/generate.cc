@@ -15,6 +15,7 @@
 #include "opt/errors.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/mesh_option.h"
+#include "tools/cli/validators.h"
 #include "tools/zoo/forward.h"
 
 namespace mto {
@@ -81,16 +82,17 @@ void add_generate_command(CLI::App& app) {
   command->add_option("--prompt", options->prompt, "The text to continue")->required();
   command->add_option("--tokens", options->tokens, "Bytes to sample")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   command->add_option("--seed", options->seed, "Seed of the sampling: the same seed gives the same text")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(non_negative());
   command->add_option("--temperature", options->temperature,
                       "Divides the logits: below 1 the likely bytes are likelier still")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   command->add_option("--top-k", options->top_k, "Sample from the K most likely bytes only (0: all)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   add_tp_option(command, &options->tp);
   command->callback([options] { run_generate(*options); });
 }

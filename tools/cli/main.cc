@@ -8,18 +8,24 @@
 //   mpirun -np 4 mto train --model gpt --tp 2 --out ckpt/gpt
 //   mto generate ckpt/gpt --prompt 'The ' --tokens 100
 #include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+#include <cxxabi.h>
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
+#include <cstdio>
 #include <cstdlib>
 #include <iostream>
 #include <string>
+#include <typeinfo>
 #include <vector>
 
 #include <CLI/CLI.hpp>
 
 #include "distributed/world.h"
 #include "tools/cli/commands.h"
+#include "tools/cli/validators.h"
 #include "tools/common/heap.h"
 
 namespace mto {
@@ -63,6 +69,21 @@ int exit_together(int code) {
   return code;
 }
 
+// The line that reports `e`: "mto: error: MESSAGE\n", LibTorch's message without the C++
+// stack trace its what() appends, and with `verbose` the error's type by its C++ name.
+std::string error_line(const std::exception& e, bool verbose) {
+  const auto* torch_error = dynamic_cast<const c10::Error*>(&e);
+  std::string line = "mto: error: ";
+  line += torch_error != nullptr ? torch_error->what_without_backtrace() : e.what();
+  if (verbose) {
+    int status = 0;
+    char* name = abi::__cxa_demangle(typeid(e).name(), nullptr, nullptr, &status);
+    line += std::string(" [") + (status == 0 ? name : typeid(e).name()) + "]";
+    std::free(name);
+  }
+  return line + "\n";
+}
+
 }  // namespace
 
 }  // namespace cli
@@ -71,16 +92,24 @@ int exit_together(int code) {
 int main(int argc, char** argv) {
   using namespace mto::cli;
   mto::tools::keep_freed_memory_in_heap();
+  // Past a file-size limit (ulimit -f), a write fails with EFBIG and the save reports it and
+  // cleans up, where the default SIGXFSZ would kill mto mid-save.
+  std::signal(SIGXFSZ, SIG_IGN);
   CLI::App app{
       "mto: optimize LibTorch models as chains of modes and save and restore them as sharded, checksummed "
       "checkpoints on any number of mpirun ranks."};
   app.require_subcommand(1);
+  // Usage errors as one line like every other error (CLI11 adds "Run with --help ..." on a
+  // second). Set before the subcommands are added: they copy it.
+  app.failure_message([](const CLI::App*, const CLI::Error& e) {
+    return "mto: error: " + std::string(e.what()) + " (--help lists the options)\n";
+  });
   bool verbose = false;
   int threads = 1;
   app.add_flag("-v,--verbose", verbose, "On an error, also print its type and every rank's message");
   app.add_option("--threads", threads, "Intra-op threads per rank (ranks usually share the cores)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   app.parse_complete_callback([&threads] { at::set_num_threads(threads); });
   add_train_command(app);
   add_optimize_command(app);
@@ -110,9 +139,9 @@ int main(int argc, char** argv) {
     return exit_together(is_first_rank() ? app.exit(e) : e.get_exit_code());
   } catch (const std::exception& e) {
     if (is_first_rank() || verbose) {
-      std::cerr << "mto: error: " << e.what();
-      if (verbose) std::cerr << " [" << typeid(e).name() << "]";
-      std::cerr << std::endl;
+      // In one write, so that the lines of several ranks (--verbose) do not interleave.
+      const std::string line = error_line(e, verbose);
+      std::fwrite(line.data(), 1, line.size(), stderr);
     }
     return 1;
   }

@@ -1,6 +1,7 @@
 #include "tools/cli/mesh_option.h"
 
 #include "distributed/world.h"
+#include "tools/cli/validators.h"
 
 namespace mto {
 namespace cli {
@@ -10,7 +11,7 @@ void add_tp_option(CLI::App* command, int* tp) {
                       "Tensor-parallel size: the ranks form a (world / tp) x tp data x tensor parallel mesh, and "
                       "language models split their heads, MLP and vocabulary over each tp group")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
 }
 
 std::shared_ptr<Mesh> join_mesh(int tp) {

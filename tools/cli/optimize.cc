@@ -14,8 +14,8 @@
 #include <sstream>
 #include <vector>
 
-#include "absl/strings/str_format.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "distributed/sharding.h"
@@ -34,6 +34,7 @@
 #include "tools/cli/evaluate.h"
 #include "tools/cli/mesh_option.h"
 #include "tools/cli/progress.h"
+#include "tools/cli/validators.h"
 #include "tools/data/fashion_mnist.h"
 #include "tools/data/text_corpus.h"
 #include "tools/zoo/forward.h"
@@ -435,20 +436,22 @@ void add_optimize_command(CLI::App& app) {
   add_tp_option(command, &options->tp);
   command->add_option("--calib-samples", options->calib_samples,
                       "Calibrate on the first N training images or sequences, split over the data-parallel ranks")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(sample_count());
   command->add_option("--batch-size", options->batch_size, "Calibration batch size")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   command->add_option("--search-candidates", options->search_candidates,
                       "fastnas: subnets to score, split over the ranks")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   command->add_option("--search-seed", options->search_seed, "fastnas: seed of the random candidates")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(non_negative());
   command->add_option("--val-samples", options->val_samples,
                       "fastnas: score candidates on the last N training images or sequences")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   command->add_option("--search-checkpoint", options->search_checkpoint,
                       "fastnas and auto_quantize: directory of search checkpoints (fastnas: one per rank; "
                       "auto_quantize: one, kept by rank 0); an interrupted search resumes, auto_quantize's on any "
@@ -460,7 +463,7 @@ void add_optimize_command(CLI::App& app) {
                       "auto_quantize: score on the first N training images or sequences, in batches of "
                       "--batch-size dealt out over the data-parallel ranks")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   command->add_option("--score-method", options->score_method,
                       "auto_quantize: gradient (the loss's sensitivity to each layer's output) or kl_div (the "
                       "change of the output distribution, one layer quantized at a time)")

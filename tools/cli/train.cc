@@ -25,6 +25,7 @@
 #include "tools/cli/mesh_option.h"
 #include "tools/cli/progress.h"
 #include "tools/cli/training_checkpoint.h"
+#include "tools/cli/validators.h"
 #include "tools/data/fashion_mnist.h"
 #include "tools/data/text_corpus.h"
 #include "tools/zoo/forward.h"
@@ -295,7 +296,7 @@ void add_train_command(CLI::App& app) {
   command->add_option("--kd-temperature", options->kd_temperature,
                       "Softens both distributions in the distillation loss: T^2 x KL(softmax(t/T) || softmax(s/T))")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   command->add_option("--kd-weight", options->kd_weight, "Weight of the distillation loss, in [0, 1]")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
@@ -307,11 +308,13 @@ void add_train_command(CLI::App& app) {
   add_tp_option(command, &options->tp);
   command->add_option("--epochs", options->epochs, "Passes over the training data")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   command->add_option("--batch-size", options->batch_size, "Images or sequences per step on each replica")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  command->add_option("--lr", options->lr, "Adam learning rate (the first step's)")->capture_default_str();
+      ->check(positive());
+  command->add_option("--lr", options->lr, "Adam learning rate (the first step's)")
+      ->capture_default_str()
+      ->check(positive());
   command->add_option("--schedule", options->schedule,
                       "Learning-rate schedule: cosine (falls along a half cosine to a tenth of --lr by the last step) "
                       "or constant")
@@ -319,16 +322,18 @@ void add_train_command(CLI::App& app) {
       ->check(CLI::IsMember({"cosine", "constant"}));
   command->add_option("--train-samples", options->train_samples,
                       "Use only the first N training images or sequences (all when negative)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(sample_count());
   command->add_option("--seed", options->seed, "Seed of the initial weights and the shuffle")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(non_negative());
   command->add_option("--out", options->out, "Checkpoint directory to write")->required();
   command
       ->add_option("--save-every", options->save_every,
                    "Every N steps, save a training checkpoint (the model, Adam's state and the position in the "
                    "data) to --out in the background while training goes on; the end of training replaces it "
                    "with the model alone")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   command->add_flag("--resume", options->resume,
                     "Continue from the training checkpoint at --out (saved with --save-every by a job with the "
                     "same options) where it stopped, with the same result as a job never stopped; start from "

@@ -1,0 +1,22 @@
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace mto {
+namespace cli {
+
+// Checks of numeric options whose messages say what is wanted ("--epochs: must be a number
+// above 0, not '0'"), where CLI11's PositiveNumber says "Value 0 not in range 0.000000 to
+// 1797693134862315708145...".
+
+// A finite number above 0.
+CLI::Validator positive();
+
+// A finite number, 0 or above.
+CLI::Validator non_negative();
+
+// A count of samples: N above 0 for the first N, or a negative number for all of them.
+CLI::Validator sample_count();
+
+}  // namespace cli
+}  // namespace mto
