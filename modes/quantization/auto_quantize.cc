@@ -243,14 +243,15 @@ std::vector<std::unique_ptr<LayerProbe>> searched_layers(torch::nn::Module& mode
       const QuantizerAttributes weight = resolve(format, entry.name, true);
       const QuantizerAttributes input = resolve(format, entry.name, false);
       if (!weight.enable()) searched = false;
-      if (weight.enable() && weight.block_size() > 0 && linear->weight.size(1) % weight.block_size() != 0) {
+      // The presets' blocks run along the input features. As quantize does, a layer may end in
+      // a partial block, but a row-parallel layer's slices must hold whole blocks: a block cut
+      // by the split would be quantized as two partial ones.
+      if (weight.enable() && weight.block_size() > 0 && probe->row_parallel &&
+          linear->weight.size(1) % weight.block_size() != 0) {
         throw ConfigError(absl::StrCat("auto_quantize: format '", format.name, "' quantizes blocks of ",
                                        weight.block_size(), " input features, but layer '", entry.name, "' has ",
-                                       linear->weight.size(1), " on this rank",
-                                       probe->tp ? absl::StrCat(" (split over ", probe->tp->world_size(),
-                                                                " tensor-parallel ranks)")
-                                                 : "",
-                                       "; leave the format out or use a smaller tp"));
+                                       linear->weight.size(1), " on this rank (split over ", probe->tp->world_size(),
+                                       " tensor-parallel ranks); leave the format out or use a smaller tp"));
       }
       if (input.enable() && (input.has_axis() || input.block_size() > 0)) {
         throw ConfigError(absl::StrCat("auto_quantize: format '", format.name,

@@ -1,6 +1,9 @@
 #include "modes/quantization/quantize.h"
 
+#include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -17,8 +20,13 @@ std::vector<ModeWithConfig> quantize_modes(const std::string& config) {
   MessagePtr parsed = descriptor->config_class();
   std::string json;
   if (!config.empty()) {
-    const bool is_json = absl::StartsWith(absl::StripLeadingAsciiWhitespace(config), "{");
-    json = is_json ? config : quantize_preset(config);
+    // JSON, or text that starts as an object, array, string or number does (whose parse
+    // error then says what is wrong), is a config; anything else is a preset name, the
+    // whitespace around it (a file's last newline) aside.
+    const absl::string_view text = absl::StripAsciiWhitespace(config);
+    const bool is_json = nlohmann::json::accept(text) ||
+                         (!text.empty() && absl::StrContains("{[\"-0123456789", text.front()));
+    json = is_json ? config : quantize_preset(std::string(text));
     descriptor->config_from_json(json, parsed.get());
   }
   std::vector<ModeWithConfig> modes{json.empty() ? ModeWithConfig("quantize") : ModeWithConfig("quantize", json)};

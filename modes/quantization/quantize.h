@@ -12,10 +12,11 @@
 namespace mto {
 namespace quantization {
 
-// The modes that quantize with `config` (a preset name such as "int8", JSON in the Python
-// form, or empty for the mode's defaults), as the Python original's mtq.quantize applies
-// them: "quantize", then "max_calibrate" when the config's algorithm is "max". Throws
-// ConfigError for an unknown preset or a malformed config.
+// The modes that quantize with `config` (a preset name such as "int8", whitespace around it
+// ignored; a JSON object in the Python form; or empty for the mode's defaults), as the
+// Python original's mtq.quantize applies them: "quantize", then "max_calibrate" when the
+// config's algorithm is "max". Throws ConfigError for an unknown preset, JSON that is not an
+// object, or a malformed config.
 std::vector<ModeWithConfig> quantize_modes(const std::string& config);
 
 // Quantizes `model` as the Python original's mtq.quantize does: applies "quantize" with

@@ -187,7 +187,7 @@ void parse_quantize_config(std::string_view json, QuantizeConfig* config) {
   } catch (const ordered_json::exception& e) {  // parse_error, or out_of_range for 1e999
     throw ConfigError(absl::StrCat(kWhat, ": not valid JSON: ", e.what()));
   }
-  if (!root.is_object()) throw ConfigError(absl::StrCat(kWhat, ": must be a JSON object"));
+  if (!root.is_object()) throw ConfigError(absl::StrCat(kWhat, ": must be a JSON object, got ", root.dump()));
   QuantizeConfig out = *config;
   for (const auto& [key, value] : root.items()) {
     if (key == "quant_cfg") {

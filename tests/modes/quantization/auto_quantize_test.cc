@@ -675,6 +675,27 @@ TEST_F(AutoQuantizeGpt, ASmoothingFormatEverywhereIsThatFormatsQuantizedModel) {
   }
 }
 
+// An unsplit layer whose inputs end in a partial block of int4's 128 (160 inputs: one block
+// and 32) is searched with the block formats, and quantized as quantize() quantizes it.
+TEST_F(AutoQuantizeGpt, ALayerEndingInAPartialBlockTakesBlockFormats) {
+  const ModelLike like("gpt", {{"width", 160}, {"depth", 1}, {"heads", 4}, {"context", kContext}, {"seed", 7}});
+  for (const std::string& format : {"int4_blockwise", "int4_awq"}) {
+    SCOPED_TRACE(format);
+    const auto [model, result] = auto_quantize(like.build(), options_with(4, {format, "int8", "fp8"}));
+    EXPECT_EQ(linear(*model, "blocks.0.fc1")->weight.size(1), 160);
+    ASSERT_EQ(result.layers.size(), kLayers.size());
+    for (const AutoQuantizeLayer& layer : result.layers) {
+      EXPECT_EQ(result.formats[layer.chosen], format) << layer.name;
+      EXPECT_TRUE(std::isfinite(layer.scores[0]) && layer.scores[0] > 0) << layer.name << " " << layer.scores[0];
+    }
+    ModulePtr expected = quantize(like.build(), format, calibration_loop());
+    expect_same_tensors(*model, *expected);
+    torch::NoGradGuard no_grad;
+    const at::Tensor input = windows(99, 2).narrow(1, 0, kContext);
+    EXPECT_TRUE(same_bytes(zoo::forward(*model, input), zoo::forward(*expected, input)));
+  }
+}
+
 TEST_F(AutoQuantizeGpt, Refusals) {
   auto with = [](auto change) {
     return [change]() {

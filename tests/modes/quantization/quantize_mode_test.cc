@@ -174,6 +174,38 @@ TEST(QuantizeConfig, ErrorsNameTheCulprit) {
   }
 }
 
+// The ConfigError message of quantize_modes(`config`).
+std::string quantize_modes_error(const std::string& config) {
+  try {
+    quantize_modes(config);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+// What a config file may hold, its last newline included: JSON that is not an object is
+// named as such, never looked up as a preset; a preset name is read without the whitespace
+// around it.
+TEST(QuantizeConfig, ConfigTextIsAPresetNameOrAJsonObject) {
+  EXPECT_EQ(quantize_modes_error("[]\n"), "config of mode 'quantize': must be a JSON object, got []");
+  EXPECT_EQ(quantize_modes_error("[1, 2").rfind("config of mode 'quantize': not valid JSON", 0), 0u)
+      << quantize_modes_error("[1, 2");
+  EXPECT_EQ(quantize_modes_error("1e999").rfind("config of mode 'quantize': not valid JSON", 0), 0u)
+      << quantize_modes_error("1e999");
+  EXPECT_EQ(quantize_modes_error("8\n"), "config of mode 'quantize': must be a JSON object, got 8");
+  EXPECT_EQ(quantize_modes_error("null"), "config of mode 'quantize': must be a JSON object, got null");
+  EXPECT_EQ(quantize_modes_error("\"int8\"\n"), "config of mode 'quantize': must be a JSON object, got \"int8\"");
+  EXPECT_EQ(quantize_modes_error("int3\n"),
+            "unknown quantization preset 'int3' (known: int8, fp8, int4_blockwise, int8_smoothquant, int4_awq)");
+  const std::vector<ModeWithConfig> modes = quantize_modes(" int8\n");
+  ASSERT_EQ(modes.size(), 2u);
+  EXPECT_EQ(modes[0].mode, "quantize");
+  ASSERT_NE(modes[0].config.json(), nullptr);
+  EXPECT_EQ(*modes[0].config.json(), quantize_preset("int8"));
+  EXPECT_EQ(modes[1].mode, "max_calibrate");
+}
+
 TEST(QuantizeMode, AttributesThatDoNotFitTheLayerFail) {
   EXPECT_EQ(apply_error([] {
               apply_mode(mlp_like().build(), {{"quantize", R"({"quant_cfg": {"*input_quantizer": {"axis": 0}}})"}});
