@@ -152,6 +152,14 @@ bad_values_are_named() {
     --train-samples 32 --out "$work/x"
 }
 
+# A deployed checkpoint holds quantized codes that no optimizer step changes: fine-tuning
+# one is refused, naming it.
+deployed_is_not_fine_tuned() {
+  out=$("$mto" export "$work/int8" --out "$work/int8-deployed" 2>&1) || { echo "$out"; return 1; }
+  one_error_line "--init $work/int8-deployed is a deployed checkpoint (mode export_quantize)" \
+    "$mto" train --init "$work/int8-deployed" --epochs 1 --train-samples 64 --out "$work/x"
+}
+
 # Past a file-size limit (ulimit -f), a save fails with one error line and leaves the
 # checkpoint it would have replaced as it was, with nothing beside it.
 file_size_limit() {
@@ -234,6 +242,7 @@ check corrupt_checkpoint_is_named corrupt_checkpoint_is_named
 check missing_directory missing_directory
 check bad_values_are_named bad_values_are_named
 check file_size_limit file_size_limit
+check deployed_is_not_fine_tuned deployed_is_not_fine_tuned
 check unknown_mode_and_preset unknown_mode_and_preset
 check chain_that_cannot_apply chain_that_cannot_apply
 check prune_search_resume_fine_tune prune_search_resume_fine_tune

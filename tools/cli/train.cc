@@ -21,6 +21,7 @@
 #include "opt/conversion.h"
 #include "opt/errors.h"
 #include "opt/model_like.h"
+#include "opt/state_manager.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/mesh_option.h"
 #include "tools/cli/progress.h"
@@ -104,6 +105,20 @@ TrainingSet text_training_set(const TrainOptions& options, int64_t context) {
 
 // The student with the mode "kd_loss" applied: the teacher checkpoint restored beside it on
 // the same mesh.
+// Refuses to fine-tune a deployed checkpoint (mode export_quantize): its layers hold
+// quantized codes and scales as buffers, which no optimizer step changes, so training would
+// move the float biases alone.
+void check_trainable(const ModulePtr& model, const std::string& init) {
+  if (!ModeloptStateManager::is_converted(*model)) return;
+  for (const auto& entry : ModeloptStateManager(model).modes_with_states()) {
+    if (entry.mode->name() != "export_quantize") continue;
+    throw ConfigError(absl::StrFormat(
+        "--init %s is a deployed checkpoint (mode export_quantize): its weights are quantized codes that training "
+        "cannot change; fine-tune the checkpoint it was exported from, then export again",
+        init));
+  }
+}
+
 ModulePtr with_teacher(ModulePtr student, const TrainOptions& options) {
   const nlohmann::json config = {
       {"teacher", options.teacher}, {"temperature", options.kd_temperature}, {"kd_loss_weight", options.kd_weight}};
@@ -169,6 +184,7 @@ void run_train(const TrainOptions& options) {
   ModulePtr student = resumed                ? resumed->model
                       : options.init.empty() ? ModelLike(options.model, model_args).build()
                                              : restore(options.init);
+  if (!options.init.empty()) check_trainable(student, options.init);
   if (!options.teacher.empty()) {
     student = with_teacher(student, options);
     if (rank0) {
