@@ -154,6 +154,8 @@ struct OptimizeData {
   std::function<double(torch::nn::Module&)> score;
   // A score as people read it: "validation accuracy 85.10%".
   std::function<std::string(double)> show_score;
+  // How many held-out examples `score` runs on: --val-samples, or all there are if fewer.
+  int64_t validation_count = 0;
 };
 
 // Runs `forward` on consecutive batches of `batch_size` rows of `rows`.
@@ -218,6 +220,7 @@ OptimizeData fashion_data(const OptimizeOptions& options, const Mesh& mesh, bool
   if (searches) {
     const data::Dataset train = data::load_fashion_mnist(data::Split::kTrain, data::default_fashion_mnist_root(), -1);
     const int64_t count = std::min(options.val_samples, train.size());
+    out.validation_count = count;
     data::Dataset validation{train.images.narrow(0, train.size() - count, count),
                              train.labels.narrow(0, train.size() - count, count)};
     std::shared_ptr<Communicator> alone = mesh.world()->split(mesh.world()->rank(), 0);
@@ -264,6 +267,7 @@ OptimizeData text_data(const OptimizeOptions& options, const Mesh& mesh, int64_t
   if (searches) {
     const at::Tensor all = data::token_windows(corpus.train, context);
     const int64_t count = std::min(options.val_samples, all.size(0));
+    out.validation_count = count;
     const at::Tensor validation = all.narrow(0, all.size(0) - count, count);
     std::shared_ptr<Communicator> alone = mesh.world()->split(mesh.world()->rank(), 0);
     out.score = [validation, alone, batch_size](torch::nn::Module& m) {
@@ -303,7 +307,7 @@ void run_search(const ModulePtr& model, const nas::Constraint& constraint, const
                    result.resumed ? absl::StrFormat(", %d from its checkpoint", result.resumed) : "",
                    absl::StrJoin(widths, " "), result.params, result.full_params, result.fraction,
                    constraint.kind == nas::Constraint::Kind::kParams ? "parameters" : "multiply-accumulates",
-                   data.show_score(result.score), data.show_score(full_score), options.val_samples)
+                   data.show_score(result.score), data.show_score(full_score), data.validation_count)
             << std::flush;
 }
 

@@ -40,6 +40,11 @@ Progress::Progress(std::string label, int64_t total, std::string unit, bool enab
       start_(Clock::now()),
       last_print_(start_) {}
 
+void Progress::skip(int64_t done) {
+  skipped_ = done;
+  done_ = done;
+}
+
 void Progress::update(int64_t done, const std::string& note) {
   done_ = done;
   if (!enabled_) return;
@@ -57,10 +62,12 @@ void Progress::finish(const std::string& note) {
 
 void Progress::print(int64_t done, const std::string& note, bool final) {
   const double elapsed = seconds_between(start_, Clock::now());
-  const double rate = elapsed > 0 ? done / elapsed : 0;
+  const double rate = elapsed > 0 ? (done - skipped_) / elapsed : 0;
   std::string line;
   if (final) {
-    line = absl::StrFormat("%s  %s in %.1f s (%s/s)", label_, amount_of(done, unit_), elapsed, amount_of(rate, unit_));
+    line = absl::StrFormat("%s  %s in %.1f s (%s/s)", label_, amount_of(done - skipped_, unit_), elapsed,
+                           amount_of(rate, unit_));
+    if (skipped_ > 0) line += absl::StrFormat(" after %s before the resume", amount_of(skipped_, unit_));
   } else if (unit_ == "bytes") {
     const double eta = rate > 0 ? (total_ - done) / rate : 0;
     line = absl::StrFormat("%s  %s of %s  %s/s  ETA %.0f s", label_, amount_of(done, unit_), amount_of(total_, unit_),

@@ -18,6 +18,9 @@ class Progress {
  public:
   Progress(std::string label, int64_t total, std::string unit, bool enabled);
 
+  // Records that `done` of `total` items were finished before this run began (a resumed
+  // job): they count toward the total, but not toward the rate, nor in the final line.
+  void skip(int64_t done);
   // Records that `done` of `total` items are finished.
   void update(int64_t done, const std::string& note = "");
   // Prints the final line: items, time, rate and `note`.
@@ -34,6 +37,7 @@ class Progress {
   std::chrono::steady_clock::time_point start_;
   std::chrono::steady_clock::time_point last_print_;
   int64_t done_ = 0;
+  int64_t skipped_ = 0;
 };
 
 }  // namespace cli

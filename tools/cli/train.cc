@@ -246,6 +246,7 @@ void run_train(const TrainOptions& options) {
       loss_sum[1] = examples;
     }
     int64_t done = loss_sum[1].item<int64_t>();
+    progress.skip(done * dp->world_size() * train.units);
     while (auto indices = sampler.next(options.batch_size)) {
       const at::Tensor index = at::tensor(std::vector<int64_t>(indices->begin(), indices->end()), at::kLong);
       set_learning_rate(optimizer, learning_rate(options, step++, steps));
