@@ -31,6 +31,23 @@ bool is_exported(const ModulePtr& model) {
   return last && last->name() == kExportMode;
 }
 
+// Refuses a model whose sparsity masks are not folded into its weights yet: the mode chain
+// would refuse export_quantize with the Python original's text, which names the modes but
+// not the way out.
+void check_masks_folded(const ModulePtr& model) {
+  if (!ModeloptStateManager::is_converted(*model, /*is_root=*/true)) return;
+  bool masked = false;
+  for (const auto& mode : ModeloptStateManager(model).modes_with_states()) {
+    if (mode.mode->name() == "sparse_magnitude") masked = true;
+    if (mode.mode->name() == "export_sparse") masked = false;
+  }
+  if (masked) {
+    throw ApplyModeError(
+        "export_quantize: the model's sparsity masks (mode sparse_magnitude) are not folded into its weights yet; "
+        "apply export_sparse first (mto optimize CKPT --mode export_sparse --out DIR)");
+  }
+}
+
 }  // namespace
 
 std::map<std::string, std::string> deployment_files(torch::nn::Module& model, const nlohmann::json& config) {
@@ -51,7 +68,10 @@ std::map<std::string, std::string> deployment_files(torch::nn::Module& model, co
 }
 
 ModulePtr save_deployed(ModulePtr model, const std::string& dir, SaveOptions options, const nlohmann::json& config) {
-  if (!is_exported(model)) model = apply_mode(model, kExportMode);
+  if (!is_exported(model)) {
+    check_masks_folded(model);
+    model = apply_mode(model, kExportMode);
+  }
   options.extra_files = deployment_files(*model, config);
   save(*model, dir, options);
   return model;

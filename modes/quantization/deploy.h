@@ -25,6 +25,8 @@ std::map<std::string, std::string> deployment_files(torch::nn::Module& model,
 // deployment_files(model, config) beside the weights: every rank writes its own slices of
 // the real low-bit weights in parallel, rank 0 the state and the two JSON files, and the
 // commit is atomic. Collective over options.communicator. Returns the exported model.
+// Throws ApplyModeError, saying to apply export_sparse first, for a model whose sparsity
+// masks are not folded into its weights.
 ModulePtr save_deployed(ModulePtr model, const std::string& dir, SaveOptions options = {},
                         const nlohmann::json& config = nlohmann::json::object());
 

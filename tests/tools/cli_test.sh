@@ -225,6 +225,16 @@ sparse_then_quantize() {
         --out "$work/sparse-int8" 2>&1) || { echo "$out"; return 1; }
   grep -q "applied sparse_magnitude + quantize + max_calibrate on 2 rank(s)" <<<"$out" || { echo "$out"; return 1; }
   grep -q "fc1._weight_mask  *BOOL" <<<"$("$mto" inspect "$work/sparse-int8")" || return 1
+  # Export wants the masks folded in first, and says how.
+  out=$(ranks 2 "$mto" export "$work/sparse-int8" --out "$work/x" 2>&1) && { echo "exported with masks"; return 1; }
+  expect_error_line "$out" "not folded into its weights yet; apply export_sparse first" || return 1
+  out=$(ranks 2 "$mto" optimize "$work/sparse-int8" --mode export_sparse --out "$work/sparse-int8-folded" 2>&1) ||
+    { echo "$out"; return 1; }
+  # No data in export_sparse: its line names none.
+  grep -q "^applied export_sparse on 2 rank(s) (dp=2, tp=1) in [0-9.]* s (0 collective(s), 0 bytes)$" <<<"$out" ||
+    { echo "$out"; return 1; }
+  out=$(ranks 2 "$mto" export "$work/sparse-int8-folded" --out "$work/sparse-int8-deployed" 2>&1) ||
+    { echo "$out"; return 1; }
   out=$(ranks 2 "$mto" optimize "$work/int8" --mode sparse_magnitude --out "$work/x" 2>&1) && return 1
   expect_error_line "$out" "quantize does not allow sparse_magnitude to be its next mode." || return 1
   out=$(ranks 2 "$mto" optimize "$work/float" --mode fastnas --out "$work/x" 2>&1) && return 1

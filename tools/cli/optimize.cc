@@ -14,7 +14,9 @@
 #include <sstream>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -408,11 +410,16 @@ void run_optimize(const OptimizeOptions& options) {
   if (rank0) {
     std::vector<std::string> names;
     for (const Step& step : steps) names.push_back(step.mode.mode);
+    // Calibrations, and the searches (which measure each candidate on the calibration data).
+    const bool uses_data = std::any_of(steps.begin(), steps.end(), [](const Step& step) {
+      return absl::StrContains(step.mode.mode, "calibrate") || step.constraint || step.effective_bits;
+    });
     std::cout << absl::StrFormat("restored %s in %.2f s\n", options.checkpoint, restore_seconds)
-              << absl::StrFormat("applied %s on %d rank(s) %s in %.2f s (calibration over %s; %d "
+              << absl::StrFormat("applied %s on %d rank(s) %s in %.2f s (%s%d "
                                  "collective(s), %d bytes%s)\n",
                                  absl::StrJoin(names, " + "), comm->world_size(), mesh->describe(), apply_seconds,
-                                 data.description, stats.collectives, stats.bytes,
+                                 uses_data ? absl::StrCat("calibration over ", data.description, "; ") : "",
+                                 stats.collectives, stats.bytes,
                                  mesh->tp_size() == 1 ? ""
                                                       : absl::StrFormat("; the tensor-parallel group %d, %d bytes, "
                                                                         "forward passes included",
