@@ -66,7 +66,12 @@ optimize_with_config_file() {
  "algorithm": "max"}
 JSON
   ranks 2 "$mto" optimize "$work/float" --mode quantize --config "$work/w4.json" --out "$work/w4" >/dev/null 2>&1 &&
-    grep -q "4 of 12 quantizers enabled, 4 calibrated: 4 x int4 blocks of 16" <<<"$("$mto" inspect "$work/w4")"
+    grep -q "4 of 12 quantizers enabled, 4 calibrated: 4 x int4 blocks of 16" <<<"$("$mto" inspect "$work/w4")" ||
+    return 1
+  # A config file that is JSON but no object is named.
+  echo '[]' >"$work/list.json"
+  out=$("$mto" optimize "$work/float" --mode quantize --config "$work/list.json" --out "$work/x" 2>&1) && return 1
+  expect_error_line "$out" "--config $work/list.json: config of mode 'quantize': must be a JSON object, got \[\]"
 }
 
 # Accuracy from `mto eval --json`.
@@ -80,6 +85,9 @@ eval_any_world_size() {
   grep -q '"samples":600' <<<"$three" && grep -q '"ranks":3' <<<"$three" || return 1
   # The same checkpoint gives the same predictions on any number of ranks.
   [ "$(accuracy "$one")" = "$(accuracy "$three")" ] || return 1
+  # A classifier does not split over tensor-parallel ranks: --tp is refused, naming both.
+  out=$(ranks 2 "$mto" eval "$work/int8" --tp 2 --samples 10 2>&1) && { echo "evaluated at tp 2"; return 1; }
+  expect_error_line "$out" "--tp 2: $work/int8 does not split over tensor-parallel ranks (only the gpt does)" || return 1
   # A trained model beats chance (10%) by far.
   awk -v a="$(accuracy "$one")" 'BEGIN { exit !(a > 0.4) }'
 }

@@ -104,6 +104,7 @@ void run_eval(const EvalOptions& options) {
   ModulePtr model = restore(options.checkpoint, restore_options);
   const double restore_seconds = seconds_since(start);
   const int64_t context = zoo::language_model_context(*model);
+  check_model_splits(*mesh, context > 0, options.checkpoint);
   if (context > 0) {
     evaluate_text(*model, context, options, *mesh, restore_seconds);
   } else {

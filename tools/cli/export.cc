@@ -18,6 +18,7 @@
 #include "tools/cli/commands.h"
 #include "tools/cli/mesh_option.h"
 #include "tools/cli/progress.h"
+#include "tools/zoo/forward.h"
 
 namespace mto {
 namespace cli {
@@ -52,6 +53,7 @@ void run_export(const ExportOptions& options) {
   auto start = std::chrono::steady_clock::now();
   ModulePtr model = restore(options.checkpoint);
   const double restore_seconds = seconds_since(start);
+  check_model_splits(*mesh, zoo::language_model_context(*model) > 0, options.checkpoint);
   start = std::chrono::steady_clock::now();
   model = quantization::save_deployed(model, options.out, {}, model_config(*model));
   const double save_seconds = seconds_since(start);

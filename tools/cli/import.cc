@@ -20,6 +20,7 @@
 #include "tools/cli/commands.h"
 #include "tools/cli/mesh_option.h"
 #include "tools/cli/progress.h"
+#include "tools/zoo/forward.h"
 
 namespace mto {
 namespace cli {
@@ -59,6 +60,7 @@ void run_import(const ImportOptions& options) {
   }
   load.allow_missing = options.allow_missing;
   ModulePtr model = parse_model_like(options.model_like).build();
+  check_model_splits(*mesh, zoo::language_model_context(*model) > 0, options.model_like);
 
   // Every rank reads on its own; they agree on the outcome before the collective save.
   auto start = std::chrono::steady_clock::now();

@@ -1,6 +1,8 @@
 #include "tools/cli/mesh_option.h"
 
+#include "absl/strings/str_format.h"
 #include "distributed/world.h"
+#include "opt/errors.h"
 #include "tools/cli/validators.h"
 
 namespace mto {
@@ -12,6 +14,14 @@ void add_tp_option(CLI::App* command, int* tp) {
                       "language models split their heads, MLP and vocabulary over each tp group")
       ->capture_default_str()
       ->check(positive());
+}
+
+void check_model_splits(const Mesh& mesh, bool splits, const std::string& model) {
+  if (splits || mesh.tp_size() == 1) return;
+  throw ConfigError(absl::StrFormat(
+      "--tp %d: %s does not split over tensor-parallel ranks (only the gpt does), so the mesh %s would have each "
+      "group of %d ranks do the same work; use --tp 1",
+      mesh.tp_size(), model, mesh.describe(), mesh.tp_size()));
 }
 
 std::shared_ptr<Mesh> join_mesh(int tp) {

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include <CLI/CLI.hpp>
 
@@ -17,6 +18,11 @@ void add_tp_option(CLI::App* command, int* tp);
 // that models built and restored by name are split over it. Collective. Throws
 // DistributedError naming both numbers when `tp` does not divide the world size.
 std::shared_ptr<Mesh> join_mesh(int tp);
+
+// Refuses a tensor-parallel mesh for a model that does not split over it (`splits` false:
+// the classifiers), where every rank of a tp group would do the same work. Throws
+// ConfigError naming `model` (a zoo name or a checkpoint) and the mesh.
+void check_model_splits(const Mesh& mesh, bool splits, const std::string& model);
 
 }  // namespace cli
 }  // namespace mto

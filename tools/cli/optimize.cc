@@ -129,7 +129,13 @@ std::vector<Step> parse_modes(const OptimizeOptions& options) {
       out.push_back({config.empty() ? ModeWithConfig(name) : ModeWithConfig(name, config), std::nullopt});
       continue;
     }
-    std::vector<ModeWithConfig> quantize = quantization::quantize_modes(config);
+    std::vector<ModeWithConfig> quantize;
+    try {
+      quantize = quantization::quantize_modes(config);
+    } catch (const ConfigError& e) {
+      if (colon != std::string::npos) throw;
+      throw ConfigError(absl::StrCat("--config ", options.config_file, ": ", e.what()));
+    }
     const bool calibration_follows =
         i + 1 < options.modes.size() &&
         options.modes[i + 1].substr(0, options.modes[i + 1].find(':')).find("_calibrate") != std::string::npos;
@@ -375,6 +381,7 @@ void run_optimize(const OptimizeOptions& options) {
   auto start = std::chrono::steady_clock::now();
   ModulePtr model = restore(options.checkpoint);
   const double restore_seconds = seconds_since(start);
+  check_model_splits(*mesh, zoo::language_model_context(*model) > 0, options.checkpoint);
 
   const bool searches =
       std::any_of(steps.begin(), steps.end(), [](const Step& step) { return step.constraint.has_value(); });

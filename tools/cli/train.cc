@@ -194,6 +194,7 @@ void run_train(const TrainOptions& options) {
   }
   DataParallel model(student, dp);
   const int64_t context = zoo::language_model_context(*model);
+  check_model_splits(*mesh, context > 0, model_name);
   const std::string data = options.data == "auto" ? (context > 0 ? "text" : "fashion") : options.data;
   if ((data == "text") != (context > 0)) {
     throw ConfigError(absl::StrFormat("--data %s does not fit %s, a %s", data, model_name,
