@@ -168,6 +168,14 @@ deployed_is_not_fine_tuned() {
     "$mto" train --init "$work/int8-deployed" --epochs 1 --train-samples 64 --out "$work/x"
 }
 
+# An export that replaces its source compares its size with the source as it was.
+export_in_place() {
+  cp -r "$work/int8" "$work/in-place"
+  out=$("$mto" export "$work/in-place" --out "$work/in-place" 2>&1) || { echo "$out"; return 1; }
+  ratio=$(sed -nE 's/.* MiB, ([0-9.]+)x the source checkpoint .*/\1/p' <<<"$out")
+  awk -v r="$ratio" 'BEGIN { exit !(r > 0 && r < 0.9) }' || { echo "ratio '$ratio' in:"; echo "$out"; return 1; }
+}
+
 # Past a file-size limit (ulimit -f), a save fails with one error line and leaves the
 # checkpoint it would have replaced as it was, with nothing beside it.
 file_size_limit() {
@@ -261,6 +269,7 @@ check missing_directory missing_directory
 check bad_values_are_named bad_values_are_named
 check file_size_limit file_size_limit
 check deployed_is_not_fine_tuned deployed_is_not_fine_tuned
+check export_in_place export_in_place
 check unknown_mode_and_preset unknown_mode_and_preset
 check chain_that_cannot_apply chain_that_cannot_apply
 check prune_search_resume_fine_tune prune_search_resume_fine_tune

@@ -54,12 +54,13 @@ void run_export(const ExportOptions& options) {
   ModulePtr model = restore(options.checkpoint);
   const double restore_seconds = seconds_since(start);
   check_model_splits(*mesh, zoo::language_model_context(*model) > 0, options.checkpoint);
+  // Measured before the save, which may replace the checkpoint (--out the same directory).
+  const double source = rank0 ? static_cast<double>(directory_bytes(options.checkpoint)) : 0;
   start = std::chrono::steady_clock::now();
   model = quantization::save_deployed(model, options.out, {}, model_config(*model));
   const double save_seconds = seconds_since(start);
   if (!rank0) return;
   const auto files = quantization::deployment_files(*model);
-  const double source = static_cast<double>(directory_bytes(options.checkpoint));
   const double written = static_cast<double>(directory_bytes(options.out));
   std::cout << absl::StrFormat(
       "exported %s to %s on %d rank(s) %s: restored in %.2f s, converted and saved in %.2f s (each rank its own "
