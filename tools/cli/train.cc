@@ -103,8 +103,6 @@ TrainingSet text_training_set(const TrainOptions& options, int64_t context) {
   return out;
 }
 
-// The student with the mode "kd_loss" applied: the teacher checkpoint restored beside it on
-// the same mesh.
 // Refuses to fine-tune a deployed checkpoint (mode export_quantize): its layers hold
 // quantized codes and scales as buffers, which no optimizer step changes, so training would
 // move the float biases alone.
@@ -119,6 +117,8 @@ void check_trainable(const ModulePtr& model, const std::string& init) {
   }
 }
 
+// The student with the mode "kd_loss" applied: the teacher checkpoint restored beside it on
+// the same mesh.
 ModulePtr with_teacher(ModulePtr student, const TrainOptions& options) {
   const nlohmann::json config = {
       {"teacher", options.teacher}, {"temperature", options.kd_temperature}, {"kd_loss_weight", options.kd_weight}};
