@@ -82,6 +82,12 @@ std::string FastNasSearcher::state_dict() const {
   return nlohmann::json{{"candidates", candidates_}, {"scores", scores}}.dump();
 }
 
+bool FastNasSearcher::load_search_checkpoint() {
+  bool loaded = false;
+  run_on_every_rank(*options_.communicator, [&] { loaded = Searcher::load_search_checkpoint(); });
+  return loaded;
+}
+
 void FastNasSearcher::load_state_dict(const std::string& state) { loaded_ = state; }
 
 int64_t FastNasSearcher::cost_of(const std::vector<int64_t>& widths) const {
@@ -138,6 +144,11 @@ void FastNasSearcher::before_search() {
                                       options_.constraint.to_string(), fraction_of(smallest)));
   }
   scores_.assign(candidates_.size(), std::nan(""));
+  // Each rank checks its own file: all fail together if one is bad.
+  run_on_every_rank(*options_.communicator, [&] { resume_scores(); });
+}
+
+void FastNasSearcher::resume_scores() {
   if (loaded_.empty()) return;
   nlohmann::json state;
   try {

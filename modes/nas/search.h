@@ -85,6 +85,9 @@ class FastNasSearcher : public Searcher {
  protected:
   void reset() override;
   void sanitize_search_config(SearchConfig& config) override;
+  // Each rank reads its own checkpoint file; one that cannot be read fails the search on
+  // every rank, where the others would wait for that rank in the search's first collective.
+  bool load_search_checkpoint() override;
   std::string state_dict() const override;
   void load_state_dict(const std::string& state) override;
   void before_search() override;
@@ -97,6 +100,9 @@ class FastNasSearcher : public Searcher {
   int64_t cost_of(const std::vector<int64_t>& widths) const;
   double fraction_of(const std::vector<int64_t>& widths) const;
   void use(const std::vector<int64_t>& widths);
+  // Takes the scores of the loaded checkpoint, if any, after checking it was written for
+  // these candidates. Throws CheckpointError naming the file otherwise.
+  void resume_scores();
 
   SearchOptions options_;
   std::unique_ptr<SearchSpace> space_;

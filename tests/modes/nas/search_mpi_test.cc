@@ -8,7 +8,9 @@
 #include <ATen/ATen.h>
 
 #include <chrono>
+#include <filesystem>
 #include <iostream>
+#include <string>
 
 #include "distributed/world.h"
 #include "modes/nas/search.h"
@@ -114,6 +116,29 @@ TEST_F(SearchMpiTest, AScoreThatFailsOnOneRankFailsEveryRank) {
   }
   EXPECT_EQ(error, rank == 2 ? "out of memory while scoring" : "out of memory while scoring (on rank 2)");
   // The communicator still works: nobody was left behind in a collective.
+  comm->barrier();
+}
+
+TEST_F(SearchMpiTest, ADamagedCheckpointOfOneRankFailsEveryRank) {
+  std::string dir = rank == 0 ? mto::test::make_temp_dir() : "";
+  comm->broadcast(dir, 0);
+  SearchOptions options = options_for(false, comm);
+  options.checkpoint = dir + "/search-rank-" + std::to_string(rank) + ".json";
+  search(searchable(false), options);
+  // Rank 2's file loses its end, as a full disk or a copy cut short would leave it.
+  const std::string damaged = dir + "/search-rank-2.json";
+  if (rank == 2) std::filesystem::resize_file(damaged, 20);
+  comm->barrier();
+  std::string error;
+  try {
+    search(searchable(false), options);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  // Every rank fails at once, naming the file, where the others waited for rank 2 in the
+  // search's first collective until its timeout.
+  EXPECT_NE(error.find(damaged), std::string::npos) << "rank " << rank << ": " << error;
+  if (rank != 2) EXPECT_NE(error.find("(on rank 2)"), std::string::npos) << error;
   comm->barrier();
 }
 
