@@ -21,6 +21,7 @@
 #include "opt/collective.h"
 #include "opt/errors.h"
 #include "serialization/checkpoint_error.h"
+#include "serialization/checksum.h"
 
 namespace mto {
 namespace nas {
@@ -74,12 +75,32 @@ void FastNasSearcher::sanitize_search_config(SearchConfig& config) {
   config.verbose = options_.verbose;
 }
 
+namespace {
+
+// XXH3-64, in hex, of every parameter's name, dtype, shape and bytes, in order: which model
+// a search checkpoint belongs to (fastnas searches unsplit models).
+std::string parameters_fingerprint(torch::nn::Module& model) {
+  Xxh3Stream hash;
+  for (const auto& item : model.named_parameters()) {
+    const at::Tensor t = item.value().detach().contiguous();
+    const std::string head = absl::StrCat(item.key(), " ", c10::toString(t.scalar_type()), " ",
+                                          absl::StrJoin(t.sizes(), "x"), ";");
+    hash.update(head.data(), head.size());
+    hash.update(t.data_ptr(), t.numel() * t.element_size());
+  }
+  return absl::StrFormat("%016x", hash.digest());
+}
+
+}  // namespace
+
 std::string FastNasSearcher::state_dict() const {
   nlohmann::json scores = nlohmann::json::object();
   for (size_t i = 0; i < scores_.size(); ++i) {
     if (!std::isnan(scores_[i])) scores[std::to_string(i)] = scores_[i];
   }
-  return nlohmann::json{{"candidates", candidates_}, {"scores", scores}}.dump();
+  return nlohmann::json{{"model", identity_["model"]}, {"data", identity_["data"]}, {"candidates", candidates_},
+                        {"scores", scores}}
+      .dump();
 }
 
 bool FastNasSearcher::load_search_checkpoint() {
@@ -105,6 +126,8 @@ void FastNasSearcher::use(const std::vector<int64_t>& widths) {
 }
 
 void FastNasSearcher::before_search() {
+  // Before the channels are sorted by importance, which reorders them in place.
+  identity_ = {{"model", parameters_fingerprint(*model())}, {"data", options_.data_fingerprint}};
   space_ = std::make_unique<SearchSpace>(*model());
   space_->sort_by_importance();
   full_cost_ = cost_of(space_->max_widths());
@@ -153,6 +176,12 @@ void FastNasSearcher::resume_scores() {
   nlohmann::json state;
   try {
     state = nlohmann::json::parse(loaded_);
+    if (state.value("model", nlohmann::json()) != identity_["model"] ||
+        state.value("data", nlohmann::json()) != identity_["data"]) {
+      throw CheckpointError(absl::StrCat("search checkpoint ", config().checkpoint,
+                                         " was written for another model or other data (its scores are not this "
+                                         "search's); delete it to start over"));
+    }
     if (state.at("candidates").get<std::vector<std::vector<int64_t>>>() != candidates_) {
       throw CheckpointError(absl::StrCat("search checkpoint ", config().checkpoint,
                                          " was written for other candidates (another model, constraint, "

@@ -3,6 +3,8 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -53,8 +55,12 @@ struct SearchOptions {
   // The ranks that share the candidates; null means the default mesh's world.
   std::shared_ptr<Communicator> communicator;
   // This rank's search checkpoint (a file); empty for none. An interrupted search resumes
-  // from it and scores only what it had not scored.
+  // from it and scores only what it had not scored. A checkpoint written for another model
+  // (other parameters) or other data (another data_fingerprint) is refused.
   std::string checkpoint;
+  // Names the data `score` and `calibrate_loop` run on, e.g. "fashion-mnist: the last 2000
+  // training images", so that a search checkpoint of other data is refused.
+  std::string data_fingerprint;
   // Print a line per scored candidate (rank 0).
   bool verbose = false;
 };
@@ -110,6 +116,8 @@ class FastNasSearcher : public Searcher {
   std::vector<std::vector<int64_t>> candidates_;
   std::vector<double> scores_;  // NaN where not scored
   std::string loaded_;
+  // The model's parameters and options_.data_fingerprint, as a search checkpoint records them.
+  nlohmann::json identity_;
   SearchResult result_;
 };
 

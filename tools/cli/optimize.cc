@@ -164,6 +164,8 @@ struct OptimizeData {
   std::function<std::string(double)> show_score;
   // How many held-out examples `score` runs on: --val-samples, or all there are if fewer.
   int64_t validation_count = 0;
+  // Names those examples and the calibration data, for the search checkpoint.
+  std::string validation_fingerprint;
 };
 
 // Runs `forward` on consecutive batches of `batch_size` rows of `rows`.
@@ -229,6 +231,9 @@ OptimizeData fashion_data(const OptimizeOptions& options, const Mesh& mesh, bool
     const data::Dataset train = data::load_fashion_mnist(data::Split::kTrain, data::default_fashion_mnist_root(), -1);
     const int64_t count = std::min(options.val_samples, train.size());
     out.validation_count = count;
+    out.validation_fingerprint = absl::StrFormat("fashion-mnist: the last %d training images in batches of %d, "
+                                                 "batch norms measured on %s",
+                                                 count, batch_size, out.description);
     data::Dataset validation{train.images.narrow(0, train.size() - count, count),
                              train.labels.narrow(0, train.size() - count, count)};
     std::shared_ptr<Communicator> alone = mesh.world()->split(mesh.world()->rank(), 0);
@@ -276,6 +281,8 @@ OptimizeData text_data(const OptimizeOptions& options, const Mesh& mesh, int64_t
     const at::Tensor all = data::token_windows(corpus.train, context);
     const int64_t count = std::min(options.val_samples, all.size(0));
     out.validation_count = count;
+    out.validation_fingerprint = absl::StrFormat("fortunes: the last %d windows of %d bytes in batches of %d", count,
+                                                 context, batch_size);
     const at::Tensor validation = all.narrow(0, all.size(0) - count, count);
     std::shared_ptr<Communicator> alone = mesh.world()->split(mesh.world()->rank(), 0);
     out.score = [validation, alone, batch_size](torch::nn::Module& m) {
@@ -296,6 +303,7 @@ void run_search(const ModulePtr& model, const nas::Constraint& constraint, const
   search.communicator = comm;
   search.score = data.score;
   search.calibrate_loop = data.calibrate_all;
+  search.data_fingerprint = data.validation_fingerprint;
   if (!options.search_checkpoint.empty()) {
     std::filesystem::create_directories(options.search_checkpoint);
     search.checkpoint = absl::StrFormat("%s/search-rank-%d.json", options.search_checkpoint, comm->rank());

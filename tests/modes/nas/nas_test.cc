@@ -288,6 +288,22 @@ TEST(SearchTest, InterruptedSearchResumesFromItsCheckpoint) {
   EXPECT_NE(error_of([&] { search(fastnas(cnn_like(false).build(), images(2, 0)), other); })
                 .find("was written for other candidates"),
             std::string::npos);
+  // So is one of another model with the same candidates (other weights), or of other data:
+  // its scores are not this search's.
+  ModulePtr changed = fastnas(cnn_like(false).build(), images(2, 0));
+  {
+    at::NoGradGuard no_grad;
+    changed->parameters()[0].mul_(2);
+  }
+  EXPECT_NE(error_of([&] { search(changed, options); }).find("was written for another model or other data"),
+            std::string::npos);
+  SearchOptions other_data = options;
+  other_data.data_fingerprint = "the last 500 images";
+  EXPECT_NE(error_of([&] { search(fastnas(cnn_like(false).build(), images(2, 0)), other_data); })
+                .find("was written for another model or other data"),
+            std::string::npos);
+  // The same search still resumes from it.
+  EXPECT_EQ(search(fastnas(cnn_like(false).build(), images(2, 0)), options).resumed, 10);
 }
 
 TEST(BatchNormTest, RecalibrationMeasuresTheExactAverage) {
