@@ -98,9 +98,10 @@ std::string FastNasSearcher::state_dict() const {
   for (size_t i = 0; i < scores_.size(); ++i) {
     if (!std::isnan(scores_[i])) scores[std::to_string(i)] = scores_[i];
   }
-  return nlohmann::json{{"model", identity_["model"]}, {"data", identity_["data"]}, {"candidates", candidates_},
-                        {"scores", scores}}
-      .dump();
+  nlohmann::json state = identity_;
+  state["candidates"] = candidates_;
+  state["scores"] = scores;
+  return state.dump();
 }
 
 bool FastNasSearcher::load_search_checkpoint() {
@@ -176,8 +177,8 @@ void FastNasSearcher::resume_scores() {
   nlohmann::json state;
   try {
     state = nlohmann::json::parse(loaded_);
-    if (state.value("model", nlohmann::json()) != identity_["model"] ||
-        state.value("data", nlohmann::json()) != identity_["data"]) {
+    if (state.value("model", nlohmann::json()) != identity_.at("model") ||
+        state.value("data", nlohmann::json()) != identity_.at("data")) {
       throw CheckpointError(absl::StrCat("search checkpoint ", config().checkpoint,
                                          " was written for another model or other data (its scores are not this "
                                          "search's); delete it to start over"));

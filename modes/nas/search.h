@@ -3,10 +3,10 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
-
-#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include <torch/nn/module.h>
 
