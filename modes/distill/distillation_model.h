@@ -2,6 +2,7 @@
 
 #include <functional>
 #include <memory>
+#include <string>
 
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
@@ -25,10 +26,13 @@ using ForwardFunction = std::function<at::Tensor(torch::nn::Module&, const at::T
 // student's alone, and train() / eval() leave the teacher in eval mode.
 class DistillationHolder : public torch::nn::Module {
  public:
-  DistillationHolder(std::shared_ptr<torch::nn::Module> teacher, double temperature, double kd_loss_weight);
+  DistillationHolder(std::shared_ptr<torch::nn::Module> teacher, std::string teacher_name, double temperature,
+                     double kd_loss_weight);
 
   // Frozen (no parameter requires a gradient) and in eval mode.
   std::shared_ptr<torch::nn::Module> teacher;
+  // What the errors of the training step call the teacher: its checkpoint or model-like.
+  std::string teacher_name;
   double temperature;
   double kd_loss_weight;
   // The outputs of the last distillation_forward, until compute_kd_loss uses them.
@@ -48,7 +52,8 @@ void detach_distillation(torch::nn::Module& student);
 
 // Runs `forward` on the teacher (without gradients) and then on `model`, the student (or
 // its DataParallel wrapper); returns the student's output and keeps both for
-// compute_kd_loss. Throws StateError if "kd_loss" is not applied. Collective where the
+// compute_kd_loss. Throws StateError if "kd_loss" is not applied, and std::invalid_argument
+// naming the teacher if its forward fails on the input. Collective where the
 // forward passes are (a tensor-parallel teacher and student): every rank calls it.
 at::Tensor distillation_forward(torch::nn::Module& model, const ForwardFunction& forward, const at::Tensor& input);
 
@@ -56,7 +61,8 @@ at::Tensor distillation_forward(torch::nn::Module& model, const ForwardFunction&
 // StaticLossBalancer: kd_loss_weight * kd + (1 - kd_loss_weight) * student_loss, where kd
 // is logits_distillation_loss at the temperature; kd alone when `student_loss` is undefined.
 // Clears the kept outputs. Throws StateError if there was no distillation_forward since the
-// last call.
+// last call, and std::invalid_argument naming the teacher if its logits' shape is not the
+// student's.
 at::Tensor compute_kd_loss(torch::nn::Module& model, const at::Tensor& student_loss = at::Tensor());
 
 }  // namespace distill

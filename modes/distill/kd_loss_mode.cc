@@ -5,6 +5,7 @@
 // ever saved.
 #include <filesystem>
 #include <memory>
+#include <string>
 
 #include <nlohmann/json.hpp>
 
@@ -90,7 +91,8 @@ class KdLossModeDescriptor : public ModeDescriptor {
   ConvertResult convert(ModulePtr model, const Message& message, const RuntimeContext& context) const override {
     const auto& config = message_as<KdLossConfig>(message, kConfigName);
     if (find_distillation(*model)) throw ApplyModeError("kd_loss: the model is distilling already");
-    attach_distillation(*model, std::make_shared<DistillationHolder>(make_teacher(config, context),
+    const std::string name = config.teacher().empty() ? "of the context" : "'" + config.teacher() + "'";
+    attach_distillation(*model, std::make_shared<DistillationHolder>(make_teacher(config, context), name,
                                                                      config.temperature(), config.kd_loss_weight()));
     return {model, metadata_class()};
   }

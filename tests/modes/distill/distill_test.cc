@@ -504,6 +504,28 @@ TEST_F(DistillTest, ErrorsOfTheTrainingStep) {
   EXPECT_EQ(error_of<StateError>([&] { compute_kd_loss(*model, at::zeros({})); }),
             "compute_kd_loss: no distillation_forward since the last loss");
 
+  // A teacher that does not fit the student: a shorter context, which the student's input
+  // exceeds, or another vocabulary, whose logits cannot be compared with the student's.
+  json short_context = gpt_args(2);
+  short_context["context"] = 4;
+  const std::string short_teacher = "gpt:" + short_context.dump();
+  ModulePtr short_student = with_teacher(gpt_like(1).build(), short_teacher);
+  EXPECT_EQ(error_of<std::invalid_argument>([&] { distillation_forward(*short_student, zoo::forward, tokens()); }),
+            "kd_loss: the teacher '" + short_teacher +
+                "' cannot take the student's input of shape [2, 8]: Gpt expects int64 tokens [B, T] with T <= 4, got "
+                "Long [2, 8]");
+  json other_vocab = gpt_args(2);
+  other_vocab["vocab"] = 2 * kVocab;
+  const std::string wide_teacher = "gpt:" + other_vocab.dump();
+  ModulePtr wide_student = with_teacher(gpt_like(1).build(), wide_teacher);
+  distillation_forward(*wide_student, zoo::forward, tokens());
+  EXPECT_EQ(error_of<std::invalid_argument>([&] { compute_kd_loss(*wide_student); }),
+            "kd_loss: the teacher '" + wide_teacher +
+                "' gives logits of shape [2, 8, 32], the student [2, 8, 16]: distilling needs the same");
+  // The failed step leaves nothing behind: the next one starts afresh.
+  EXPECT_EQ(error_of<StateError>([&] { compute_kd_loss(*wide_student); }),
+            "compute_kd_loss: no distillation_forward since the last loss");
+
   // kd_loss twice.
   EXPECT_EQ(error_of<ApplyModeError>([&] { with_teacher(model, gpt_teacher(3)); }),
             "kd_loss: the model is distilling already");
