@@ -80,7 +80,12 @@ training_checkpoint_evaluates_and_refuses_other_options() {
     return 1
   out=$("$mto" train --model gpt --model-args "$gpt_args" --train-samples 1024 --batch-size 8 --epochs 2 \
         --save-every 8 --out "$dir" --resume 2>&1) && { echo "resumed on another world size"; return 1; }
-  expect_error_line "$out" "was saved by a job with ranks = 2, but this job has ranks = 1"
+  expect_error_line "$out" "was saved by a job with ranks = 2, but this job has ranks = 1" || return 1
+  # The GPT carries its seed in its model_args too: both are named, --seed among them.
+  out=$(ranks 2 "$mto" train --model gpt --model-args "$gpt_args" --train-samples 1024 --batch-size 8 --epochs 2 \
+        --save-every 8 --seed 7 --out "$dir" --resume 2>&1) && { echo "resumed with another seed"; return 1; }
+  grep -q "^mto: error: --resume: $dir was saved by a job with model_args = {.*\"seed\":0.*}, seed = 0, but this job" \
+    <<<"$out" && grep -q "seed = 7; resume with the options of the job that saved it\$" <<<"$out" || { echo "$out"; return 1; }
 }
 
 resume_without_checkpoint_starts_at_zero() {

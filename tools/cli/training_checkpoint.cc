@@ -6,9 +6,12 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <string>
 #include <tuple>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "distributed/data_parallel.h"
 #include "opt/checkpoint.h"
 #include "opt/collective.h"
@@ -46,20 +49,25 @@ std::vector<StateTensor> adam_tensors(const std::string& name, const at::Tensor&
           {prefix + ".step", step, std::nullopt}};
 }
 
-// Throws ConfigError naming the first option in which `saved` and `job` differ.
+// Throws ConfigError naming every option in which `saved` and `job` differ (a changed --seed
+// of the GPT changes its model_args too: both are named).
 void check_same_job(const std::string& dir, const nlohmann::json& saved, const nlohmann::json& job) {
   nlohmann::json keys = nlohmann::json::object();
   for (const auto& [key, value] : saved.items()) keys[key] = true;
   for (const auto& [key, value] : job.items()) keys[key] = true;
+  std::vector<std::string> before_values;
+  std::vector<std::string> now_values;
   for (const auto& [key, unused] : keys.items()) {
     const nlohmann::json before = saved.contains(key) ? saved[key] : nlohmann::json();
     const nlohmann::json now = job.contains(key) ? job[key] : nlohmann::json();
-    if (before != now) {
-      throw ConfigError(absl::StrCat("--resume: ", dir, " was saved by a job with ", key, " = ", before.dump(),
-                                     ", but this job has ", key, " = ", now.dump(),
-                                     "; resume with the options of the job that saved it"));
-    }
+    if (before == now) continue;
+    before_values.push_back(absl::StrCat(key, " = ", before.dump()));
+    now_values.push_back(absl::StrCat(key, " = ", now.dump()));
   }
+  if (before_values.empty()) return;
+  throw ConfigError(absl::StrCat("--resume: ", dir, " was saved by a job with ", absl::StrJoin(before_values, ", "),
+                                 ", but this job has ", absl::StrJoin(now_values, ", "),
+                                 "; resume with the options of the job that saved it"));
 }
 
 }  // namespace
