@@ -24,8 +24,6 @@ struct ModeRecord {
 struct ModeloptStateData {
   // Applied modes, oldest first.
   std::vector<ModeRecord> records;
-  // Modes whose export mode is still pending, oldest first.
-  std::vector<std::shared_ptr<const ModeDescriptor>> export_stack;
 };
 
 // Name of the submodule that carries the state on the root module.

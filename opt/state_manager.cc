@@ -31,6 +31,48 @@ std::string format_stack(const std::vector<std::string>& names) {
   return absl::StrCat("[", absl::StrJoin(quoted, ", "), "]");
 }
 
+// The modes of `chain` (applied in that order) whose export mode is still pending, oldest
+// first: each mode with an export mode pushes itself, each export mode pops one.
+std::vector<const ModeDescriptor*> pending_exports(const std::vector<const ModeDescriptor*>& chain) {
+  std::vector<const ModeDescriptor*> stack;
+  for (const ModeDescriptor* applied : chain) {
+    if (applied->is_export_mode()) {
+      if (!stack.empty()) stack.pop_back();
+    } else if (applied->export_mode()) {
+      stack.push_back(applied);
+    }
+  }
+  return stack;
+}
+
+std::vector<std::string> export_names(const std::vector<const ModeDescriptor*>& stack) {
+  std::vector<std::string> names;
+  for (const ModeDescriptor* mode : stack) names.push_back(*mode->export_mode());
+  return names;
+}
+
+// Throws StateError unless `mode` may follow `chain`, the modes applied so far in order: the
+// last one's next_modes, every one's next_prohibited_modes and the export stack they leave.
+void check_next_mode(const ModeDescriptor& mode, const std::vector<const ModeDescriptor*>& chain) {
+  if (!chain.empty()) mode.assert_compatibility_as_next_mode_of(*chain.back());
+  const std::string name = mode.name();
+  for (const ModeDescriptor* applied : chain) {
+    auto prohibited = applied->next_prohibited_modes();
+    if (prohibited && prohibited->count(name)) {
+      throw StateError(absl::StrCat(applied->name(), " does not allow ", name, " to be its next mode."));
+    }
+  }
+  const std::vector<const ModeDescriptor*> stack = pending_exports(chain);
+  if (mode.is_export_mode()) {
+    if (stack.empty() || stack.back()->export_mode() != name) {
+      throw StateError(absl::StrCat("Cannot add ", name, " according to the current export stack: ",
+                                    format_stack(export_names(stack)), "."));
+    }
+  } else if (!stack.empty()) {
+    mode.assert_compatibility_as_next_mode_of(*stack.back());
+  }
+}
+
 }  // namespace
 
 ModeloptStateManager::ModeloptStateManager(std::shared_ptr<torch::nn::Module> model,
@@ -95,24 +137,26 @@ void ModeloptStateManager::check_mode(const std::string& mode) const {
 }
 
 void ModeloptStateManager::check_mode(const ModeDescriptor& mode) const {
-  if (auto last = last_mode()) mode.assert_compatibility_as_next_mode_of(*last);
-  const std::string name = mode.name();
-  for (const auto& record : state_->records) {
-    auto prohibited = record.mode->next_prohibited_modes();
-    if (prohibited && prohibited->count(name)) {
-      throw StateError(absl::StrCat(record.mode->name(), " does not allow ", name,
-                                    " to be its next mode."));
+  const std::vector<const ModeDescriptor*> chain = applied_modes();
+  check_next_mode(mode, chain);
+  // A saved mode is checked again against the chain that restoring replays, which lacks the
+  // modes that are never saved (kd_loss): a chain allowed only behind one of them would save
+  // a checkpoint that cannot be restored.
+  std::vector<const ModeDescriptor*> saved;
+  std::vector<std::string> unsaved;
+  for (const ModeDescriptor* applied : chain) {
+    if (applied->save_mode_in_state()) {
+      saved.push_back(applied);
+    } else {
+      unsaved.push_back(applied->name());
     }
   }
-  const auto& stack = state_->export_stack;
-  if (mode.is_export_mode()) {
-    if (stack.empty() || stack.back()->export_mode() != name) {
-      throw StateError(absl::StrCat("Cannot add ", name,
-                                    " according to the current export stack: ",
-                                    format_stack(export_stack()), "."));
-    }
-  } else if (!stack.empty()) {
-    mode.assert_compatibility_as_next_mode_of(*stack.back());
+  if (unsaved.empty() || !mode.save_mode_in_state()) return;
+  try {
+    check_next_mode(mode, saved);
+  } catch (const StateError& e) {
+    throw StateError(absl::StrCat(e.what(), " (", absl::StrJoin(unsaved, ", "),
+                                  " is never saved, so a restore would replay the chain without it)"));
   }
 }
 
@@ -131,11 +175,6 @@ void ModeloptStateManager::add_mode(std::shared_ptr<const ModeDescriptor> mode,
   record.metadata = mode->metadata_class();
   record.metadata->CopyFrom(message_as_type(
       metadata, *record.metadata, absl::StrCat("metadata of mode '", mode->name(), "'")));
-  if (mode->is_export_mode()) {
-    state_->export_stack.pop_back();
-  } else if (mode->export_mode()) {
-    state_->export_stack.push_back(mode);
-  }
   record.mode = std::move(mode);
   state_->records.push_back(std::move(record));
 }
@@ -195,9 +234,13 @@ void ModeloptStateManager::update_last_state_before_save(torch::nn::Module& mode
 }
 
 std::vector<std::string> ModeloptStateManager::export_stack() const {
-  std::vector<std::string> out;
-  for (const auto& mode : state_->export_stack) out.push_back(*mode->export_mode());
-  return out;
+  return export_names(pending_exports(applied_modes()));
+}
+
+std::vector<const ModeDescriptor*> ModeloptStateManager::applied_modes() const {
+  std::vector<const ModeDescriptor*> chain;
+  for (const auto& record : state_->records) chain.push_back(record.mode.get());
+  return chain;
 }
 
 }  // namespace mto

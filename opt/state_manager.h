@@ -57,7 +57,8 @@ class ModeloptStateManager {
   bool has_state() const;
 
   // Throws StateError unless `mode` may be added now: it must be allowed by the last mode's
-  // next_modes, by every earlier mode's next_prohibited_modes, and by the export stack.
+  // next_modes, by every earlier mode's next_prohibited_modes, and by the export stack; a
+  // mode that is saved also by the chain a restore replays, without the unsaved modes.
   void check_mode(const std::string& mode) const;
   void check_mode(const ModeDescriptor& mode) const;
 
@@ -94,6 +95,9 @@ class ModeloptStateManager {
   std::vector<std::string> export_stack() const;
 
  private:
+  // The recorded modes, oldest first.
+  std::vector<const ModeDescriptor*> applied_modes() const;
+
   std::shared_ptr<torch::nn::Module> model_;
   std::shared_ptr<ModeloptStateData> state_;
 };

@@ -667,6 +667,23 @@ TEST_F(DistillTest, ChainsTheRelationsRefuseWithTheReferenceTexts) {
     model = apply_mode(model, "export_student");
     EXPECT_EQ(saved_modes(modelopt_state(*model)), (std::vector<std::string>{"quantize", "max_calibrate"}));
   }
+  // A mode allowed only behind kd_loss is refused: a restore replays the chain without
+  // kd_loss, which is never saved, and would refuse the checkpoint instead.
+  {
+    ModulePtr model = apply_mode(mlp_like(1).build(), "sparse_magnitude");
+    model = with_teacher(model, mlp_teacher());
+    model = apply_mode(model, ModeList(quantization::quantize_modes(int8)), nullptr, std::nullopt, calibrate);
+    EXPECT_EQ(error_of<StateError>([&] { apply_mode(model, "export_quantize"); }),
+              "Cannot add export_quantize after sparse_magnitude! Next modes of sparse_magnitude are "
+              "{'awq_clip_calibrate', 'awq_full_calibrate', 'awq_lite_calibrate', 'export_sparse', 'kd_loss', "
+              "'max_calibrate', 'quantize', 'smoothquant_calibrate'}. (kd_loss is never saved, so a restore would "
+              "replay the chain without it)");
+    // What was allowed saves and restores.
+    const std::string dir = test::make_temp_dir() + "/ckpt";
+    save(*model, dir);
+    EXPECT_EQ(saved_modes(modelopt_state(*restore(dir))),
+              (std::vector<std::string>{"sparse_magnitude", "quantize", "max_calibrate"}));
+  }
   // Nothing follows export_quantize, kd_loss included.
   {
     ModulePtr model = apply_mode(mlp_like(1).build(), ModeList(quantization::quantize_modes(int8)), nullptr,
