@@ -1,8 +1,11 @@
 #include "opt/config.h"
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include <google/protobuf/descriptor.h>
+#include <google/protobuf/unknown_field_set.h>
 #include <google/protobuf/util/json_util.h>
 
 #include <nlohmann/json.hpp>
@@ -198,6 +201,32 @@ google::protobuf::Any pack_message(const Message& message) {
   return any;
 }
 
+namespace {
+
+// "field N of TYPE" for the first field of `message`, or of a message inside it, that its
+// type does not declare; empty if there is none.
+std::string unknown_field(const Message& message) {
+  const google::protobuf::Reflection* reflection = message.GetReflection();
+  const google::protobuf::UnknownFieldSet& unknown = reflection->GetUnknownFields(message);
+  if (!unknown.empty()) {
+    return absl::StrCat("field ", unknown.field(0).number(), " of ", message.GetDescriptor()->full_name());
+  }
+  std::vector<const google::protobuf::FieldDescriptor*> fields;
+  reflection->ListFields(message, &fields);
+  for (const google::protobuf::FieldDescriptor* field : fields) {
+    if (field->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE) continue;
+    const int count = field->is_repeated() ? reflection->FieldSize(message, field) : 1;
+    for (int i = 0; i < count; ++i) {
+      const Message& inner = field->is_repeated() ? reflection->GetRepeatedMessage(message, field, i)
+                                                  : reflection->GetMessage(message, field);
+      if (std::string found = unknown_field(inner); !found.empty()) return found;
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
 MessagePtr unpack_message(const google::protobuf::Any& any, const Message& prototype,
                           const std::string& what) {
   const std::string& expected = prototype.GetDescriptor()->full_name();
@@ -210,6 +239,12 @@ MessagePtr unpack_message(const google::protobuf::Any& any, const Message& proto
   MessagePtr message(prototype.New());
   if (!message->ParseFromString(any.value())) {
     throw ConfigError(absl::StrCat(what, ": the ", expected, " in the state does not parse"));
+  }
+  // Unknown keys are refused on restore as in a config given as JSON: a state written by a
+  // newer version would otherwise lose the option without a word.
+  if (const std::string field = unknown_field(*message); !field.empty()) {
+    throw ConfigError(absl::StrCat(what, ": the state holds ", field,
+                                   ", which this version does not know (was it written by a newer one?)"));
   }
   return message;
 }

@@ -60,7 +60,8 @@ void merge_json_into_message(std::string_view json, Message* message, const std:
 google::protobuf::Any pack_message(const Message& message);
 
 // Unpacks `any` into a new message of the type of `prototype`. Throws ConfigError starting
-// with `what` if `any` holds another type or does not parse.
+// with `what` if `any` holds another type, does not parse, or holds a field (at any depth)
+// that the type does not declare.
 MessagePtr unpack_message(const google::protobuf::Any& any, const Message& prototype,
                           const std::string& what);
 

@@ -242,5 +242,47 @@ TEST(ConfigTest, ConfigsAreValidatedAgainOnRestore) {
   }
 }
 
+// A field number the state's type does not declare: varint field 99 holding 1.
+const std::string kUnknownField("\x98\x06\x01", 3);
+
+TEST(ConfigTest, FieldsTheStateTypeDoesNotDeclareAreRejectedOnRestore) {
+  ModulePtr model = apply_mode(ModelLike("test_mlp").build(), {{"test_quantize", R"({"num_bits": 4})"}});
+  const ModeloptState state = modelopt_state(*model);
+  ASSERT_NO_THROW(restore_from_modelopt_state(ModelLike("test_mlp").build(), state));
+
+  // In the config itself.
+  ModeloptState newer = state;
+  newer.mutable_modelopt_state_dict(0)->mutable_config()->mutable_value()->append(kUnknownField);
+  try {
+    restore_from_modelopt_state(ModelLike("test_mlp").build(), newer);
+    FAIL() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_STREQ(e.what(),
+                 "config of mode 'test_quantize': the state holds field 99 of mto.test.QuantizeTestConfig, which "
+                 "this version does not know (was it written by a newer one?)");
+  }
+
+  // In a message inside the metadata (a map entry's value).
+  test::QuantizeTestMetadata metadata;
+  ASSERT_TRUE(metadata.ParseFromString(state.modelopt_state_dict(0).metadata().value()));
+  ASSERT_FALSE(metadata.quantizer_state().empty());
+  test::QuantizeTestMetadata nested;
+  for (const auto& [name, shape] : metadata.quantizer_state()) {
+    test::QuantizerShape extended;
+    ASSERT_TRUE(extended.ParseFromString(shape.SerializeAsString() + kUnknownField));
+    (*nested.mutable_quantizer_state())[name] = extended;
+  }
+  newer = state;
+  *newer.mutable_modelopt_state_dict(0)->mutable_metadata() = pack_message(nested);
+  try {
+    restore_from_modelopt_state(ModelLike("test_mlp").build(), newer);
+    FAIL() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_STREQ(e.what(),
+                 "metadata of mode 'test_quantize': the state holds field 99 of mto.test.QuantizerShape, which "
+                 "this version does not know (was it written by a newer one?)");
+  }
+}
+
 }  // namespace
 }  // namespace mto
