@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <set>
@@ -23,12 +24,31 @@ namespace {
 
 std::string shape_text(at::IntArrayRef shape) { return absl::StrCat("[", absl::StrJoin(shape, ", "), "]"); }
 
-// `name` after the first rule whose prefix it starts with... every rule, in order.
-std::string renamed(std::string name, const LoadSafetensorsOptions& options) {
-  for (const auto& [from, to] : options.rename_prefixes) {
-    if (name.compare(0, from.size(), from) == 0) name = to + name.substr(from.size());
+// `name` after every rule, in order, whose prefix it starts with; marks the rules that apply.
+std::string renamed(std::string name, const LoadSafetensorsOptions& options, std::vector<bool>& applied) {
+  for (size_t i = 0; i < options.rename_prefixes.size(); ++i) {
+    const auto& [from, to] = options.rename_prefixes[i];
+    if (name.compare(0, from.size(), from) != 0) continue;
+    name = to + name.substr(from.size());
+    applied[i] = true;
   }
   return name;
+}
+
+// Throws CheckpointError if casting `part`, read from `location` for the model tensor `name`,
+// to `wanted` would turn a finite value into an infinity (F64 beyond float32's range).
+void check_cast_range(const at::Tensor& part, c10::ScalarType wanted, const std::string& name,
+                      const SafetensorsLocation& location, bool slice) {
+  if (!at::isFloatingType(part.scalar_type()) || c10::elementSize(part.scalar_type()) <= c10::elementSize(wanted)) {
+    return;
+  }
+  const at::Tensor overflow = at::isfinite(part).logical_and_(at::isfinite(part.to(wanted)).logical_not_());
+  if (!overflow.any().item<bool>()) return;
+  const int64_t index = overflow.flatten().nonzero()[0].item<int64_t>();
+  throw CheckpointError(absl::StrCat(
+      "cannot load ", location.entry.name, " of ", location.file, " into ", name, ": its ",
+      location.entry.dtype, " value ", part.flatten()[index].item<double>(), " (flat index ", index,
+      slice ? " of this rank's slice" : "", ") lies beyond the range of ", c10::toString(wanted)));
 }
 
 // Reads the part of the tensor at `location` that `target` holds (all of it, or the slice)
@@ -69,8 +89,9 @@ LoadSafetensorsReport load_safetensors(torch::nn::Module& model, const std::stri
                                        const LoadSafetensorsOptions& options) {
   const std::map<std::string, SafetensorsLocation> set = read_safetensors_set(dir);
   std::map<std::string, const SafetensorsLocation*> sources;
+  std::vector<bool> applied(options.rename_prefixes.size(), false);
   for (const auto& [name, location] : set) {
-    const std::string mapped = renamed(name, options);
+    const std::string mapped = renamed(name, options, applied);
     auto [it, inserted] = sources.emplace(mapped, &location);
     if (!inserted) {
       throw CheckpointError(absl::StrCat(dir, ": tensors ", it->second->entry.name, " and ", name,
@@ -124,13 +145,25 @@ LoadSafetensorsReport load_safetensors(torch::nn::Module& model, const std::stri
   if (!unexpected.empty()) problems.push_back(absl::StrCat("unexpected (the model has no such tensor): ",
                                                            absl::StrJoin(unexpected, ", ")));
   if (!mismatched.empty()) problems.push_back(absl::StrCat("mismatched: ", absl::StrJoin(mismatched, "; ")));
+  if (plan.empty() && !tensors.empty() && problems.empty()) {
+    problems.push_back(absl::StrCat("it holds none of the model's ", tensors.size(), " tensors"));
+  }
   if (!problems.empty()) {
+    std::string hint;
+    if (std::filesystem::exists(std::filesystem::path(dir) / "hf_quant_config.json")) {
+      hint = absl::StrCat(" (", dir, " holds hf_quant_config.json: it is a quantized export, whose weights are ",
+                          "integer codes with scales, and an import reads float weights; an mto export restores ",
+                          "and evaluates as it is)");
+    }
     throw CheckpointError(absl::StrCat("cannot load the safetensors set ", dir, " into the model: ",
-                                       absl::StrJoin(problems, "; ")));
+                                       absl::StrJoin(problems, "; "), hint));
   }
 
   LoadSafetensorsReport report;
   report.missing = missing;
+  for (size_t i = 0; i < applied.size(); ++i) {
+    if (!applied[i]) report.unused_renames.push_back(options.rename_prefixes[i]);
+  }
   std::map<std::string, std::unique_ptr<File>> files;
   uint64_t tensor_bytes = 0;
   for (const Read& read : plan) {
@@ -144,7 +177,10 @@ LoadSafetensorsReport load_safetensors(torch::nn::Module& model, const std::stri
     torch::NoGradGuard no_grad;
     const Read& read = plan[i];
     const File& file = *files.at(read.location->file);
-    read.target->tensor.detach().copy_(read_part(file, *read.location, *read.target, read.source, &bytes_read[i]));
+    const at::Tensor part = read_part(file, *read.location, *read.target, read.source, &bytes_read[i]);
+    check_cast_range(part, read.target->tensor.scalar_type(), read.target->name, *read.location,
+                     read.target->slice.has_value());
+    read.target->tensor.detach().copy_(part);
   });
   for (uint64_t b : bytes_read) report.bytes_read += b;
   report.loaded = static_cast<int64_t>(plan.size());

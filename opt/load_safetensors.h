@@ -24,6 +24,8 @@ struct LoadSafetensorsReport {
   std::vector<std::string> missing;
   // Bytes this rank read from the files.
   uint64_t bytes_read = 0;
+  // The rename_prefixes that no source name started with (a typo, most likely).
+  std::vector<std::pair<std::string, std::string>> unused_renames;
 };
 
 // Reads the plain safetensors set in `dir` (see read_safetensors_set) into the parameters and
@@ -38,8 +40,11 @@ struct LoadSafetensorsReport {
 // Throws CheckpointError naming every offender, before changing any tensor, when model
 // tensors are missing from the set (unless allow_missing), the set holds tensors the model
 // has not ("unexpected"), or a tensor's shape (its global shape for a slice) or dtype
-// differs beyond those casts (an FP8 source for a float tensor); and as read_safetensors_set
-// does.
+// differs beyond those casts (an FP8 source for a float tensor), or when the set holds none
+// of the model's tensors (allow_missing or not); and as read_safetensors_set does. While
+// reading, throws CheckpointError naming the tensor and the value if a cast would turn a
+// finite value into an infinity (F64 beyond float32's range); the tensors read before it
+// are then loaded already.
 LoadSafetensorsReport load_safetensors(torch::nn::Module& model, const std::string& dir,
                                        const LoadSafetensorsOptions& options = {});
 

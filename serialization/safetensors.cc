@@ -132,7 +132,11 @@ SafetensorsHeader parse_safetensors_header(const std::string& file, std::string_
     entry.begin = to_u64(offsets[0], file, absl::StrCat(where, ": data_offsets[0]"));
     entry.end = to_u64(offsets[1], file, absl::StrCat(where, ": data_offsets[1]"));
     uint64_t itemsize = c10::elementSize(type);
-    if (entry.begin > entry.end || entry.end > data_size) {
+    if (entry.begin > entry.end) {
+      bad_header(file, absl::StrCat(where, ": data_offsets [", entry.begin, ", ", entry.end,
+                                    "] end before they begin"));
+    }
+    if (entry.end > data_size) {
       bad_header(file, absl::StrCat(where, ": data_offsets [", entry.begin, ", ", entry.end,
                                     "] lie outside the ", data_size, " data bytes"));
     }

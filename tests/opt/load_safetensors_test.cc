@@ -10,9 +10,11 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdint>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -201,6 +203,34 @@ TEST_F(LoadSafetensorsTest, ShardedBF16SourceLoads) {
   EXPECT_EQ(report.bytes_read, total);
 }
 
+TEST_F(LoadSafetensorsTest, F64SourcesAreCastAndAValueBeyondFloatRangeIsNamed) {
+  const std::vector<Named> wide = cast(whole_, at::kDouble);
+  write_safetensors(dir_ + "/model.safetensors", wide);
+  load_safetensors(*target_, dir_);
+  expect_target_equals(whole_, "F64");
+
+  // A finite F64 value that float32 cannot hold would become an infinity.
+  std::vector<Named> huge = cast(before_, at::kDouble);
+  huge[0].tensor = huge[0].tensor.clone();
+  huge[0].tensor.view(-1)[5] = 1e300;
+  const std::string dir = dir_ + "/huge";
+  fs::create_directories(dir);
+  write_safetensors(dir + "/model.safetensors", huge);
+  std::string message = "no error";
+  try {
+    load_safetensors(*target_, dir);
+  } catch (const CheckpointError& e) {
+    message = e.what();
+  }
+  EXPECT_EQ(message, "cannot load " + huge[0].name + " of " + dir + "/model.safetensors into " + huge[0].name +
+                         ": its F64 value 1e+300 (flat index 5) lies beyond the range of Float");
+  // Infinities and NaNs of the source stay what they are: they were never finite.
+  huge[0].tensor.view(-1)[5] = std::numeric_limits<double>::infinity();
+  write_safetensors(dir + "/model.safetensors", huge);
+  load_safetensors(*target_, dir);
+  EXPECT_TRUE(std::isinf(model_state_dict(*target_)[0].tensor.view(-1)[5].item<float>()));
+}
+
 // ---- Names. ----
 
 TEST_F(LoadSafetensorsTest, RenamePrefixesMapSourceNames) {
@@ -221,6 +251,30 @@ TEST_F(LoadSafetensorsTest, RenamePrefixesMapSourceNames) {
   expect_target_equals(whole_, "renamed");
   EXPECT_EQ(report.loaded, static_cast<int64_t>(whole_.size()));
   EXPECT_TRUE(report.missing.empty());
+}
+
+TEST_F(LoadSafetensorsTest, ARenameThatMatchesNoNameIsReported) {
+  write_safetensors(dir_ + "/model.safetensors", whole_);
+  LoadSafetensorsOptions options;
+  options.rename_prefixes = {{"transfomer.", ""}, {"blocks.", "blocks."}};
+  const LoadSafetensorsReport report = load_safetensors(*target_, dir_, options);
+  expect_target_equals(whole_, "one rename unused");
+  EXPECT_EQ(report.unused_renames, (std::vector<std::pair<std::string, std::string>>{{"transfomer.", ""}}));
+}
+
+TEST_F(LoadSafetensorsTest, ASetWithNoneOfTheModelsTensorsIsRefusedEvenWithAllowMissing) {
+  write_safetensors(dir_ + "/model.safetensors", {});
+  LoadSafetensorsOptions options;
+  options.allow_missing = true;
+  expect_error(dir_, {"it holds none of the model's " + std::to_string(whole_.size()) + " tensors"}, options);
+}
+
+TEST_F(LoadSafetensorsTest, AQuantizedExportIsNamedAsOne) {
+  std::vector<Named> codes = whole_;
+  codes[2] = {codes[2].name, at::zeros(codes[2].tensor.sizes(), at::kInt)};
+  write_safetensors(dir_ + "/model.safetensors", codes);
+  write_text(dir_ + "/hf_quant_config.json", R"({"quantization": {"quant_algo": "W8A8_SQ_PER_CHANNEL"}})");
+  expect_error(dir_, {codes[2].name + " is I32", "holds hf_quant_config.json: it is a quantized export"});
 }
 
 TEST_F(LoadSafetensorsTest, RenamePrefixesApplyInOrder) {
@@ -340,6 +394,15 @@ TEST_F(LoadSafetensorsTest, OverlappingDataOffsetsAreRefused) {
   EXPECT_TRUE(message.find(second) != std::string::npos || message.find(whole_[0].name) != std::string::npos ||
               message.find(whole_[2].name) != std::string::npos)
       << "no tensor named: " << message;
+}
+
+TEST_F(LoadSafetensorsTest, DataOffsetsThatEndBeforeTheyBeginAreNamed) {
+  Encoded e = encode(whole_);
+  const std::string second = whole_[1].name;
+  auto& offsets = e.header[second]["data_offsets"];
+  offsets = nlohmann::ordered_json::array({offsets[1], offsets[0]});
+  write_encoded(dir_ + "/model.safetensors", e);
+  expect_error(dir_, {"model.safetensors", second, "end before they begin"});
 }
 
 TEST_F(LoadSafetensorsTest, ATruncatedFileIsRefused) {

@@ -293,9 +293,12 @@ distill_from_the_float_gpt() {
 import_plain_safetensors() {
   local plain="$work/plain"
   mkdir -p "$plain" && cp "$work/gpt"/*.safetensors "$work/gpt/model.safetensors.index.json" "$plain/" || return 1
-  out=$(ranks 2 "$mto" import "$plain" --model-like "gpt:$gpt_args" --tp 2 --out "$work/imported" 2>&1) ||
-    { echo "$out"; return 1; }
+  # A --rename that no name starts with is a typo most likely: rank 0 says so.
+  out=$(ranks 2 "$mto" import "$plain" --model-like "gpt:$gpt_args" --tp 2 --rename transfomer.= \
+        --out "$work/imported" 2>&1) || { echo "$out"; return 1; }
   grep -q "^read [0-9]* tensors of gpt:.* from $plain on 2 rank(s) (dp=1, tp=2)" <<<"$out" || { echo "$out"; return 1; }
+  [ "$(grep -c "^warning: --rename transfomer.= matched no tensor name of $plain$" <<<"$out")" = 1 ] ||
+    { echo "$out"; return 1; }
   grep -q "no checksums" <<<"$out" || { echo "$out"; return 1; }
   "$mto" inspect "$work/imported" --verify >/dev/null || return 1
   one=$("$mto" eval "$work/gpt" --samples 16 --json) || { echo "$one"; return 1; }

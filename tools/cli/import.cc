@@ -92,6 +92,9 @@ void run_import(const ImportOptions& options) {
     if (!report.missing.empty()) {
       std::cout << "left as initialized (--allow-missing): " << absl::StrJoin(report.missing, ", ") << "\n";
     }
+    for (const auto& [from, to] : report.unused_renames) {
+      std::cout << "warning: --rename " << from << "=" << to << " matched no tensor name of " << options.source << "\n";
+    }
   }
   start = std::chrono::steady_clock::now();
   save(*model, options.out);

@@ -12,6 +12,7 @@ namespace test {
 
 std::string dtype_name(at::ScalarType type) {
   switch (type) {
+    case at::kDouble: return "F64";
     case at::kFloat: return "F32";
     case at::kHalf: return "F16";
     case at::kBFloat16: return "BF16";
