@@ -36,10 +36,12 @@ std::string renamed(std::string name, const LoadSafetensorsOptions& options, std
 }
 
 // Throws CheckpointError if casting `part`, read from `location` for the model tensor `name`,
-// to `wanted` would turn a finite value into an infinity (F64 beyond float32's range).
+// to `wanted` would turn a finite value into an infinity (F64 beyond float32's range, BF16
+// beyond float16's). A cast into a wider type cannot, and is not checked.
 void check_cast_range(const at::Tensor& part, c10::ScalarType wanted, const std::string& name,
                       const SafetensorsLocation& location, bool slice) {
-  if (!at::isFloatingType(part.scalar_type()) || c10::elementSize(part.scalar_type()) <= c10::elementSize(wanted)) {
+  const c10::ScalarType source = part.scalar_type();
+  if (!at::isFloatingType(source) || source == wanted || c10::elementSize(wanted) > c10::elementSize(source)) {
     return;
   }
   const at::Tensor overflow = at::isfinite(part).logical_and_(at::isfinite(part.to(wanted)).logical_not_());
