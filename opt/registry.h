@@ -65,11 +65,14 @@ class ModeRegistry {
 };
 
 namespace internal {
-// Registers a new `Descriptor` in the registry `registry` at static-initialization time.
+// Registers the one `Descriptor` of the program in the registry `registry` at
+// static-initialization time: registered in several registries, it is one mode, not an
+// ambiguous pair.
 template <typename Descriptor>
 struct ModeRegistration {
   explicit ModeRegistration(const char* registry) {
-    ModeRegistry::get_registry(registry).register_mode(std::make_shared<const Descriptor>());
+    static const std::shared_ptr<const Descriptor> instance = std::make_shared<const Descriptor>();
+    ModeRegistry::get_registry(registry).register_mode(instance);
   }
 };
 }  // namespace internal

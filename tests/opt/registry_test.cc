@@ -37,6 +37,21 @@ class FakeMode : public ModeDescriptor {
   std::optional<std::string> export_;
 };
 
+// A mode that the macro registers in two registries.
+class TwiceRegisteredMode : public FakeMode {
+ public:
+  TwiceRegisteredMode() : FakeMode("fake_registered_twice") {}
+};
+MTO_REGISTER_MODE(fake_macro_a, TwiceRegisteredMode);
+MTO_REGISTER_MODE(fake_macro_b, TwiceRegisteredMode);
+
+TEST(RegistryTest, TheMacroRegistersOneModeInSeveralRegistries) {
+  const auto mode = ModeRegistry::get_from_any("fake_registered_twice");
+  EXPECT_EQ(ModeRegistry::get_registry("fake_macro_a").get("fake_registered_twice"), mode);
+  EXPECT_EQ(ModeRegistry::get_registry("fake_macro_b").get("fake_registered_twice"), mode);
+  EXPECT_TRUE(ModeloptStateManager::is_converted(*apply_mode(ModelLike("test_mlp").build(), "fake_registered_twice")));
+}
+
 TEST(RegistryTest, MacroRegistersModesInTheirRegistries) {
   EXPECT_TRUE(ModeRegistry::get_registry("test_quantization").contains("test_quantize"));
   EXPECT_EQ(ModeRegistry::get_registry("test_nas").mode_names(),
