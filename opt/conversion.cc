@@ -65,6 +65,8 @@ ModulePtr apply_mode(const ModelOrModelLike& model_in, const ModeList& mode,
                      const ModeRegistry* registry, std::optional<bool> init_state,
                      const RuntimeContext& context) {
   ModulePtr model = model_in.to_module();
+  // No mode: the model as it is (a model-like built), with no state attached.
+  if (mode.items().empty()) return check_init_modellike(model, nullptr);
   refuse_wrapped(*model, "apply_mode");
   ModeloptStateManager manager(
       model, init_state.value_or(!ModeloptStateManager::is_converted(*model)));

@@ -53,24 +53,23 @@ std::vector<std::string> export_names(const std::vector<const ModeDescriptor*>& 
 
 // Throws StateError unless `mode` may follow `chain`, the modes applied so far in order: the
 // last one's next_modes, every one's next_prohibited_modes and the export stack they leave.
+// The checks run in the Python original's order: an export mode against the export stack
+// first, then the last mode, then the modes before it, then the mode on top of the stack.
 void check_next_mode(const ModeDescriptor& mode, const std::vector<const ModeDescriptor*>& chain) {
-  if (!chain.empty()) mode.assert_compatibility_as_next_mode_of(*chain.back());
   const std::string name = mode.name();
+  const std::vector<const ModeDescriptor*> stack = pending_exports(chain);
+  if (mode.is_export_mode() && (stack.empty() || stack.back()->export_mode() != name)) {
+    throw StateError(absl::StrCat("Cannot add ", name, " according to the current export stack: ",
+                                  format_stack(export_names(stack)), "."));
+  }
+  if (!chain.empty()) mode.assert_compatibility_as_next_mode_of(*chain.back());
   for (const ModeDescriptor* applied : chain) {
     auto prohibited = applied->next_prohibited_modes();
     if (prohibited && prohibited->count(name)) {
       throw StateError(absl::StrCat(applied->name(), " does not allow ", name, " to be its next mode."));
     }
   }
-  const std::vector<const ModeDescriptor*> stack = pending_exports(chain);
-  if (mode.is_export_mode()) {
-    if (stack.empty() || stack.back()->export_mode() != name) {
-      throw StateError(absl::StrCat("Cannot add ", name, " according to the current export stack: ",
-                                    format_stack(export_names(stack)), "."));
-    }
-  } else if (!stack.empty()) {
-    mode.assert_compatibility_as_next_mode_of(*stack.back());
-  }
+  if (!stack.empty()) mode.assert_compatibility_as_next_mode_of(*stack.back());
 }
 
 }  // namespace

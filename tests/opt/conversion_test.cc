@@ -86,6 +86,18 @@ TEST(ApplyModeTest, ModelLikeIsBuiltLazilyAndRecorded) {
   EXPECT_NE(std::dynamic_pointer_cast<test::TestMlpImpl>(apply_mode(ModelLike("test_mlp"), std::vector<ModeWithConfig>{})), nullptr);
 }
 
+TEST(ApplyModeTest, NoModeLeavesTheModelUnconverted) {
+  // As the Python original's "vanilla case": no state is attached, so the model can still be
+  // restored into.
+  ModulePtr model = apply_mode(ModelLike("test_mlp").build(), std::vector<ModeWithConfig>{});
+  EXPECT_FALSE(ModeloptStateManager::is_converted(*model));
+  const ModeloptState state = modelopt_state(*apply_mode(ModelLike("test_mlp").build(), "test_nas"));
+  EXPECT_EQ(mode_names(*restore_from_modelopt_state(model, state)), std::vector<std::string>{"test_nas"});
+  // A converted model keeps its modes.
+  ModulePtr converted = apply_mode(ModelLike("test_mlp").build(), "test_quantize");
+  EXPECT_EQ(mode_names(*apply_mode(converted, std::vector<ModeWithConfig>{})), std::vector<std::string>{"test_quantize"});
+}
+
 TEST(ApplyModeTest, ModeRequiringModelLikeRefusesABuiltModel) {
   try {
     apply_mode(ModelLike("test_mlp").build(), "test_modellike");

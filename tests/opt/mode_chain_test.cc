@@ -159,9 +159,10 @@ INSTANTIATE_TEST_SUITE_P(
         InvalidChain{"incompatible_with_stack_top", {"test_nas", "test_quantize", "test_terminal"},
                      "Cannot add test_terminal after test_nas! Next modes of test_nas are "
                      "{'test_export_nas', 'test_kd', 'test_quantize', 'test_sparse'}."},
+        // An export mode meets the export stack first, as in the Python original.
         InvalidChain{"sparse_then_wrong_export", {"test_nas", "test_sparse", "test_export_nas"},
-                     "Cannot add test_export_nas after test_sparse! Next modes of test_sparse "
-                     "are {'test_export_sparse', 'test_kd', 'test_quantize'}."}),
+                     "Cannot add test_export_nas according to the current export stack: "
+                     "['test_export_nas', 'test_export_sparse']."}),
     [](const ::testing::TestParamInfo<InvalidChain>& info) { return info.param.label; });
 
 }  // namespace

@@ -623,11 +623,10 @@ TEST_F(DistillTest, ChainsTheRelationsRefuseWithTheReferenceTexts) {
   // export_student with no kd_loss before it.
   EXPECT_EQ(error_of<StateError>([] { apply_mode(mlp_like(1).build(), "export_student"); }),
             "Cannot add export_student according to the current export stack: [].");
-  // export_student right after sparse_magnitude: not among its next modes.
+  // export_student right after sparse_magnitude: the export stack asks for export_sparse (an
+  // export mode meets the stack first, as in the Python original).
   EXPECT_EQ(error_of<StateError>([] { apply_mode(mlp_like(1).build(), {"sparse_magnitude", "export_student"}); }),
-            "Cannot add export_student after sparse_magnitude! Next modes of sparse_magnitude are "
-            "{'awq_clip_calibrate', 'awq_full_calibrate', 'awq_lite_calibrate', 'export_sparse', 'kd_loss', "
-            "'max_calibrate', 'quantize', 'smoothquant_calibrate'}.");
+            "Cannot add export_student according to the current export stack: ['export_sparse'].");
   // export_sparse while kd_loss is on top of the export stack.
   {
     ModulePtr model = apply_mode(mlp_like(1).build(), "sparse_magnitude");
@@ -698,9 +697,8 @@ TEST_F(DistillTest, ChainsTheRelationsRefuseWithTheReferenceTexts) {
     ModulePtr model = with_teacher(mlp_like(1).build(), mlp_teacher());
     model = apply_mode(model, "sparse_magnitude");
     EXPECT_EQ(error_of<StateError>([&] { apply_mode(model, "export_student"); }),
-              "Cannot add export_student after sparse_magnitude! Next modes of sparse_magnitude are "
-              "{'awq_clip_calibrate', 'awq_full_calibrate', 'awq_lite_calibrate', 'export_sparse', 'kd_loss', "
-              "'max_calibrate', 'quantize', 'smoothquant_calibrate'}.");
+              "Cannot add export_student according to the current export stack: ['export_student', "
+              "'export_sparse'].");
     model = apply_mode(model, {"export_sparse", "export_student"});
     EXPECT_FALSE(find_distillation(*model));
     EXPECT_EQ(saved_modes(modelopt_state(*model)), (std::vector<std::string>{"sparse_magnitude", "export_sparse"}));
