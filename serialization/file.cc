@@ -21,7 +21,7 @@ constexpr size_t kMaxIoChunk = size_t{1} << 30;
 int open_or_throw(const std::string& path, int flags, const char* what) {
   int fd;
   do {
-    fd = ::open(path.c_str(), flags | O_CLOEXEC, 0644);
+    fd = ::open(path.c_str(), flags | O_CLOEXEC, 0666);  // less the umask, as any file
   } while (fd < 0 && errno == EINTR);
   if (fd < 0) throw CheckpointError(io_error_message(what, path, errno));
   return fd;

@@ -7,16 +7,20 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <filesystem>
+#include <set>
 #include <system_error>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "serialization/checkpoint_error.h"
 #include "serialization/checkpoint_layout.h"
 #include "serialization/file.h"
+#include "serialization/manifest_file.h"
 
 namespace mto {
 namespace fs = std::filesystem;
@@ -86,41 +90,109 @@ void remove_abandoned_staging(const std::string& parent, const std::string& name
   }
 }
 
+// The absolute path of the checkpoint directory `target` (trailing slashes dropped). Throws
+// CheckpointError if it names no directory ("", ".", "..").
+fs::path checkpoint_path(std::string target) {
+  while (target.size() > 1 && target.back() == '/') target.pop_back();
+  if (target.empty()) throw CheckpointError("cannot save a checkpoint under an empty path");
+  fs::path t = fs::absolute(target);
+  if (t.filename().empty() || t.filename() == "." || t.filename() == "..") {
+    throw CheckpointError(absl::StrCat("cannot save a checkpoint as ", target, ": name a directory"));
+  }
+  return t;
+}
+
+// The files of the checkpoint in `dir` that its MANIFEST records, MANIFEST included.
+std::set<std::string> recorded_files(const std::string& dir) {
+  const Manifest manifest = read_manifest(dir);
+  std::set<std::string> files = {kManifestFileName, manifest.modelopt_state().file(), manifest.index().file()};
+  for (const auto& shard : manifest.shards()) files.insert(shard.file());
+  for (const auto& extra : manifest.extra_files()) files.insert(extra.file());
+  return files;
+}
+
 }  // namespace
 
-StagingDirectory::StagingDirectory(std::string target) : target_(std::move(target)) {
-  while (target_.size() > 1 && target_.back() == '/') target_.pop_back();
-  fs::path t = fs::absolute(target_);
-  if (t.filename().empty() || t.filename() == "." || t.filename() == "..") {
-    throw CheckpointError(absl::StrCat("cannot save a checkpoint as ", target_,
-                                       ": name a directory"));
+void check_replaceable(const std::string& target) {
+  const fs::path t = checkpoint_path(target);
+  std::error_code ec;
+  const fs::file_status status = fs::symlink_status(t, ec);
+  if (fs::is_symlink(status)) {
+    throw CheckpointError(absl::StrCat("refusing to replace ", target, ": it is a symbolic link (to ",
+                                       fs::read_symlink(t, ec).string(), "); name the directory itself"));
   }
+  if (!fs::exists(status)) {
+    // The nearest existing ancestor is where the directories get created.
+    fs::path existing = t.parent_path();
+    while (!fs::exists(existing, ec) && existing.has_relative_path()) existing = existing.parent_path();
+    if (::access(existing.c_str(), W_OK | X_OK) != 0) {
+      throw CheckpointError(io_error_message(absl::StrCat("cannot save ", target, ": cannot write in"),
+                                             existing.string(), errno));
+    }
+    return;
+  }
+  if (!fs::is_directory(status)) {
+    throw CheckpointError(absl::StrCat("refusing to replace ", target, ": it exists and is not a directory"));
+  }
+  struct stat own, parent;
+  if (::stat(t.c_str(), &own) == 0 && ::stat(t.parent_path().c_str(), &parent) == 0 && own.st_dev != parent.st_dev) {
+    throw CheckpointError(absl::StrCat("refusing to replace ", target, ": it is a mount point, which a save cannot ",
+                                       "swap for a new directory; save into a directory inside it"));
+  }
+  if (::access(t.parent_path().c_str(), W_OK | X_OK) != 0) {
+    throw CheckpointError(io_error_message(absl::StrCat("cannot replace ", target, ": cannot write in"),
+                                           t.parent_path().string(), errno));
+  }
+  if (fs::is_empty(t, ec)) return;
+  if (!fs::exists(fs::symlink_status(t / kManifestFileName, ec))) {
+    throw CheckpointError(absl::StrCat("refusing to replace ", target, ": it exists and is not an mto checkpoint (no ",
+                                       kManifestFileName, ")"));
+  }
+  std::set<std::string> recorded;
+  try {
+    recorded = recorded_files(t.string());
+  } catch (const CheckpointError& e) {
+    throw CheckpointError(absl::StrCat("refusing to replace ", target, ": it is not a readable mto checkpoint (",
+                                       e.what(), "); delete it yourself if it may go"));
+  }
+  std::vector<std::string> foreign;
+  for (const auto& entry : fs::directory_iterator(t, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (!recorded.count(name)) foreign.push_back(name + (entry.is_directory(ec) ? "/" : ""));
+  }
+  if (!foreign.empty()) {
+    std::sort(foreign.begin(), foreign.end());
+    throw CheckpointError(absl::StrCat("refusing to replace ", target,
+                                       ": it holds what its checkpoint does not record, which would be lost: ",
+                                       absl::StrJoin(foreign, ", "), " (move it out first)"));
+  }
+}
+
+StagingDirectory::StagingDirectory(std::string target) : target_(std::move(target)) {
+  const fs::path t = checkpoint_path(target_);
+  while (target_.size() > 1 && target_.back() == '/') target_.pop_back();
   parent_ = t.parent_path().string();
+  check_replaceable(target_);
   std::error_code ec;
   fs::create_directories(parent_, ec);
   if (ec) {
     throw CheckpointError(absl::StrCat("cannot create directory ", parent_, ": ", ec.message()));
   }
-  fs::file_status status = fs::symlink_status(t, ec);
-  if (fs::exists(status)) {
-    if (!fs::is_directory(status)) {
-      throw CheckpointError(absl::StrCat("refusing to replace ", target_,
-                                         ": it exists and is not a directory"));
-    }
-    if (!fs::exists(t / kManifestFileName) && !fs::is_empty(t, ec)) {
-      throw CheckpointError(absl::StrCat("refusing to replace ", target_,
-                                         ": it exists and is not an mto checkpoint (no ",
-                                         kManifestFileName, ")"));
-    }
-  }
   path_ = make_hidden_sibling(parent_, t.filename().string(), kStagingInfix);
-  // mkdtemp makes the directory 0700, and the rename keeps that: the checkpoint follows
-  // the umask like any directory the user creates, so a shared cluster can read it.
-  if (::chmod(path_.c_str(), 0777 & ~current_umask()) != 0) {
+  // mkdtemp makes the directory 0700, and the rename keeps that: a new checkpoint follows
+  // the umask like any directory the user creates, so a shared cluster can read it; one
+  // that replaces a checkpoint keeps that directory's permissions and group.
+  struct stat previous;
+  const bool replaces = ::stat(t.c_str(), &previous) == 0;
+  const mode_t mode = replaces ? previous.st_mode & 07777 : 0777 & ~current_umask();
+  if (::chmod(path_.c_str(), mode) != 0) {
     const int error = errno;
     remove_tree_quietly(path_);
     throw CheckpointError(io_error_message("cannot set the permissions of", path_, error));
   }
+  // Only a group the user belongs to can be given (or any, as root); otherwise the
+  // directory keeps the user's own group.
+  if (replaces && ::chown(path_.c_str(), static_cast<uid_t>(-1), previous.st_gid) != 0) errno = 0;
   lock_fd_ = ::open(path_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (lock_fd_ >= 0) ::flock(lock_fd_, LOCK_EX | LOCK_NB);
   remove_abandoned_staging(parent_, t.filename().string(), path_);

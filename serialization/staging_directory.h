@@ -17,8 +17,8 @@ class StagingDirectory {
   // creating the parent directories if needed, and holds an exclusive flock on it while this
   // object lives. Removes the staging directories of earlier saves into `target` whose
   // process is gone (their lock is free): what a crash leaves behind. Throws
-  // CheckpointError if `target` exists and is neither an empty directory nor an mto
-  // checkpoint (it would be lost).
+  // CheckpointError as check_replaceable does. A directory that replaces a checkpoint gets
+  // its permissions (and group, where the user may give it); a new one follows the umask.
   explicit StagingDirectory(std::string target);
   // Removes the staging directory and what it holds unless commit() succeeded, and releases
   // the lock.
@@ -44,6 +44,13 @@ class StagingDirectory {
   int lock_fd_ = -1;
   bool committed_ = false;
 };
+
+// Throws CheckpointError naming `target` unless a save could replace it without losing
+// anything: it must be missing (with a writable ancestor), an empty directory, or an mto
+// checkpoint whose MANIFEST reads and validates and that holds nothing else than the files
+// it records; never a symbolic link, a mount point or a file; its parent writable. Cheap:
+// callers may run it before long work whose result goes to `target`.
+void check_replaceable(const std::string& target);
 
 // If `target` is missing because a save was interrupted between the two renames of the
 // fallback commit, returns the directory that holds the previous checkpoint; else "".

@@ -5,10 +5,15 @@
 
 #include <filesystem>
 #include <fstream>
+#include <string>
+#include <vector>
 
 #include "serialization/checkpoint_error.h"
+#include "serialization/checkpoint_layout.h"
 #include "serialization/file.h"
+#include "serialization/manifest_file.h"
 #include "serialization/staging_directory.h"
+#include "tests/testing/errors.h"
 #include "tests/testing/temp_dir.h"
 
 namespace mto {
@@ -17,6 +22,19 @@ namespace {
 namespace fs = std::filesystem;
 
 void write(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
+
+// Writes a checkpoint with no tensors into `dir`: its modelopt state and index hold `tag`,
+// and its MANIFEST records them.
+void write_checkpoint(const std::string& dir, const std::string& tag) {
+  fs::create_directories(dir);
+  Manifest manifest;
+  manifest.set_format_version(kCheckpointFormatVersion);
+  manifest.set_world_size(1);
+  manifest.set_tensor_parallel_size(1);
+  *manifest.mutable_modelopt_state() = write_recorded_file(dir, kStateFileName, tag);
+  *manifest.mutable_index() = write_recorded_file(dir, kIndexFileName, tag);
+  write_manifest(dir, manifest);
+}
 
 std::vector<std::string> entries(const std::string& dir) {
   std::vector<std::string> out;
@@ -31,10 +49,10 @@ TEST(StagingDirectoryTest, CommitCreatesTheTarget) {
     StagingDirectory staging(parent + "/a/b/ckpt");  // parents are created
     EXPECT_EQ(fs::path(staging.path()).parent_path(), fs::path(parent + "/a/b"));
     EXPECT_EQ(fs::path(staging.path()).filename().string().rfind(".ckpt.mto-staging-", 0), 0u);
-    write(staging.path() + "/MANIFEST", "new");
+    write_checkpoint(staging.path(), "new");
     staging.commit();
   }
-  EXPECT_EQ(read_file(parent + "/a/b/ckpt/MANIFEST", 10), "new");
+  EXPECT_EQ(read_file(parent + "/a/b/ckpt/" + kStateFileName, 10), "new");
   EXPECT_EQ(entries(parent + "/a/b"), std::vector<std::string>{"ckpt"});
 }
 
@@ -59,17 +77,38 @@ TEST(StagingDirectoryTest, TheCheckpointFollowsTheUmask) {
 TEST(StagingDirectoryTest, CommitReplacesAPreviousCheckpoint) {
   const std::string parent = test::make_temp_dir();
   const std::string target = parent + "/ckpt/";  // a trailing slash is fine
-  fs::create_directories(target);
-  write(target + "MANIFEST", "old");
-  write(target + "old-only", "x");
+  write_checkpoint(target, "old");
   StagingDirectory staging(target);
-  write(staging.path() + "/MANIFEST", "new");
+  write_checkpoint(staging.path(), "new");
+  write(staging.path() + "/new-only", "x");
   // Until commit, the previous checkpoint is untouched.
-  EXPECT_EQ(read_file(target + "MANIFEST", 10), "old");
+  EXPECT_EQ(read_file(target + kStateFileName, 10), "old");
   staging.commit();
-  EXPECT_EQ(entries(parent + "/ckpt"), std::vector<std::string>{"MANIFEST"});
-  EXPECT_EQ(read_file(target + "MANIFEST", 10), "new");
+  EXPECT_EQ(entries(parent + "/ckpt"),
+            (std::vector<std::string>{kManifestFileName, kIndexFileName, kStateFileName, "new-only"}));
+  EXPECT_EQ(read_file(target + kStateFileName, 10), "new");
   EXPECT_EQ(entries(parent), std::vector<std::string>{"ckpt"});
+}
+
+// A replaced checkpoint keeps the permissions its directory had (a private one stays
+// private whatever the umask); its files follow the umask as any file does (0666 less it).
+TEST(StagingDirectoryTest, AReplacedCheckpointKeepsItsDirectorysPermissions) {
+  const std::string parent = test::make_temp_dir();
+  const std::string target = parent + "/ckpt";
+  write_checkpoint(target, "old");
+  ASSERT_EQ(::chmod(target.c_str(), 0710), 0);
+  const mode_t previous = ::umask(002);
+  {
+    StagingDirectory staging(target);
+    write_checkpoint(staging.path(), "new");
+    staging.commit();
+  }
+  ::umask(previous);
+  struct stat st {};
+  ASSERT_EQ(::stat(target.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0710u);
+  ASSERT_EQ(::stat((target + "/" + kStateFileName).c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0664u);
 }
 
 TEST(StagingDirectoryTest, UncommittedStagingIsRemoved) {
@@ -84,10 +123,55 @@ TEST(StagingDirectoryTest, UncommittedStagingIsRemoved) {
 TEST(StagingDirectoryTest, RefusesToReplaceSomethingElse) {
   const std::string parent = test::make_temp_dir();
   write(parent + "/file", "x");
-  EXPECT_THROW(StagingDirectory(parent + "/file"), CheckpointError);
+  EXPECT_EQ(test::error_of([&] { StagingDirectory staging(parent + "/file"); }),
+            "refusing to replace " + parent + "/file: it exists and is not a directory");
   fs::create_directories(parent + "/empty");
   EXPECT_NO_THROW(StagingDirectory(parent + "/empty"));
   EXPECT_THROW(StagingDirectory(parent + "/.."), CheckpointError);
+  EXPECT_EQ(test::error_of([&] { StagingDirectory staging(""); }), "cannot save a checkpoint under an empty path");
+}
+
+// Nothing that a save would delete is replaced: a directory of other files, one whose
+// MANIFEST is no mto manifest, a checkpoint holding files it does not record, a link.
+TEST(StagingDirectoryTest, RefusesToReplaceWhatWouldBeLost) {
+  const std::string parent = test::make_temp_dir();
+  const std::string data = parent + "/data";
+  fs::create_directories(data + "/src");
+  write(data + "/thesis.tex", "important");
+  EXPECT_EQ(test::error_of([&] { check_replaceable(data); }),
+            "refusing to replace " + data + ": it exists and is not an mto checkpoint (no MANIFEST)");
+
+  // A MANIFEST of another kind (a Python sdist's), or a directory of that name.
+  write(data + "/MANIFEST", "include *.py\n");
+  const std::string sdist = test::error_of([&] { StagingDirectory staging(data); });
+  EXPECT_EQ(sdist.rfind("refusing to replace " + data + ": it is not a readable mto checkpoint (", 0), 0u) << sdist;
+  EXPECT_NE(sdist.find("delete it yourself if it may go"), std::string::npos) << sdist;
+  fs::remove(data + "/MANIFEST");
+  fs::create_directories(data + "/MANIFEST");
+  EXPECT_THROW(check_replaceable(data), CheckpointError);
+  EXPECT_EQ(read_file(data + "/thesis.tex", 20), "important");
+
+  // A checkpoint the user added files to.
+  const std::string ckpt = parent + "/ckpt";
+  write_checkpoint(ckpt, "old");
+  EXPECT_NO_THROW(check_replaceable(ckpt));
+  write(ckpt + "/README.md", "notes");
+  fs::create_directories(ckpt + "/tokenizer");
+  EXPECT_EQ(test::error_of([&] { StagingDirectory staging(ckpt); }),
+            "refusing to replace " + ckpt + ": it holds what its checkpoint does not record, which would be lost: "
+            "README.md, tokenizer/ (move it out first)");
+  EXPECT_EQ(read_file(ckpt + "/README.md", 20), "notes");
+  EXPECT_EQ(entries(parent), (std::vector<std::string>{"ckpt", "data"}));  // no staging left behind
+
+  // A symbolic link, even to a checkpoint, or dangling.
+  fs::remove_all(ckpt + "/tokenizer");
+  fs::remove(ckpt + "/README.md");
+  fs::create_directory_symlink(ckpt, parent + "/link");
+  EXPECT_EQ(test::error_of([&] { check_replaceable(parent + "/link/"); }),
+            "refusing to replace " + parent + "/link/: it is a symbolic link (to " + ckpt +
+                "); name the directory itself");
+  fs::create_directory_symlink(parent + "/nowhere", parent + "/dangling");
+  EXPECT_THROW(check_replaceable(parent + "/dangling"), CheckpointError);
 }
 
 TEST(StagingDirectoryTest, FindsThePreviousCheckpointOfAnInterruptedCommit) {
@@ -95,7 +179,7 @@ TEST(StagingDirectoryTest, FindsThePreviousCheckpointOfAnInterruptedCommit) {
   EXPECT_EQ(find_previous_checkpoint(parent + "/ckpt"), "");
   fs::create_directories(parent + "/.ckpt.mto-previous-Q1W2E3");
   EXPECT_EQ(find_previous_checkpoint(parent + "/ckpt"), "");  // no MANIFEST: not a checkpoint
-  write(parent + "/.ckpt.mto-previous-Q1W2E3/MANIFEST", "m");
+  write_checkpoint(parent + "/.ckpt.mto-previous-Q1W2E3", "m");
   EXPECT_EQ(find_previous_checkpoint(parent + "/ckpt"), parent + "/.ckpt.mto-previous-Q1W2E3");
   fs::create_directories(parent + "/ckpt");
   EXPECT_EQ(find_previous_checkpoint(parent + "/ckpt"), "");  // the target exists

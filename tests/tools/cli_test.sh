@@ -188,6 +188,26 @@ file_size_limit() {
   [ -z "$(ls -A "$work" | grep '^\.limited')" ] || { echo "left beside it: $(ls -A "$work")"; return 1; }
 }
 
+# --out is checked before any work: what the save would delete is refused, named, and left
+# as it was.
+out_is_checked_first() {
+  mkdir -p "$work/project/src" && echo "include *.py" >"$work/project/MANIFEST" && echo keep >"$work/project/notes"
+  out=$("$mto" optimize "$work/float" --mode quantize:int8 --calib-samples 32 --out "$work/project" 2>&1) &&
+    { echo "replaced a directory with a MANIFEST of another kind"; return 1; }
+  expect_error_line "$out" "refusing to replace $work/project: it is not a readable mto checkpoint" || return 1
+  [ "$(cat "$work/project/notes")" = keep ] || return 1
+  cp -r "$work/float" "$work/annotated" && echo mine >"$work/annotated/README.md"
+  out=$("$mto" optimize "$work/float" --mode quantize:int8 --calib-samples 32 --out "$work/annotated" 2>&1) &&
+    { echo "replaced a checkpoint holding a file of the user"; return 1; }
+  expect_error_line "$out" "refusing to replace $work/annotated: it holds what its checkpoint does not record, which would be lost: README.md (move it out first)" ||
+    return 1
+  # Refused before the search runs, not at its save.
+  out=$("$mto" optimize "$work/float" --mode fastnas:params=0.5 --search-checkpoint "$work/search" --out "$work/search" \
+        2>&1) && { echo "searched into the --out directory"; return 1; }
+  expect_error_line "$out" "--search-checkpoint and --out name the same directory" || return 1
+  ! grep -q "searched" <<<"$out" || { echo "$out"; return 1; }
+}
+
 missing_directory() {
   out=$("$mto" inspect "$work/nowhere" 2>&1) && return 1
   expect_error_line "$out" "$work/nowhere" || return 1
@@ -266,6 +286,7 @@ check eval_any_world_size eval_any_world_size
 check inspect_text_and_json inspect_text_and_json
 check corrupt_checkpoint_is_named corrupt_checkpoint_is_named
 check missing_directory missing_directory
+check out_is_checked_first out_is_checked_first
 check bad_values_are_named bad_values_are_named
 check file_size_limit file_size_limit
 check deployed_is_not_fine_tuned deployed_is_not_fine_tuned

@@ -17,6 +17,7 @@
 #include "opt/model_like.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/mesh_option.h"
+#include "tools/cli/out_option.h"
 #include "tools/cli/progress.h"
 #include "tools/zoo/forward.h"
 
@@ -49,6 +50,7 @@ nlohmann::json model_config(torch::nn::Module& model) {
 
 void run_export(const ExportOptions& options) {
   const std::shared_ptr<Mesh> mesh = join_mesh(options.tp);
+  check_out(*mesh->world(), options.out);
   const bool rank0 = mesh->world()->rank() == 0;
   auto start = std::chrono::steady_clock::now();
   ModulePtr model = restore(options.checkpoint);

@@ -19,6 +19,7 @@
 #include "opt/model_like.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/mesh_option.h"
+#include "tools/cli/out_option.h"
 #include "tools/cli/progress.h"
 #include "tools/zoo/forward.h"
 
@@ -51,6 +52,7 @@ ModelLike parse_model_like(const std::string& text) {
 
 void run_import(const ImportOptions& options) {
   const std::shared_ptr<Mesh> mesh = join_mesh(options.tp);
+  check_out(*mesh->world(), options.out);
   const std::shared_ptr<Communicator>& world = mesh->world();
   LoadSafetensorsOptions load;
   for (const std::string& rule : options.renames) {

@@ -12,6 +12,7 @@
 #include <memory>
 #include <optional>
 #include <sstream>
+#include <system_error>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -35,6 +36,7 @@
 #include "tools/cli/commands.h"
 #include "tools/cli/evaluate.h"
 #include "tools/cli/mesh_option.h"
+#include "tools/cli/out_option.h"
 #include "tools/cli/progress.h"
 #include "tools/cli/validators.h"
 #include "tools/data/fashion_mnist.h"
@@ -292,6 +294,17 @@ OptimizeData text_data(const OptimizeOptions& options, const Mesh& mesh, int64_t
   return out;
 }
 
+// Makes the directory of --search-checkpoint, where the search's files go, on every rank
+// (their file systems may differ); one that cannot be made fails every rank, naming the
+// option. Collective over `world`.
+void make_search_checkpoint_dir(Communicator& world, const std::string& dir) {
+  run_on_every_rank(world, [&] {
+    std::error_code error;
+    std::filesystem::create_directories(dir, error);
+    if (error) throw ConfigError(absl::StrFormat("--search-checkpoint %s: cannot create it: %s", dir, error.message()));
+  });
+}
+
 // Searches the subnet of the fastnas model `model` with the best score on held-out data
 // within `constraint`, the candidates split over the ranks; prints what it found.
 void run_search(const ModulePtr& model, const nas::Constraint& constraint, const OptimizeData& data,
@@ -305,7 +318,7 @@ void run_search(const ModulePtr& model, const nas::Constraint& constraint, const
   search.calibrate_loop = data.calibrate_all;
   search.data_fingerprint = data.validation_fingerprint;
   if (!options.search_checkpoint.empty()) {
-    std::filesystem::create_directories(options.search_checkpoint);
+    make_search_checkpoint_dir(*comm, options.search_checkpoint);
     search.checkpoint = absl::StrFormat("%s/search-rank-%d.json", options.search_checkpoint, comm->rank());
   }
   const double full_score = search.score(*model);
@@ -340,10 +353,8 @@ ModulePtr run_auto_quantize(ModulePtr model, double effective_bits, const Optimi
   search.verbose = true;
   search.context = runtime;
   if (!options.search_checkpoint.empty()) {
-    // Rank 0 keeps the checkpoint; a directory it cannot make fails every rank.
-    run_on_every_rank(*mesh.world(), [&] {
-      if (mesh.world()->rank() == 0) std::filesystem::create_directories(options.search_checkpoint);
-    });
+    // Rank 0 keeps the checkpoint.
+    make_search_checkpoint_dir(*mesh.world(), options.search_checkpoint);
     search.checkpoint = options.search_checkpoint + "/auto_quantize.search";
   }
   const auto start = std::chrono::steady_clock::now();
@@ -383,6 +394,13 @@ ModulePtr run_auto_quantize(ModulePtr model, double effective_bits, const Optimi
 
 void run_optimize(const OptimizeOptions& options) {
   const std::shared_ptr<Mesh> mesh = join_mesh(options.tp);
+  check_out(*mesh->world(), options.out);
+  if (!options.search_checkpoint.empty() && same_directory(options.search_checkpoint, options.out)) {
+    throw ConfigError(absl::StrFormat(
+        "--search-checkpoint and --out name the same directory %s: the save would replace the search's files; "
+        "give them two directories",
+        options.out));
+  }
   const std::shared_ptr<Communicator>& comm = mesh->world();
   const bool rank0 = comm->rank() == 0;
   const std::vector<Step> steps = parse_modes(options);

@@ -18,12 +18,14 @@
 #include "distributed/world.h"
 #include "modes/distill/distillation_model.h"
 #include "opt/checkpoint.h"
+#include "opt/collective.h"
 #include "opt/conversion.h"
 #include "opt/errors.h"
 #include "opt/model_like.h"
 #include "opt/state_manager.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/mesh_option.h"
+#include "tools/cli/out_option.h"
 #include "tools/cli/progress.h"
 #include "tools/cli/training_checkpoint.h"
 #include "tools/cli/validators.h"
@@ -161,6 +163,19 @@ nlohmann::json job_of(const TrainOptions& options, const nlohmann::json& model_a
 
 void run_train(const TrainOptions& options) {
   const std::shared_ptr<Mesh> mesh = join_mesh(options.tp);
+  check_out(*mesh->world(), options.out);
+  // Starting over from the weights of an unfinished job, into its own directory, is what a
+  // rerun without --resume after a crash does: its optimizer state and progress would be
+  // lost without a word.
+  if (!options.resume && !options.init.empty() && same_directory(options.init, options.out)) {
+    run_on_every_rank(*mesh->world(), [&] {
+      if (mesh->world()->rank() != 0 || !holds_training_state(options.init)) return;
+      throw ConfigError(absl::StrFormat(
+          "--init %s is the unfinished training checkpoint of a job (it holds its training state): pass --resume "
+          "to continue that job, or --out another directory to start a new one from its weights",
+          options.init));
+    });
+  }
   const std::shared_ptr<Communicator>& dp = mesh->dp();
   const bool rank0 = mesh->world()->rank() == 0;
   at::manual_seed(options.seed);

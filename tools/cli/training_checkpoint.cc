@@ -104,6 +104,14 @@ SaveHandle save_training_checkpoint(torch::nn::Module& model, torch::optim::Adam
   return save_async(model, dir, options);
 }
 
+bool holds_training_state(const std::string& dir) {
+  const Manifest manifest = read_checkpoint_manifest(dir);
+  for (const auto& record : manifest.extra_files()) {
+    if (record.file() == kStateFile) return true;
+  }
+  return false;
+}
+
 std::optional<ResumedTraining> resume_training(const std::string& dir, const nlohmann::json& job,
                                                Communicator& world) {
   std::string text;
