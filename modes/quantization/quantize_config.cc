@@ -146,6 +146,10 @@ QuantizerAttributes rule_defaults() {
 
 bool is_layer_class(const std::string& key) { return key.rfind("nn.", 0) == 0; }
 
+// The JSON text of a google.protobuf.Struct with its keys in sorted order: the printer
+// follows the Struct's map, whose order changes from one process to the next.
+ordered_json sorted_json(const std::string& text) { return ordered_json::parse(nlohmann::json::parse(text).dump()); }
+
 }  // namespace
 
 void apply_rule_attributes(const Struct& rule, const std::string& where,
@@ -234,7 +238,7 @@ nlohmann::ordered_json algorithm_json(const QuantizeConfig& config) {
   if (config.has_algorithm_options()) {
     std::string text;
     (void)google::protobuf::util::MessageToJsonString(config.algorithm_options(), &text);
-    const ordered_json options = ordered_json::parse(text);
+    const ordered_json options = sorted_json(text);
     for (const auto& [key, value] : options.items()) out[key] = value;
   }
   return out;
@@ -245,7 +249,7 @@ nlohmann::ordered_json quantize_config_to_json(const QuantizeConfig& config) {
   for (const QuantizeRule& rule : config.quant_cfg()) {
     std::string text;
     (void)google::protobuf::util::MessageToJsonString(rule.attributes(), &text);
-    ordered_json attributes = ordered_json::parse(text);
+    ordered_json attributes = sorted_json(text);
     if (rule.layer_class().empty()) {
       rules[rule.pattern()] = std::move(attributes);
     } else {

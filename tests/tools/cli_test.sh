@@ -112,6 +112,9 @@ inspect_text_and_json() {
   # The quantizers' buffer shapes (repeated int64) are numbers.
   grep -qE '"amax_shape": \[$' <<<"$json" || { echo "no amax_shape in:"; echo "$json"; return 1; }
   integers_are_numbers "$json" || return 1
+  # The same checkpoint prints the same way every time (maps in sorted order).
+  again=$("$mto" inspect "$work/int8" --json --verify) || return 1
+  [ "$json" = "$again" ] || { echo "two inspections differ:"; diff <(echo "$json") <(echo "$again") | head; return 1; }
   # Under mpirun, rank 0 alone prints, its progress in readable units.
   out=$(ranks 2 "$mto" inspect "$work/int8" --verify 2>&1) || { echo "$out"; return 1; }
   [ "$(grep -c '^verified ' <<<"$out")" = 1 ] &&
