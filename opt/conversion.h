@@ -74,7 +74,8 @@ class ModeList {
 // defaults to "the model is not converted yet"; true on a converted model throws
 // StateError. Before the first new mode, the last recorded mode's update_for_new_mode runs.
 // `context` (the mesh, forward loops, ...) goes to every convert and is never saved. With
-// no mode, the model is returned as it is (a model-like built) and no state is attached.
+// no mode, the model is returned as it is (a model-like built), no state is attached and
+// `init_state` is not checked.
 //
 // Throws ModeError (unknown mode), ConfigError (bad config), StateError (a chain the modes'
 // relations forbid, with the texts of the Python original, or a DataParallel model: apply

@@ -147,9 +147,7 @@ LoadSafetensorsReport load_safetensors(torch::nn::Module& model, const std::stri
   if (!unexpected.empty()) problems.push_back(absl::StrCat("unexpected (the model has no such tensor): ",
                                                            absl::StrJoin(unexpected, ", ")));
   if (!mismatched.empty()) problems.push_back(absl::StrCat("mismatched: ", absl::StrJoin(mismatched, "; ")));
-  if (plan.empty() && !tensors.empty() && problems.empty()) {
-    problems.push_back(absl::StrCat("it holds none of the model's ", tensors.size(), " tensors"));
-  }
+  if (plan.empty() && !tensors.empty() && problems.empty()) problems.push_back("it holds no tensors");
   if (!problems.empty()) {
     std::string hint;
     if (std::filesystem::exists(std::filesystem::path(dir) / "hf_quant_config.json")) {

@@ -40,8 +40,8 @@ struct LoadSafetensorsReport {
 // Throws CheckpointError naming every offender, before changing any tensor, when model
 // tensors are missing from the set (unless allow_missing), the set holds tensors the model
 // has not ("unexpected"), or a tensor's shape (its global shape for a slice) or dtype
-// differs beyond those casts (an FP8 source for a float tensor), or when the set holds none
-// of the model's tensors (allow_missing or not); and as read_safetensors_set does. While
+// differs beyond those casts (an FP8 source for a float tensor), or when the set holds no
+// tensors (allow_missing or not); and as read_safetensors_set does. While
 // reading, throws CheckpointError naming the tensor and the value if a cast would turn a
 // finite value into an infinity (F64 beyond float32's range); the tensors read before it
 // are then loaded already.

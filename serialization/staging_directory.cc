@@ -66,6 +66,9 @@ void rename_or_throw(const std::string& from, const std::string& to) {
 }
 
 void remove_tree_quietly(const std::string& path) {
+  // A checkpoint made read-only (its directory's mode survives the exchange) is still ours
+  // to delete.
+  ::chmod(path.c_str(), S_IRWXU);
   std::error_code ignored;
   fs::remove_all(path, ignored);
 }
@@ -122,9 +125,18 @@ void check_replaceable(const std::string& target) {
                                        fs::read_symlink(t, ec).string(), "); name the directory itself"));
   }
   if (!fs::exists(status)) {
+    // A save interrupted between the two renames of the fallback commit left the previous
+    // checkpoint aside: a new one must not bury it.
+    if (const std::string previous = find_previous_checkpoint(t.string()); !previous.empty()) {
+      throw CheckpointError(absl::StrCat("refusing to save ", target, ": an interrupted save left its previous ",
+                                         "checkpoint in ", previous, "; move it back to ", target, " first"));
+    }
     // The nearest existing ancestor is where the directories get created.
     fs::path existing = t.parent_path();
     while (!fs::exists(existing, ec) && existing.has_relative_path()) existing = existing.parent_path();
+    if (!fs::is_directory(existing, ec)) {
+      throw CheckpointError(absl::StrCat("cannot save ", target, ": ", existing.string(), " is not a directory"));
+    }
     if (::access(existing.c_str(), W_OK | X_OK) != 0) {
       throw CheckpointError(io_error_message(absl::StrCat("cannot save ", target, ": cannot write in"),
                                              existing.string(), errno));
@@ -143,7 +155,9 @@ void check_replaceable(const std::string& target) {
     throw CheckpointError(io_error_message(absl::StrCat("cannot replace ", target, ": cannot write in"),
                                            t.parent_path().string(), errno));
   }
-  if (fs::is_empty(t, ec)) return;
+  const bool empty = fs::is_empty(t, ec);
+  if (ec) throw CheckpointError(absl::StrCat("cannot replace ", target, ": cannot list it: ", ec.message()));
+  if (empty) return;
   if (!fs::exists(fs::symlink_status(t / kManifestFileName, ec))) {
     throw CheckpointError(absl::StrCat("refusing to replace ", target, ": it exists and is not an mto checkpoint (no ",
                                        kManifestFileName, ")"));
@@ -156,10 +170,12 @@ void check_replaceable(const std::string& target) {
                                        e.what(), "); delete it yourself if it may go"));
   }
   std::vector<std::string> foreign;
-  for (const auto& entry : fs::directory_iterator(t, ec)) {
-    const std::string name = entry.path().filename().string();
-    if (!recorded.count(name)) foreign.push_back(name + (entry.is_directory(ec) ? "/" : ""));
+  for (auto it = fs::directory_iterator(t, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    std::error_code type;
+    if (!recorded.count(name)) foreign.push_back(name + (it->is_directory(type) ? "/" : ""));
   }
+  if (ec) throw CheckpointError(absl::StrCat("cannot replace ", target, ": cannot list it: ", ec.message()));
   if (!foreign.empty()) {
     std::sort(foreign.begin(), foreign.end());
     throw CheckpointError(absl::StrCat("refusing to replace ", target,
@@ -182,10 +198,12 @@ StagingDirectory::StagingDirectory(std::string target) : target_(std::move(targe
   // mkdtemp makes the directory 0700, and the rename keeps that: a new checkpoint follows
   // the umask like any directory the user creates, so a shared cluster can read it; one
   // that replaces a checkpoint keeps that directory's permissions and group.
+  // The ranks write into it first: it stays writable by its owner until commit() gives it
+  // its mode (a checkpoint made read-only is replaced by one as read-only).
   struct stat previous;
   const bool replaces = ::stat(t.c_str(), &previous) == 0;
-  const mode_t mode = replaces ? previous.st_mode & 07777 : 0777 & ~current_umask();
-  if (::chmod(path_.c_str(), mode) != 0) {
+  mode_ = replaces ? previous.st_mode & 07777 : 0777 & ~current_umask();
+  if (::chmod(path_.c_str(), mode_ | S_IRWXU) != 0) {
     const int error = errno;
     remove_tree_quietly(path_);
     throw CheckpointError(io_error_message("cannot set the permissions of", path_, error));
@@ -204,6 +222,9 @@ StagingDirectory::~StagingDirectory() {
 }
 
 void StagingDirectory::commit() {
+  if ((mode_ & S_IRWXU) != S_IRWXU && ::chmod(path_.c_str(), mode_) != 0) {
+    throw CheckpointError(io_error_message("cannot set the permissions of", path_, errno));
+  }
   sync_directory(path_);
   const std::string name = fs::path(fs::absolute(target_)).filename().string();
   if (::renameat2(AT_FDCWD, path_.c_str(), AT_FDCWD, target_.c_str(), RENAME_EXCHANGE) == 0) {

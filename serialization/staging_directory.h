@@ -42,13 +42,16 @@ class StagingDirectory {
   std::string parent_;
   std::string path_;
   int lock_fd_ = -1;
+  // The permissions commit() gives the directory.
+  unsigned mode_ = 0;
   bool committed_ = false;
 };
 
 // Throws CheckpointError naming `target` unless a save could replace it without losing
 // anything: it must be missing (with a writable ancestor), an empty directory, or an mto
 // checkpoint whose MANIFEST reads and validates and that holds nothing else than the files
-// it records; never a symbolic link, a mount point or a file; its parent writable. Cheap:
+// it records; never a symbolic link, a mount point or a file; its parent writable; and not
+// missing because an interrupted save left the previous checkpoint aside. Cheap:
 // callers may run it before long work whose result goes to `target`.
 void check_replaceable(const std::string& target);
 

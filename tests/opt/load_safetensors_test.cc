@@ -262,11 +262,11 @@ TEST_F(LoadSafetensorsTest, ARenameThatMatchesNoNameIsReported) {
   EXPECT_EQ(report.unused_renames, (std::vector<std::pair<std::string, std::string>>{{"transfomer.", ""}}));
 }
 
-TEST_F(LoadSafetensorsTest, ASetWithNoneOfTheModelsTensorsIsRefusedEvenWithAllowMissing) {
+TEST_F(LoadSafetensorsTest, ASetWithNoTensorsIsRefusedEvenWithAllowMissing) {
   write_safetensors(dir_ + "/model.safetensors", {});
   LoadSafetensorsOptions options;
   options.allow_missing = true;
-  expect_error(dir_, {"it holds none of the model's " + std::to_string(whole_.size()) + " tensors"}, options);
+  expect_error(dir_, {"it holds no tensors"}, options);
 }
 
 TEST_F(LoadSafetensorsTest, AQuantizedExportIsNamedAsOne) {

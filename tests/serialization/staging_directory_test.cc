@@ -90,6 +90,28 @@ TEST(StagingDirectoryTest, CommitReplacesAPreviousCheckpoint) {
   EXPECT_EQ(entries(parent), std::vector<std::string>{"ckpt"});
 }
 
+// A checkpoint made read-only is replaced by a read-only one, and the old one is deleted.
+TEST(StagingDirectoryTest, AReadOnlyCheckpointIsReplacedByAReadOnlyOne) {
+  const std::string parent = test::make_temp_dir();
+  const std::string target = parent + "/ckpt";
+  write_checkpoint(target, "old");
+  ASSERT_EQ(::chmod(target.c_str(), 0555), 0);
+  {
+    StagingDirectory staging(target);
+    struct stat st {};
+    ASSERT_EQ(::stat(staging.path().c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0700, 0700u);  // the ranks can write into it
+    write_checkpoint(staging.path(), "new");
+    staging.commit();
+  }
+  struct stat st {};
+  ASSERT_EQ(::stat(target.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0555u);
+  EXPECT_EQ(read_file(target + "/" + kStateFileName, 10), "new");
+  EXPECT_EQ(entries(parent), std::vector<std::string>{"ckpt"});
+  ::chmod(target.c_str(), 0755);
+}
+
 // A replaced checkpoint keeps the permissions its directory had (a private one stays
 // private whatever the umask); its files follow the umask as any file does (0666 less it).
 TEST(StagingDirectoryTest, AReplacedCheckpointKeepsItsDirectorysPermissions) {
@@ -181,6 +203,10 @@ TEST(StagingDirectoryTest, FindsThePreviousCheckpointOfAnInterruptedCommit) {
   EXPECT_EQ(find_previous_checkpoint(parent + "/ckpt"), "");  // no MANIFEST: not a checkpoint
   write_checkpoint(parent + "/.ckpt.mto-previous-Q1W2E3", "m");
   EXPECT_EQ(find_previous_checkpoint(parent + "/ckpt"), parent + "/.ckpt.mto-previous-Q1W2E3");
+  // A new save would bury it: refused, naming it.
+  EXPECT_EQ(test::error_of([&] { StagingDirectory staging(parent + "/ckpt"); }),
+            "refusing to save " + parent + "/ckpt: an interrupted save left its previous checkpoint in " + parent +
+                "/.ckpt.mto-previous-Q1W2E3; move it back to " + parent + "/ckpt first");
   fs::create_directories(parent + "/ckpt");
   EXPECT_EQ(find_previous_checkpoint(parent + "/ckpt"), "");  // the target exists
 }

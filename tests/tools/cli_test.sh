@@ -204,11 +204,15 @@ out_is_checked_first() {
     { echo "replaced a checkpoint holding a file of the user"; return 1; }
   expect_error_line "$out" "refusing to replace $work/annotated: it holds what its checkpoint does not record, which would be lost: README.md (move it out first)" ||
     return 1
-  # Refused before the search runs, not at its save.
-  out=$("$mto" optimize "$work/float" --mode fastnas:params=0.5 --search-checkpoint "$work/search" --out "$work/search" \
+  # Refused before the search runs, not at its save: the same directory, or one inside it.
+  out=$("$mto" optimize "$work/float" --mode fastnas:params=0.5 --search-checkpoint "$work/search" --out "$work/search/" \
         2>&1) && { echo "searched into the --out directory"; return 1; }
-  expect_error_line "$out" "--search-checkpoint and --out name the same directory" || return 1
+  expect_error_line "$out" "--search-checkpoint $work/search is --out $work/search/ or lies inside it" || return 1
   ! grep -q "searched" <<<"$out" || { echo "$out"; return 1; }
+  out=$("$mto" optimize "$work/float" --mode fastnas:params=0.5 --search-checkpoint "$work/res/search" \
+        --out "$work/res" 2>&1) && { echo "searched inside the --out directory"; return 1; }
+  expect_error_line "$out" "lies inside it" || return 1
+  [ ! -e "$work/res" ] || { echo "made $work/res"; return 1; }
 }
 
 missing_directory() {

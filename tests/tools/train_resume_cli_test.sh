@@ -81,10 +81,13 @@ training_checkpoint_evaluates_and_refuses_other_options() {
   out=$("$mto" train --model gpt --model-args "$gpt_args" --train-samples 1024 --batch-size 8 --epochs 2 \
         --save-every 8 --out "$dir" --resume 2>&1) && { echo "resumed on another world size"; return 1; }
   expect_error_line "$out" "was saved by a job with ranks = 2, but this job has ranks = 1" || return 1
-  # Rerun into its own directory without --resume, the unfinished job would lose its state.
-  out=$("$mto" train --init "$dir" --train-samples 64 --out "$dir" 2>&1) && { echo "started over in place"; return 1; }
-  expect_error_line "$out" "--init $dir is the unfinished training checkpoint of a job (it holds its training state): pass --resume" ||
+  # Rerun without --resume, the unfinished job would lose its state: by the same command, or
+  # from its own weights into its own directory.
+  out=$("$mto" train --model gpt --model-args "$gpt_args" --out "$dir" 2>&1) && { echo "started over"; return 1; }
+  expect_error_line "$out" "--out $dir holds the unfinished training of a job (its training state): pass --resume" ||
     return 1
+  out=$("$mto" train --init "$dir" --train-samples 64 --out "$dir" 2>&1) && { echo "started over in place"; return 1; }
+  expect_error_line "$out" "--out $dir holds the unfinished training of a job" || return 1
   # The GPT carries its seed in its model_args too: both are named, --seed among them.
   out=$(ranks 2 "$mto" train --model gpt --model-args "$gpt_args" --train-samples 1024 --batch-size 8 --epochs 2 \
         --save-every 8 --seed 7 --out "$dir" --resume 2>&1) && { echo "resumed with another seed"; return 1; }

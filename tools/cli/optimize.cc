@@ -294,11 +294,13 @@ OptimizeData text_data(const OptimizeOptions& options, const Mesh& mesh, int64_t
   return out;
 }
 
-// Makes the directory of --search-checkpoint, where the search's files go, on every rank
-// (their file systems may differ); one that cannot be made fails every rank, naming the
-// option. Collective over `world`.
-void make_search_checkpoint_dir(Communicator& world, const std::string& dir) {
+// Makes the directory of --search-checkpoint, where the search's files go, on rank 0 or on
+// every rank (`every_rank`: each writes its own file there, and their file systems may
+// differ); one that cannot be made fails every rank, naming the option. Collective over
+// `world`.
+void make_search_checkpoint_dir(Communicator& world, const std::string& dir, bool every_rank) {
   run_on_every_rank(world, [&] {
+    if (!every_rank && world.rank() != 0) return;
     std::error_code error;
     std::filesystem::create_directories(dir, error);
     if (error) throw ConfigError(absl::StrFormat("--search-checkpoint %s: cannot create it: %s", dir, error.message()));
@@ -318,7 +320,7 @@ void run_search(const ModulePtr& model, const nas::Constraint& constraint, const
   search.calibrate_loop = data.calibrate_all;
   search.data_fingerprint = data.validation_fingerprint;
   if (!options.search_checkpoint.empty()) {
-    make_search_checkpoint_dir(*comm, options.search_checkpoint);
+    make_search_checkpoint_dir(*comm, options.search_checkpoint, /*every_rank=*/true);
     search.checkpoint = absl::StrFormat("%s/search-rank-%d.json", options.search_checkpoint, comm->rank());
   }
   const double full_score = search.score(*model);
@@ -354,7 +356,7 @@ ModulePtr run_auto_quantize(ModulePtr model, double effective_bits, const Optimi
   search.context = runtime;
   if (!options.search_checkpoint.empty()) {
     // Rank 0 keeps the checkpoint.
-    make_search_checkpoint_dir(*mesh.world(), options.search_checkpoint);
+    make_search_checkpoint_dir(*mesh.world(), options.search_checkpoint, /*every_rank=*/false);
     search.checkpoint = options.search_checkpoint + "/auto_quantize.search";
   }
   const auto start = std::chrono::steady_clock::now();
@@ -394,13 +396,16 @@ ModulePtr run_auto_quantize(ModulePtr model, double effective_bits, const Optimi
 
 void run_optimize(const OptimizeOptions& options) {
   const std::shared_ptr<Mesh> mesh = join_mesh(options.tp);
-  check_out(*mesh->world(), options.out);
-  if (!options.search_checkpoint.empty() && same_directory(options.search_checkpoint, options.out)) {
+  // Rank 0 decides, for the ranks' file systems may see the paths differently.
+  run_on_every_rank(*mesh->world(), [&] {
+    if (mesh->world()->rank() != 0 || options.search_checkpoint.empty()) return;
+    if (!is_within(options.search_checkpoint, options.out)) return;
     throw ConfigError(absl::StrFormat(
-        "--search-checkpoint and --out name the same directory %s: the save would replace the search's files; "
-        "give them two directories",
-        options.out));
-  }
+        "--search-checkpoint %s is --out %s or lies inside it: the save would replace the search's files; give "
+        "them two separate directories",
+        options.search_checkpoint, options.out));
+  });
+  check_out(*mesh->world(), options.out);
   const std::shared_ptr<Communicator>& comm = mesh->world();
   const bool rank0 = comm->rank() == 0;
   const std::vector<Step> steps = parse_modes(options);

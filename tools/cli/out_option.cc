@@ -15,15 +15,16 @@ void check_out(Communicator& world, const std::string& out) {
   });
 }
 
-bool same_directory(const std::string& a, const std::string& b) {
+bool is_within(const std::string& inner, const std::string& outer) {
   namespace fs = std::filesystem;
-  std::error_code ec;
-  if (fs::equivalent(a, b, ec)) return true;
-  auto normal = [](const std::string& path) {
-    fs::path p = fs::absolute(path).lexically_normal();
+  auto resolved = [](const std::string& path) {
+    std::error_code ec;
+    fs::path p = fs::weakly_canonical(fs::absolute(path), ec);
+    if (ec) p = fs::absolute(path).lexically_normal();
     return p.has_filename() ? p : p.parent_path();
   };
-  return normal(a) == normal(b);
+  const fs::path relative = resolved(inner).lexically_relative(resolved(outer));
+  return !relative.empty() && *relative.begin() != "..";
 }
 
 }  // namespace cli

@@ -13,8 +13,9 @@ namespace cli {
 // checks; every rank throws its error. Collective over `world`.
 void check_out(Communicator& world, const std::string& out);
 
-// Whether `a` and `b` name the same directory (lexically, or as the same existing file).
-bool same_directory(const std::string& a, const std::string& b);
+// Whether `inner` is the directory `outer` or lies inside it, once the symbolic links of the
+// parts of both paths that exist are resolved.
+bool is_within(const std::string& inner, const std::string& outer);
 
 }  // namespace cli
 }  // namespace mto

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <functional>
 #include <iostream>
 #include <memory>
@@ -164,16 +165,18 @@ nlohmann::json job_of(const TrainOptions& options, const nlohmann::json& model_a
 void run_train(const TrainOptions& options) {
   const std::shared_ptr<Mesh> mesh = join_mesh(options.tp);
   check_out(*mesh->world(), options.out);
-  // Starting over from the weights of an unfinished job, into its own directory, is what a
-  // rerun without --resume after a crash does: its optimizer state and progress would be
-  // lost without a word.
-  if (!options.resume && !options.init.empty() && same_directory(options.init, options.out)) {
+  // A rerun without --resume after a crash would start over and replace the unfinished
+  // job's optimizer state and progress without a word.
+  if (!options.resume) {
     run_on_every_rank(*mesh->world(), [&] {
-      if (mesh->world()->rank() != 0 || !holds_training_state(options.init)) return;
+      const std::filesystem::path manifest = std::filesystem::path(options.out) / "MANIFEST";
+      if (mesh->world()->rank() != 0 || !std::filesystem::exists(manifest) || !holds_training_state(options.out)) {
+        return;
+      }
       throw ConfigError(absl::StrFormat(
-          "--init %s is the unfinished training checkpoint of a job (it holds its training state): pass --resume "
-          "to continue that job, or --out another directory to start a new one from its weights",
-          options.init));
+          "--out %s holds the unfinished training of a job (its training state): pass --resume to continue it, "
+          "or --out another directory to start a new one",
+          options.out));
     });
   }
   const std::shared_ptr<Communicator>& dp = mesh->dp();
