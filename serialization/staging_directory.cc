@@ -197,9 +197,9 @@ StagingDirectory::StagingDirectory(std::string target) : target_(std::move(targe
   path_ = make_hidden_sibling(parent_, t.filename().string(), kStagingInfix);
   // mkdtemp makes the directory 0700, and the rename keeps that: a new checkpoint follows
   // the umask like any directory the user creates, so a shared cluster can read it; one
-  // that replaces a checkpoint keeps that directory's permissions and group.
-  // The ranks write into it first: it stays writable by its owner until commit() gives it
-  // its mode (a checkpoint made read-only is replaced by one as read-only).
+  // that replaces a checkpoint keeps that directory's permissions and group. The ranks
+  // write into it first, so it stays writable by its owner until commit() gives it its
+  // mode (a checkpoint made read-only is replaced by one as read-only).
   struct stat previous;
   const bool replaces = ::stat(t.c_str(), &previous) == 0;
   mode_ = replaces ? previous.st_mode & 07777 : 0777 & ~current_umask();

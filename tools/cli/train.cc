@@ -6,7 +6,6 @@
 
 #include <chrono>
 #include <cmath>
-#include <filesystem>
 #include <functional>
 #include <iostream>
 #include <memory>
@@ -169,10 +168,7 @@ void run_train(const TrainOptions& options) {
   // job's optimizer state and progress without a word.
   if (!options.resume) {
     run_on_every_rank(*mesh->world(), [&] {
-      const std::filesystem::path manifest = std::filesystem::path(options.out) / "MANIFEST";
-      if (mesh->world()->rank() != 0 || !std::filesystem::exists(manifest) || !holds_training_state(options.out)) {
-        return;
-      }
+      if (mesh->world()->rank() != 0 || !holds_training_state(options.out)) return;
       throw ConfigError(absl::StrFormat(
           "--out %s holds the unfinished training of a job (its training state): pass --resume to continue it, "
           "or --out another directory to start a new one",

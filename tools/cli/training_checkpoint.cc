@@ -18,6 +18,7 @@
 #include "opt/errors.h"
 #include "opt/state_dict.h"
 #include "serialization/checkpoint_error.h"
+#include "serialization/checkpoint_layout.h"
 #include "serialization/checkpoint_reader.h"
 
 namespace mto {
@@ -105,6 +106,7 @@ SaveHandle save_training_checkpoint(torch::nn::Module& model, torch::optim::Adam
 }
 
 bool holds_training_state(const std::string& dir) {
+  if (!std::filesystem::exists(std::filesystem::path(dir) / kManifestFileName)) return false;
   const Manifest manifest = read_checkpoint_manifest(dir);
   for (const auto& record : manifest.extra_files()) {
     if (record.file() == kStateFile) return true;

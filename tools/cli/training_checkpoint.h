@@ -46,9 +46,9 @@ struct ResumedTraining {
   std::vector<std::pair<std::string, torch::optim::AdamParamState>> optimizer;
 };
 
-// Whether the checkpoint at `dir` is an unfinished training checkpoint: one that holds the
-// training state --resume continues from. Reads its MANIFEST; throws CheckpointError as
-// reading it does.
+// Whether `dir` holds an unfinished training checkpoint: one with the training state --resume
+// continues from (false when it holds no checkpoint at all). Reads its MANIFEST; throws
+// CheckpointError as reading it does.
 bool holds_training_state(const std::string& dir);
 
 // Reads the training checkpoint at `dir` on every rank of `world` (collective), or returns
