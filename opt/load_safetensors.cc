@@ -35,17 +35,19 @@ std::string renamed(std::string name, const LoadSafetensorsOptions& options, std
   return name;
 }
 
-// Throws CheckpointError if casting `part`, read from `location` for the model tensor `name`,
-// to `wanted` would turn a finite value into an infinity (F64 beyond float32's range, BF16
-// beyond float16's). A cast into a wider type cannot, and is not checked.
-void check_cast_range(const at::Tensor& part, c10::ScalarType wanted, const std::string& name,
-                      const SafetensorsLocation& location, bool slice) {
+// `part`, read from `location` for the model tensor `name`, in the dtype `wanted`. Throws
+// CheckpointError if the cast would turn a finite value into an infinity (F64 beyond
+// float32's range, BF16 beyond float16's); a cast into a wider type cannot, and is not
+// checked.
+at::Tensor cast_checked(const at::Tensor& part, c10::ScalarType wanted, const std::string& name,
+                        const SafetensorsLocation& location, bool slice) {
   const c10::ScalarType source = part.scalar_type();
   if (!at::isFloatingType(source) || source == wanted || c10::elementSize(wanted) > c10::elementSize(source)) {
-    return;
+    return part;
   }
-  const at::Tensor overflow = at::isfinite(part).logical_and_(at::isfinite(part.to(wanted)).logical_not_());
-  if (!overflow.any().item<bool>()) return;
+  const at::Tensor cast = part.to(wanted);
+  const at::Tensor overflow = at::isfinite(part).logical_and_(at::isfinite(cast).logical_not_());
+  if (!overflow.any().item<bool>()) return cast;
   const int64_t index = overflow.flatten().nonzero()[0].item<int64_t>();
   throw CheckpointError(absl::StrCat(
       "cannot load ", location.entry.name, " of ", location.file, " into ", name, ": its ",
@@ -178,9 +180,8 @@ LoadSafetensorsReport load_safetensors(torch::nn::Module& model, const std::stri
     const Read& read = plan[i];
     const File& file = *files.at(read.location->file);
     const at::Tensor part = read_part(file, *read.location, *read.target, read.source, &bytes_read[i]);
-    check_cast_range(part, read.target->tensor.scalar_type(), read.target->name, *read.location,
-                     read.target->slice.has_value());
-    read.target->tensor.detach().copy_(part);
+    read.target->tensor.detach().copy_(cast_checked(part, read.target->tensor.scalar_type(), read.target->name,
+                                                    *read.location, read.target->slice.has_value()));
   });
   for (uint64_t b : bytes_read) report.bytes_read += b;
   report.loaded = static_cast<int64_t>(plan.size());
