@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <set>
 #include <system_error>
@@ -16,9 +17,11 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "serialization/checkpoint_error.h"
 #include "serialization/checkpoint_layout.h"
+#include "serialization/checksum.h"
 #include "serialization/file.h"
 #include "serialization/manifest_file.h"
 
@@ -29,10 +32,22 @@ namespace {
 constexpr char kStagingInfix[] = ".mto-staging-";
 constexpr char kPreviousInfix[] = ".mto-previous-";
 
-// Creates "<parent>/.<name><infix>XXXXXX" and returns its path.
+// The start of the hidden siblings' names of the checkpoint `name`: ".<name><infix>". A name
+// too long to leave room for the infix and mkdtemp's six characters within NAME_MAX (255
+// bytes) is cut to 200 bytes and told apart by the XXH3 of the whole name:
+// ".<first 200 bytes>~<16 hex digits><infix>".
+std::string sibling_prefix(const std::string& name, const char* infix) {
+  constexpr size_t kNameMax = 255;
+  constexpr size_t kKept = 200;
+  if (1 + name.size() + std::strlen(infix) + 6 <= kNameMax) return absl::StrCat(".", name, infix);
+  return absl::StrCat(".", name.substr(0, kKept), "~", absl::StrFormat("%016x", xxh3_64(name.data(), name.size())),
+                      infix);
+}
+
+// Creates "<parent>/<sibling_prefix(name, infix)>XXXXXX" and returns its path.
 std::string make_hidden_sibling(const std::string& parent, const std::string& name,
                                 const char* infix) {
-  std::string templ = absl::StrCat(parent, "/.", name, infix, "XXXXXX");
+  std::string templ = absl::StrCat(parent, "/", sibling_prefix(name, infix), "XXXXXX");
   if (::mkdtemp(templ.data()) == nullptr) {
     throw CheckpointError(io_error_message("cannot create a directory next to", parent + "/" + name, errno));
   }
@@ -78,7 +93,7 @@ void remove_tree_quietly(const std::string& path) {
 // behind. One that cannot be locked (in use, or a file system without flock) stays.
 void remove_abandoned_staging(const std::string& parent, const std::string& name,
                               const std::string& own) {
-  const std::string prefix = absl::StrCat(".", name, kStagingInfix);
+  const std::string prefix = sibling_prefix(name, kStagingInfix);
   std::vector<std::string> abandoned;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(parent, ec)) {
@@ -91,6 +106,20 @@ void remove_abandoned_staging(const std::string& parent, const std::string& name
     if (::flock(fd, LOCK_EX | LOCK_NB) == 0) remove_tree_quietly(path);
     ::close(fd);
   }
+}
+
+// Whether the directory `path` is the root of a mount. The kernel says so where it reports
+// STATX_ATTR_MOUNT_ROOT (Linux 5.8 on; bind mounts of the same file system included, btrfs
+// subvolumes not); elsewhere, whether its device differs from its parent's.
+bool is_mount_point(const fs::path& path) {
+  struct statx info;
+  if (::statx(AT_FDCWD, path.c_str(), AT_SYMLINK_NOFOLLOW, 0, &info) == 0 &&
+      (info.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) != 0) {
+    return (info.stx_attributes & STATX_ATTR_MOUNT_ROOT) != 0;
+  }
+  struct stat own, parent;
+  return ::stat(path.c_str(), &own) == 0 && ::stat(path.parent_path().c_str(), &parent) == 0 &&
+         own.st_dev != parent.st_dev;
 }
 
 // The absolute path of the checkpoint directory `target` (trailing slashes dropped). Throws
@@ -146,14 +175,23 @@ void check_replaceable(const std::string& target) {
   if (!fs::is_directory(status)) {
     throw CheckpointError(absl::StrCat("refusing to replace ", target, ": it exists and is not a directory"));
   }
-  struct stat own, parent;
-  if (::stat(t.c_str(), &own) == 0 && ::stat(t.parent_path().c_str(), &parent) == 0 && own.st_dev != parent.st_dev) {
+  if (is_mount_point(t)) {
     throw CheckpointError(absl::StrCat("refusing to replace ", target, ": it is a mount point, which a save cannot ",
                                        "swap for a new directory; save into a directory inside it"));
   }
   if (::access(t.parent_path().c_str(), W_OK | X_OK) != 0) {
     throw CheckpointError(io_error_message(absl::StrCat("cannot replace ", target, ": cannot write in"),
                                            t.parent_path().string(), errno));
+  }
+  // In a sticky directory (/tmp, a shared scratch) only the owner of an entry or of the
+  // directory may rename it, which the commit does. Root may (CAP_FOWNER).
+  struct stat own, parent;
+  const uid_t user = ::geteuid();
+  if (user != 0 && ::stat(t.c_str(), &own) == 0 && ::stat(t.parent_path().c_str(), &parent) == 0 &&
+      (parent.st_mode & S_ISVTX) && own.st_uid != user && parent.st_uid != user) {
+    throw CheckpointError(absl::StrCat("refusing to replace ", target, ": it belongs to another user (uid ",
+                                       own.st_uid, ") and ", t.parent_path().string(),
+                                       " is a sticky directory, where only its owner may replace it"));
   }
   const bool empty = fs::is_empty(t, ec);
   if (ec) throw CheckpointError(absl::StrCat("cannot replace ", target, ": cannot list it: ", ec.message()));
@@ -257,7 +295,7 @@ std::string find_previous_checkpoint(const std::string& target) {
   std::error_code ec;
   fs::path t = fs::absolute(target);
   if (fs::exists(t, ec)) return "";
-  const std::string prefix = absl::StrCat(".", t.filename().string(), kPreviousInfix);
+  const std::string prefix = sibling_prefix(t.filename().string(), kPreviousInfix);
   for (const auto& entry : fs::directory_iterator(t.parent_path(), ec)) {
     if (absl::StartsWith(entry.path().filename().string(), prefix) &&
         fs::exists(entry.path() / kManifestFileName, ec)) {

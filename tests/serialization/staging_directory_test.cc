@@ -1,10 +1,16 @@
 // Atomic commit of a checkpoint directory.
 #include <gtest/gtest.h>
 
+#include <sched.h>
+#include <stdlib.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -41,6 +47,29 @@ std::vector<std::string> entries(const std::string& dir) {
   for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename());
   std::sort(out.begin(), out.end());
   return out;
+}
+
+// The error text of `step` run in a child process after `enter` (which gives the child a
+// mount namespace or another user); "cannot enter" when `enter` fails, as it does where the
+// test lacks the privilege.
+std::string error_in_child(const std::function<bool()>& enter, const std::function<void()>& step) {
+  int pipe_fds[2];
+  if (::pipe(pipe_fds) != 0) return "no pipe";
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ::close(pipe_fds[0]);
+    const std::string text = enter() ? test::error_of(step) : "cannot enter";
+    const ssize_t written = ::write(pipe_fds[1], text.data(), text.size());
+    ::_exit(written == static_cast<ssize_t>(text.size()) ? 0 : 1);
+  }
+  ::close(pipe_fds[1]);
+  std::string text;
+  char buffer[512];
+  for (ssize_t n; (n = ::read(pipe_fds[0], buffer, sizeof(buffer))) > 0;) text.append(buffer, n);
+  ::close(pipe_fds[0]);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  return text;
 }
 
 TEST(StagingDirectoryTest, CommitCreatesTheTarget) {
@@ -194,6 +223,66 @@ TEST(StagingDirectoryTest, RefusesToReplaceWhatWouldBeLost) {
                 "); name the directory itself");
   fs::create_directory_symlink(parent + "/nowhere", parent + "/dangling");
   EXPECT_THROW(check_replaceable(parent + "/dangling"), CheckpointError);
+}
+
+// A checkpoint named up to NAME_MAX (255 bytes) saves and is replaced: the hidden siblings
+// of a long name are a cut of it with its hash, short enough for the file system.
+TEST(StagingDirectoryTest, ALongNameIsSavedAndReplaced) {
+  const std::string parent = test::make_temp_dir();
+  const std::string name(250, 'n');
+  for (const std::string tag : {"first", "second"}) {
+    StagingDirectory staging(parent + "/" + name);
+    EXPECT_LE(fs::path(staging.path()).filename().string().size(), 255u);
+    write_checkpoint(staging.path(), tag);
+    staging.commit();
+  }
+  EXPECT_EQ(read_file(parent + "/" + name + "/" + kStateFileName, 10), "second");
+  EXPECT_EQ(entries(parent), std::vector<std::string>{name});
+  // A staging directory that a killed save left behind is still found and removed.
+  std::string abandoned;
+  {
+    StagingDirectory staging(parent + "/" + name);
+    abandoned = staging.path().substr(0, staging.path().size() - 6) + "ZZZZZZ";
+  }
+  fs::create_directories(abandoned);
+  { StagingDirectory staging(parent + "/" + name); }
+  EXPECT_EQ(entries(parent), std::vector<std::string>{name});
+}
+
+// A bind mount of a directory onto itself is a mount point on the same device: the kernel's
+// mount-root attribute tells it, where comparing devices cannot.
+TEST(StagingDirectoryTest, RefusesABindMount) {
+  const std::string parent = test::make_temp_dir();
+  const std::string ckpt = parent + "/ckpt";
+  write_checkpoint(ckpt, "old");
+  const std::string error = error_in_child(
+      [&] {
+        return ::unshare(CLONE_NEWNS) == 0 && ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0 &&
+               ::mount(ckpt.c_str(), ckpt.c_str(), nullptr, MS_BIND, nullptr) == 0;
+      },
+      [&] { check_replaceable(ckpt); });
+  if (error == "cannot enter") GTEST_SKIP() << "no privilege to create a mount namespace here";
+  EXPECT_EQ(error, "refusing to replace " + ckpt + ": it is a mount point, which a save cannot swap for a new "
+                   "directory; save into a directory inside it");
+  EXPECT_NO_THROW(check_replaceable(ckpt));  // not a mount point out here
+}
+
+// In a sticky directory another user's checkpoint cannot be renamed, so it is refused before
+// any work rather than at the commit.
+TEST(StagingDirectoryTest, RefusesAnotherUsersCheckpointInAStickyDirectory) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root, to own a checkpoint another user then meets";
+  char templ[] = "/tmp/mto-sticky-XXXXXX";  // reachable by any user, unlike the test's own tree
+  ASSERT_NE(::mkdtemp(templ), nullptr);
+  const std::string parent = templ;
+  ASSERT_EQ(::chmod(parent.c_str(), 01777), 0);
+  const std::string ckpt = parent + "/ckpt";
+  write_checkpoint(ckpt, "old");
+  const std::string error = error_in_child([] { return ::setgid(65534) == 0 && ::setuid(65534) == 0; },
+                                           [&] { check_replaceable(ckpt); });
+  EXPECT_EQ(error, "refusing to replace " + ckpt + ": it belongs to another user (uid 0) and " + parent +
+                       " is a sticky directory, where only its owner may replace it");
+  EXPECT_NO_THROW(check_replaceable(ckpt));  // its owner may
+  fs::remove_all(parent);
 }
 
 TEST(StagingDirectoryTest, FindsThePreviousCheckpointOfAnInterruptedCommit) {
