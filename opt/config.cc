@@ -1,12 +1,15 @@
 #include "opt/config.h"
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/unknown_field_set.h>
 #include <google/protobuf/util/json_util.h>
+#include <google/protobuf/util/type_resolver.h>
+#include <google/protobuf/util/type_resolver_util.h>
 
 #include <nlohmann/json.hpp>
 
@@ -133,8 +136,21 @@ std::string message_to_json(const Message& message, bool pretty) {
   google::protobuf::util::JsonPrintOptions options;
   options.always_print_primitive_fields = true;
   options.preserve_proto_field_names = true;
+  // Printed from the deterministic serialization, as protobuf's MessageToJsonString prints
+  // from the plain one: the printer follows the bytes, and only the deterministic ones hold
+  // map entries in key order (otherwise the order changes from one process to the next).
+  constexpr char kUrlPrefix[] = "type.googleapis.com";
+  const google::protobuf::DescriptorPool* pool = message.GetDescriptor()->file()->pool();
+  static google::protobuf::util::TypeResolver* const generated =
+      google::protobuf::util::NewTypeResolverForDescriptorPool(kUrlPrefix, google::protobuf::DescriptorPool::generated_pool());
+  std::unique_ptr<google::protobuf::util::TypeResolver> other;
+  if (pool != google::protobuf::DescriptorPool::generated_pool()) {
+    other.reset(google::protobuf::util::NewTypeResolverForDescriptorPool(kUrlPrefix, pool));
+  }
   std::string out;
-  auto status = google::protobuf::util::MessageToJsonString(message, &out, options);
+  auto status = google::protobuf::util::BinaryToJsonString(
+      other ? other.get() : generated, absl::StrCat(kUrlPrefix, "/", message.GetDescriptor()->full_name()),
+      serialize_deterministic(message), &out, options);
   if (!status.ok()) {
     throw ConfigError(absl::StrCat("cannot print a ", message.GetDescriptor()->full_name(),
                                    " as JSON: ", clean_status(status)));

@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "opt/config.h"
 #include "opt/errors.h"
 
 namespace mto {
@@ -146,10 +147,6 @@ QuantizerAttributes rule_defaults() {
 
 bool is_layer_class(const std::string& key) { return key.rfind("nn.", 0) == 0; }
 
-// The JSON text of a google.protobuf.Struct with its keys in sorted order: the printer
-// follows the Struct's map, whose order changes from one process to the next.
-ordered_json sorted_json(const std::string& text) { return ordered_json::parse(nlohmann::json::parse(text).dump()); }
-
 }  // namespace
 
 void apply_rule_attributes(const Struct& rule, const std::string& where,
@@ -236,9 +233,7 @@ void parse_quantize_config(std::string_view json, QuantizeConfig* config) {
 nlohmann::ordered_json algorithm_json(const QuantizeConfig& config) {
   ordered_json out = {{"method", config.algorithm()}};
   if (config.has_algorithm_options()) {
-    std::string text;
-    (void)google::protobuf::util::MessageToJsonString(config.algorithm_options(), &text);
-    const ordered_json options = sorted_json(text);
+    const ordered_json options = ordered_json::parse(message_to_json(config.algorithm_options()));
     for (const auto& [key, value] : options.items()) out[key] = value;
   }
   return out;
@@ -247,9 +242,7 @@ nlohmann::ordered_json algorithm_json(const QuantizeConfig& config) {
 nlohmann::ordered_json quantize_config_to_json(const QuantizeConfig& config) {
   ordered_json rules = ordered_json::object();
   for (const QuantizeRule& rule : config.quant_cfg()) {
-    std::string text;
-    (void)google::protobuf::util::MessageToJsonString(rule.attributes(), &text);
-    ordered_json attributes = sorted_json(text);
+    ordered_json attributes = ordered_json::parse(message_to_json(rule.attributes()));
     if (rule.layer_class().empty()) {
       rules[rule.pattern()] = std::move(attributes);
     } else {

@@ -75,9 +75,7 @@ ModeView view_mode(const ModeEntry& entry) {
   const MessagePtr metadata =
       unpack_message(entry.metadata(), *descriptor->metadata_class(), "metadata of " + view.mode);
   view.config = ordered_json::parse(descriptor->config_to_json(*config));
-  // Sorted: the JSON printer follows the metadata's maps, whose order changes from one
-  // process to the next.
-  view.metadata = ordered_json::parse(nlohmann::json::parse(message_to_json(*metadata)).dump());
+  view.metadata = ordered_json::parse(message_to_json(*metadata));
   if (const auto* quantizers = dynamic_cast<const quantization::QuantizeMetadata*>(metadata.get())) {
     view.summary = summarize_quantizers(*quantizers);
   } else {
