@@ -2,6 +2,8 @@
 // field named, per-mode value validation, and validation again on restore.
 #include <cstdint>
 #include <limits>
+#include <string>
+#include <vector>
 
 #include <google/protobuf/wrappers.pb.h>
 #include <gtest/gtest.h>
@@ -155,6 +157,26 @@ TEST(ConfigTest, SixtyFourBitIntegersPrintAsNumbers) {
   test::JsonNumbersInner inner;
   inner.set_width(7);
   EXPECT_EQ(message_to_json(inner, /*pretty=*/true), "{\n  \"width\": 7,\n  \"sizes\": []\n}");
+}
+
+// Map entries print in key order (integer keys by value), nested ones and a Struct's too:
+// protobuf's own printer follows the map's order, which changes from one process to the next.
+TEST(ConfigTest, MapEntriesPrintInKeyOrder) {
+  test::JsonNumbersTestMessage m;
+  for (const char* key : {"fc9", "fc10", "attn", "zeta", "fc1", "b"}) (*m.mutable_widths())[key] = 1;
+  for (int64_t key : {100, -3, 7, 20}) (*m.mutable_names())[key] = "n";
+  for (const char* key : {"z", "a", "m"}) (*m.mutable_extra()->mutable_fields())[key].set_number_value(1);
+  const nlohmann::ordered_json json = nlohmann::ordered_json::parse(message_to_json(m));
+  auto keys = [](const nlohmann::ordered_json& object) {
+    std::vector<std::string> out;
+    for (const auto& item : object.items()) out.push_back(item.key());
+    return out;
+  };
+  EXPECT_EQ(keys(json["widths"]), (std::vector<std::string>{"attn", "b", "fc1", "fc10", "fc9", "zeta"}));
+  EXPECT_EQ(keys(json["names"]), (std::vector<std::string>{"-3", "7", "20", "100"}));
+  EXPECT_EQ(keys(json["extra"]), (std::vector<std::string>{"a", "m", "z"}));
+  // Fields keep their .proto order.
+  EXPECT_EQ(keys(json).front(), "count");
 }
 
 TEST(ConfigTest, SixtyFourBitIntegersBeyondTwoToThe53StayStrings) {
