@@ -23,9 +23,11 @@ at::Tensor int_scale(const at::Tensor& amax, int bits, bool is_unsigned) {
 
 at::Tensor quantize_int(const at::Tensor& x, const at::Tensor& scale, int bits, bool is_unsigned) {
   const double bound = int_bound(bits, is_unsigned);
+  // The full two's-complement range, as Model Optimizer's default narrow_range=False: codes
+  // reach -(bound + 1) (-128 for int8, -8 for int4), which only values below -amax take.
   // round gives -0 for values in (-0.5, 0); adding +0 makes it +0, as an integer code has no
   // sign of zero, so that fake quantization equals the deployed codes * scale bit for bit.
-  return at::round(x.to(at::kFloat) / scale).clamp_(is_unsigned ? 0.0 : -bound, bound).add_(0.0);
+  return at::round(x.to(at::kFloat) / scale).clamp_(is_unsigned ? 0.0 : -bound - 1, bound).add_(0.0);
 }
 
 at::Tensor fake_quant_int(const at::Tensor& x, const at::Tensor& amax, int bits,

@@ -87,13 +87,13 @@ TensorQuantizerImpl* quantizer(torch::nn::Module& model, const std::string& name
 
 // --- Model Optimizer's formulas, written out independently -------------------------------
 
-// Int4 fake quantization with one amax per block of 8 input features (signed, [-7, 7]), as
+// Int4 fake quantization with one amax per block of 8 input features (signed, [-8, 7]), as
 // a deployed checkpoint dequantizes: codes round(w / scale) times scale = amax / 7.
 at::Tensor int4_blocks(const at::Tensor& w) {
   const at::Tensor blocks = w.reshape({w.size(0), w.size(1) / kBlock, kBlock});
   const at::Tensor amax = blocks.abs().amax(-1, /*keepdim=*/true);
   const at::Tensor scale = amax.clamp_min(1e-12) / 7.0;
-  return at::round(blocks / scale).clamp_(-7, 7).mul_(scale).reshape(w.sizes());
+  return at::round(blocks / scale).clamp_(-8, 7).mul_(scale).reshape(w.sizes());
 }
 
 // Mean over output rows of |W| / (max |W| of its block + tiny).
@@ -378,7 +378,7 @@ TEST(AwqLiteErrors, ActivationsBeyondTheExactStatistics) {
 // Int4 of one block of weights `w` [block] with amax `amax`, as int4_blocks quantizes.
 at::Tensor int4_clipped(const at::Tensor& w, const at::Tensor& amax) {
   const at::Tensor scale = amax.clamp_min(1e-12) / 7.0;
-  return at::round(w / scale).clamp_(-7, 7).mul_(scale);
+  return at::round(w / scale).clamp_(-8, 7).mul_(scale);  // int4: codes in [-8, 7]
 }
 
 std::vector<double> clip_grid() {

@@ -406,7 +406,7 @@ TEST(ExportByHand, Int8PerChannel) {
     const float s = std::max(amax, static_cast<float>(kMinAmax)) / 127.0f;
     EXPECT_EQ(scale[r].item<float>(), s) << r;
     for (int c = 0; c < 128; ++c) {
-      const int expected = static_cast<int>(std::min(127.0f, std::max(-127.0f, round_even(wa[r][c] / s))));
+      const int expected = static_cast<int>(std::min(127.0f, std::max(-128.0f, round_even(wa[r][c] / s))));
       ASSERT_EQ(ca[r][c], expected) << "[" << r << ", " << c << "]";
     }
   }

@@ -25,18 +25,20 @@ void expect_values(const at::Tensor& actual, std::vector<float> expected) {
   }
 }
 
-TEST(FakeQuantInt, RoundsHalfToEvenAndClampsSymmetrically) {
-  // 4 bits: bound 7; amax 7 makes the scale 1, so the quantized values are the rounded ones.
-  const at::Tensor x = values({0.5, 1.5, 2.5, -0.5, -2.5, 3.2, 6.6, 7.4, 9, -9});
+TEST(FakeQuantInt, RoundsHalfToEvenAndClampsToTheTwosComplementRange) {
+  // 4 bits: bound 7; amax 7 makes the scale 1, so the quantized values are the rounded ones,
+  // in [-8, 7] (Model Optimizer's narrow_range=False): only values below -amax reach -8.
+  const at::Tensor x = values({0.5, 1.5, 2.5, -0.5, -2.5, 3.2, 6.6, 7.4, 9, -9, -7.4, -7.6});
   expect_values(fake_quant_int(x, at::scalar_tensor(7.0f), 4, false),
-                {0, 2, 2, -0.0f, -2, 3, 7, 7, 7, -7});
+                {0, 2, 2, -0.0f, -2, 3, 7, 7, 7, -8, -7, -8});
 }
 
 TEST(FakeQuantInt, ScalesByBoundOverAmax) {
-  // 8 bits: bound 127; amax 127 / 64 makes the scale 64, so steps are 1/64.
-  const at::Tensor x = values({1.0f / 128, 3.0f / 128, 0.3f, -5});
+  // 8 bits: bound 127; amax 127 / 64 makes the scale 64, so steps are 1/64; codes in
+  // [-128, 127].
+  const at::Tensor x = values({1.0f / 128, 3.0f / 128, 0.3f, -5, 5});
   expect_values(fake_quant_int(x, at::scalar_tensor(127.0f / 64), 8, false),
-                {0, 2.0f / 64, 19.0f / 64, -127.0f / 64});
+                {0, 2.0f / 64, 19.0f / 64, -128.0f / 64, 127.0f / 64});
 }
 
 TEST(FakeQuantInt, UnsignedUsesZeroToTwiceTheBound) {
@@ -45,10 +47,10 @@ TEST(FakeQuantInt, UnsignedUsesZeroToTwiceTheBound) {
   expect_values(fake_quant_int(x, at::scalar_tensor(15.0f), 4, true), {0, 0, 2, 14, 15});
 }
 
-TEST(FakeQuantInt, TwoBitsHasThreeLevels) {
-  // 2 bits: bound 1, so the values are -amax, 0 and amax; amax 2 makes the scale 1/2.
-  const at::Tensor x = values({-1.8f, -0.8f, 0.98f, 1.02f, 3});
-  expect_values(fake_quant_int(x, at::scalar_tensor(2.0f), 2, false), {-2, -0.0f, 0, 2, 2});
+TEST(FakeQuantInt, TwoBitsHasFourLevels) {
+  // 2 bits: bound 1, so the values are -2 amax, -amax, 0 and amax; amax 2 makes the scale 1/2.
+  const at::Tensor x = values({-1.8f, -0.8f, 0.98f, 1.02f, 3, -3.2f, -9});
+  expect_values(fake_quant_int(x, at::scalar_tensor(2.0f), 2, false), {-2, -0.0f, 0, 2, 2, -4, -4});
 }
 
 TEST(FakeQuantInt, ZeroAmaxGivesZeros) {
