@@ -32,7 +32,11 @@ std::vector<ModeWithConfig> quantize_modes(const std::string& config) {
   std::vector<ModeWithConfig> modes{json.empty() ? ModeWithConfig("quantize") : ModeWithConfig("quantize", json)};
   const auto& quantize_config = message_as<QuantizeConfig>(*parsed, "config of mode 'quantize'");
   if (quantize_config.algorithm() == "max") {
-    modes.emplace_back("max_calibrate");
+    // max_calibrate's config is the options alone (it records no method): an option it does
+    // not know is refused there, as the other calibrations refuse theirs.
+    nlohmann::ordered_json options = algorithm_json(quantize_config);
+    options.erase("method");
+    modes.push_back(options.empty() ? ModeWithConfig("max_calibrate") : ModeWithConfig("max_calibrate", options.dump()));
   } else if (!quantize_config.algorithm().empty()) {
     modes.emplace_back(quantize_config.algorithm() + "_calibrate", algorithm_json(quantize_config).dump());
   }

@@ -19,6 +19,7 @@
 #include "opt/errors.h"
 #include "opt/registry.h"
 #include "opt/state_dict.h"
+#include "opt/state_manager.h"
 #include "serialization/deterministic.h"
 #include "tests/opt/testing/test_modes.h"
 #include "tests/testing/temp_dir.h"
@@ -204,6 +205,31 @@ TEST(QuantizeConfig, ConfigTextIsAPresetNameOrAJsonObject) {
   ASSERT_NE(modes[0].config.json(), nullptr);
   EXPECT_EQ(*modes[0].config.json(), quantize_preset("int8"));
   EXPECT_EQ(modes[1].mode, "max_calibrate");
+}
+
+// The options of {"method": "max", ...} reach max_calibrate's config, and one it does not
+// know is refused there, as the other algorithms' are.
+TEST(QuantizeConfig, MaxAlgorithmOptionsReachMaxCalibrate) {
+  const std::string rules = R"("quant_cfg": {"default": {"enable": false}, "*weight_quantizer": {"num_bits": 8, "axis": 0}})";
+  std::vector<ModeWithConfig> modes =
+      quantize_modes("{" + rules + R"(, "algorithm": {"method": "max", "distributed_sync": false}})");
+  ASSERT_EQ(modes.size(), 2u);
+  EXPECT_EQ(modes[1].mode, "max_calibrate");
+  ASSERT_NE(modes[1].config.json(), nullptr);
+  EXPECT_EQ(*modes[1].config.json(), R"({"distributed_sync":false})");
+  const ModulePtr model = apply_mode(mlp_like().build(), ModeList(modes));
+  const ModeloptStateDict entries = ModeloptStateManager(model).state_dict();
+  ASSERT_EQ(entries.size(), 2);
+  MaxCalibrateConfig recorded;
+  ASSERT_TRUE(entries[1].config().UnpackTo(&recorded));
+  EXPECT_FALSE(recorded.distributed_sync());
+  modes = quantize_modes("{" + rules + R"(, "algorithm": {"method": "max", "bogus": 1}})");
+  try {
+    apply_mode(mlp_like().build(), ModeList(modes));
+    FAIL() << "an unknown option of max was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_STREQ(e.what(), "config of mode 'max_calibrate': unknown field 'bogus' (known fields: distributed_sync)");
+  }
 }
 
 TEST(QuantizeMode, AttributesThatDoNotFitTheLayerFail) {
