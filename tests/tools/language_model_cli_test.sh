@@ -337,6 +337,21 @@ export_deployable() {
   expect_error_line "$out" "config.json"
 }
 
+# A calibration mode after a preset runs after the preset's own calibration (SmoothQuant
+# here); after a "max" preset it replaces the max_calibrate that the preset would add.
+calibration_after_a_preset() {
+  out=$("$mto" optimize "$work/gpt" --mode quantize:int8_smoothquant --mode max_calibrate --calib-samples 8 \
+        --out "$work/sq-max" 2>&1) || { echo "$out"; return 1; }
+  out=$("$mto" inspect "$work/sq-max") || { echo "$out"; return 1; }
+  for pattern in "1. quantize" "2. smoothquant_calibrate" "3. max_calibrate" "blocks.0.fc1.input_quantizer._pre_quant_scale"; do
+    grep -q "$pattern" <<<"$out" || { echo "missing '$pattern' in:"; echo "$out"; return 1; }
+  done
+  out=$("$mto" optimize "$work/gpt" --mode quantize:int8 --mode max_calibrate --calib-samples 8 \
+        --out "$work/int8-max" 2>&1) || { echo "$out"; return 1; }
+  out=$("$mto" inspect "$work/int8-max") || { echo "$out"; return 1; }
+  grep -q "^modes        2$" <<<"$out" || { echo "not 2 modes:"; echo "$out"; return 1; }
+}
+
 help_mentions_tp() {
   for command in train eval optimize generate import export; do
     out=$("$mto" $command --help) || { echo "$out"; return 1; }
@@ -362,6 +377,7 @@ case $group in
     check distill_from_the_float_gpt distill_from_the_float_gpt
     check missing_corpus_names_the_package missing_corpus_names_the_package
     check generate_needs_a_language_model generate_needs_a_language_model
+    check calibration_after_a_preset calibration_after_a_preset
     ;;
   auto_quantize)
     check auto_quantize_within_bits auto_quantize_within_bits

@@ -81,9 +81,9 @@ std::string read_text(const std::string& path) {
 }
 
 // The modes to apply, from "--mode NAME[:ARG]" and "--config FILE". For quantize, ARG is a
-// preset (or inline JSON) naming its config, and "max_calibrate" follows when the
-// algorithm is "max", as the Python mtq.quantize does, unless the next --mode is a
-// calibration already. For fastnas, ARG is the constraint of the search that follows
+// preset (or inline JSON) naming its config, and its algorithm's calibration follows, as
+// the Python mtq.quantize does ("max_calibrate" for "max", unless the next --mode is a
+// calibration already). For fastnas, ARG is the constraint of the search that follows
 // ("params=0.5"). The one mode given without a preset takes the config file.
 std::vector<Step> parse_modes(const OptimizeOptions& options) {
   std::vector<Step> out;
@@ -141,7 +141,10 @@ std::vector<Step> parse_modes(const OptimizeOptions& options) {
     const bool calibration_follows =
         i + 1 < options.modes.size() &&
         options.modes[i + 1].substr(0, options.modes[i + 1].find(':')).find("_calibrate") != std::string::npos;
-    if (calibration_follows && quantize.size() > 1) quantize.pop_back();
+    // The calibration given next replaces the max_calibrate that the "max" algorithm adds;
+    // another algorithm's calibration (SmoothQuant, AWQ) is what the config asks for, and
+    // the next one runs after it.
+    if (calibration_follows && quantize.size() > 1 && quantize.back().mode == "max_calibrate") quantize.pop_back();
     for (ModeWithConfig& mode : quantize) out.push_back({std::move(mode), std::nullopt});
   }
   return out;
