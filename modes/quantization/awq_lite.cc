@@ -64,12 +64,14 @@ std::vector<AwqLayer> awq_layers(torch::nn::Module& model) {
   return out;
 }
 
-// alpha = k * step for k = 0, 1, ... up to the first that reaches 1, which is set to 1 (for
-// step 0.1: 0, 0.1, ..., 1, as Model Optimizer's arange).
+// Model Optimizer's torch.arange(0, 1 + step, step): alpha = k * step for the
+// ceil((1 + step) / step) values of k from 0, computed in double as arange computes its size.
+// Step 0.1 gives 0, 0.1, ..., 1; a step that does not divide 1 ends past it (0.3 gives 0,
+// 0.3, 0.6, 0.9, 1.2).
 std::vector<double> alpha_grid(double step) {
-  const auto steps = static_cast<int64_t>(std::ceil(1.0 / step - 1e-9));
+  const auto count = static_cast<int64_t>(std::ceil((1.0 + step) / step));
   std::vector<double> out;
-  for (int64_t k = 0; k <= steps; ++k) out.push_back(std::min(static_cast<double>(k) * step, 1.0));
+  for (int64_t k = 0; k < count; ++k) out.push_back(static_cast<double>(k) * step);
   return out;
 }
 

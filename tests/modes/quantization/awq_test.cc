@@ -122,9 +122,10 @@ double output_error(const at::Tensor& w, const at::Tensor& s, const std::vector<
   return error;
 }
 
+// torch.arange(0, 1 + step, step), in double.
 std::vector<double> grid(double step) {
   std::vector<double> out;
-  for (int k = 0; k * step < 1 + 1e-9; ++k) out.push_back(std::min(k * step, 1.0));
+  for (int k = 0; k < std::ceil((1 + step) / step); ++k) out.push_back(k * step);
   return out;
 }
 
@@ -313,6 +314,35 @@ TEST(AwqLiteErrors, WeightQuantizerOnAnotherLayerClass) {
   EXPECT_EQ(error_of<ApplyModeError>([&] { calibrate_awq_lite(*model, &loop, nullptr, 0.1); }),
             "awq_lite: layer conv (nn.Conv2d) has an enabled weight quantizer; awq_lite calibrates nn.Linear "
             "layers only, disable it");
+}
+
+// A step that does not divide 1 searches as Model Optimizer's arange does, past 1: 0.4 gives
+// 0, 0.4, 0.8 and 1.2; data that favours the largest alpha (one input channel a thousand
+// times the others, found by a search over seeds) gets 1.2.
+TEST(AwqLite, AStepThatDoesNotDivideOneSearchesPastIt) {
+  auto model = one_linear(16, 4);
+  at::manual_seed(3);
+  const at::Tensor weight = at::randn({4, 16});
+  model->fc->weight.detach().copy_(weight);
+  at::manual_seed(107);
+  at::Tensor gain = at::ones({16});
+  gain[7] = 1330;
+  const std::vector<at::Tensor> batches = {at::randn({6, 16}) * gain, at::randn({6, 16}) * gain};
+  const ForwardLoop loop = run_fc(batches);
+  const AwqLiteResult result = calibrate_awq_lite(*model, &loop, nullptr, 0.4);
+  const std::vector<double> alphas = grid(0.4);
+  ASSERT_EQ(alphas.size(), 4u);
+  EXPECT_DOUBLE_EQ(alphas.back(), 1.2);
+  std::vector<double> errors;
+  size_t best = 0;
+  for (size_t a = 0; a < alphas.size(); ++a) {
+    errors.push_back(output_error(weight, scale(act_mean(batches), w_mean(weight), alphas[a]), batches));
+    if (errors[a] < errors[best]) best = a;
+  }
+  ASSERT_EQ(best, 3u) << "the data should favour the largest alpha: errors " << errors[0] << ", " << errors[1]
+                      << ", " << errors[2] << ", " << errors[3];
+  EXPECT_LT(errors[3], 0.9 * errors[2]) << "a near tie makes this test fragile";
+  EXPECT_DOUBLE_EQ(result.alphas[0].second, 1.2);
 }
 
 TEST(AwqLiteErrors, AlphaStepOutOfRange) {
