@@ -159,9 +159,19 @@ std::shared_ptr<TensorQuantizerImpl> TensorQuantizerImpl::exported(at::Tensor sc
   return copy;
 }
 
+void TensorQuantizerImpl::check_sign(const at::Tensor& x) const {
+  if (!attributes_.is_unsigned() || x.numel() == 0) return;
+  const double lowest = x.min().item<double>();
+  if (lowest < 0) {
+    throw std::invalid_argument(absl::StrCat(name_, ": negative values encountered in unsigned quantization (",
+                                             lowest, "); an unsigned quantizer takes non-negative inputs only"));
+  }
+}
+
 at::Tensor TensorQuantizerImpl::forward(const at::Tensor& input) {
   const at::Tensor x = pre_quant_scale_.defined() ? input * pre_quant_scale_ : input;
   if (!attributes_.enable()) return x;
+  check_sign(x);
   if (exported_) return exported_forward(x);
   if (calibrating_) {
     const at::Tensor amax = compute_amax(x);

@@ -86,6 +86,10 @@ class TensorQuantizerImpl : public nn::TransformImpl {
   at::Tensor quantize_values(const at::Tensor& x, const at::Tensor& amax) const;
   // forward of an exported quantizer, after the pre-quantization scale.
   at::Tensor exported_forward(const at::Tensor& x) const;
+  // Throws std::invalid_argument naming this quantizer if it is unsigned and `x` holds a
+  // negative value, as Model Optimizer does ("Negative values encountered in unsigned
+  // quantization"): clamping them to 0 would change the model without a word.
+  void check_sign(const at::Tensor& x) const;
   // `amax_` shaped to broadcast against a tensor of `dim` dimensions.
   at::Tensor broadcast_amax(int64_t dim) const;
   int64_t normalize_axis(int64_t axis, int64_t dim, const char* what) const;

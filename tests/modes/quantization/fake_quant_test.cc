@@ -6,10 +6,13 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "modes/quantization/fake_quant.h"
 #include "modes/quantization/tensor_quantizer.h"
+#include "tests/testing/errors.h"
 
 namespace mto {
 namespace quantization {
@@ -134,6 +137,24 @@ TEST(TensorQuantizer, PerChannelScalesAlongTheAxis) {
   expect_values(amax, {7, 0.875f});
   quantizer->set_amax(amax);
   expect_values(quantizer->forward(w), {7, 1, -2, 0.875f, 0.25f, -0.0f});
+}
+
+// An unsigned quantizer refuses negative inputs, calibrating or quantizing, naming itself, as
+// Model Optimizer does: clamping them to 0 would change the model without a word.
+TEST(TensorQuantizer, UnsignedRefusesNegativeInputs) {
+  QuantizerAttributes attributes = int_attributes(8);
+  attributes.set_is_unsigned(true);
+  TensorQuantizer quantizer("fc1.input_quantizer", attributes, /*keepdim_amax=*/false);
+  const at::Tensor x = at::tensor({0.5f, -0.25f, 2.0f});
+  const std::string expected =
+      "fc1.input_quantizer: negative values encountered in unsigned quantization (-0.25); an unsigned quantizer "
+      "takes non-negative inputs only";
+  quantizer->begin_calibration();
+  EXPECT_EQ(test::error_of<std::invalid_argument>([&] { quantizer->forward(x); }), expected);
+  quantizer->forward(x.abs());
+  quantizer->set_amax(quantizer->end_calibration());
+  EXPECT_EQ(test::error_of<std::invalid_argument>([&] { quantizer->forward(x); }), expected);
+  expect_values(quantizer->forward(at::tensor({0.0f, 2.0f})), {0, 2});
 }
 
 TEST(TensorQuantizer, SetAmaxTwiceReplacesTheBuffer) {
