@@ -3,10 +3,11 @@
 # train on 2 ranks, optimize (quantize, calibration sharded; 2:4 sparsity; pruning search
 # sharded and resumed) on 2, fine-tune, evaluate on 1 and 3, inspect and verify on one
 # process, and the errors a user meets, each one clear line.
-#   cli_test.sh MTO_BINARY
+#   cli_test.sh MTO_BINARY NEWER_STATE_BINARY
 # Writes one JUnit test case per check to $XML_OUTPUT_FILE.
 set -uo pipefail
 mto=$(realpath "$1")
+newer_state=$(realpath "$2")
 work="${TEST_TMPDIR:-$(mktemp -d)}/cli"
 mkdir -p "$work"
 source "$(dirname "$0")/cli_harness.sh" cli_test
@@ -120,6 +121,23 @@ inspect_text_and_json() {
   [ "$(grep -c '^verified ' <<<"$out")" = 1 ] &&
     [ "$(grep -cE '^verify  [0-9.]+ (kB|MB) in [0-9.]+ s \([0-9.]+ (kB|MB|GB)/s\)$' <<<"$out")" = 1 ] ||
     { echo "not one report from 2 ranks:"; echo "$out"; return 1; }
+}
+
+# A state written by a newer version (a config field, a mode this binary does not know):
+# restore refuses it, naming the field; inspect still shows the rest, saying why not that.
+newer_state_is_shown() {
+  cp -r "$work/int8" "$work/newer"
+  "$newer_state" "$work/newer" || return 1
+  out=$("$mto" inspect "$work/newer" --verify) || { echo "$out"; return 1; }
+  for pattern in "1. quantize" "(cannot read it: config of quantize: the state holds field 99 of " \
+                 "which this version does not know (was it written by a newer one?))" \
+                 "2. mode_of_a_newer_version" "(mode not known to this binary: " "verified     every checksum"; do
+    grep -qF "$pattern" <<<"$out" || { echo "missing '$pattern' in:"; echo "$out"; return 1; }
+  done
+  json=$("$mto" inspect "$work/newer" --json) || { echo "$json"; return 1; }
+  grep -q '"note": "(cannot read it: config of quantize' <<<"$json" || { echo "$json"; return 1; }
+  out=$("$mto" eval "$work/newer" --samples 10 2>&1) && { echo "eval restored a newer state"; return 1; }
+  expect_error_line "$out" "the state holds field 99 of"
 }
 
 corrupt_checkpoint_is_named() {
@@ -291,6 +309,7 @@ check optimize_int8 optimize_int8
 check optimize_with_config_file optimize_with_config_file
 check eval_any_world_size eval_any_world_size
 check inspect_text_and_json inspect_text_and_json
+check newer_state_is_shown newer_state_is_shown
 check corrupt_checkpoint_is_named corrupt_checkpoint_is_named
 check missing_directory missing_directory
 check out_is_checked_first out_is_checked_first

@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "modes/quantization/quantization.pb.h"
@@ -49,7 +50,7 @@ std::string summarize_quantizers(const quantization::QuantizeMetadata& metadata)
     ++enabled;
     calibrated += state.has_amax();
     std::string format = a.exponent_bits() > 0 ? absl::StrFormat("fp8 e%dm%d", a.exponent_bits(), a.mantissa_bits())
-                                               : absl::StrFormat("int%d", a.num_bits());
+                                               : absl::StrFormat("%sint%d", a.is_unsigned() ? "u" : "", a.num_bits());
     if (a.block_size() > 0) {
       format += absl::StrFormat(" blocks of %d", a.block_size());
     } else {
@@ -71,9 +72,16 @@ ModeView view_mode(const ModeEntry& entry) {
     return view;
   }
   const auto descriptor = ModeRegistry::get_from_any(entry.mode());
-  const MessagePtr config = unpack_message(entry.config(), *descriptor->config_class(), "config of " + view.mode);
-  const MessagePtr metadata =
-      unpack_message(entry.metadata(), *descriptor->metadata_class(), "metadata of " + view.mode);
+  MessagePtr config, metadata;
+  try {
+    config = unpack_message(entry.config(), *descriptor->config_class(), "config of " + view.mode);
+    metadata = unpack_message(entry.metadata(), *descriptor->metadata_class(), "metadata of " + view.mode);
+  } catch (const ConfigError& e) {
+    // A state this binary cannot restore (e.g. written by a newer version) is still shown:
+    // inspecting it is how a user finds out why.
+    view.summary = absl::StrCat("(cannot read it: ", e.what(), ")");
+    return view;
+  }
   view.config = ordered_json::parse(descriptor->config_to_json(*config));
   view.metadata = ordered_json::parse(message_to_json(*metadata));
   if (const auto* quantizers = dynamic_cast<const quantization::QuantizeMetadata*>(metadata.get())) {
@@ -168,6 +176,7 @@ ordered_json to_json(const InspectOptions& options, const CheckpointContents& co
   out["modes"] = ordered_json::array();
   for (const ModeView& mode : modes) {
     out["modes"].push_back({{"mode", mode.mode}, {"config", mode.config}, {"metadata", mode.metadata}});
+    if (mode.config.is_null()) out["modes"].back()["note"] = mode.summary;
   }
   out["tensors"] = ordered_json::array();
   uint64_t total = 0;
