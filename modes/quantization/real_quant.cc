@@ -141,8 +141,8 @@ at::Tensor encode_weight(const at::Tensor& weight, const at::Tensor& scale, cons
     return pack_int4_rows(quantize_int(blocked, s, 4, false).reshape(sizes));
   }
   throw std::invalid_argument(
-      "the weight format has no deployable form (deployable: signed int8 per tensor or per "
-      "channel, FP8 E4M3 per tensor or per channel, signed int4 in blocks along the input features)");
+      "the weight format has no encoding (encodable: signed int8 per tensor or per channel, FP8 E4M3 per "
+      "tensor or per channel, signed int4 in blocks along the input features)");
 }
 
 at::Tensor decode_weight(const at::Tensor& codes, const at::Tensor& scale, const QuantizerAttributes& attributes,
