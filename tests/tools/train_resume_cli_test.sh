@@ -84,9 +84,13 @@ training_checkpoint_evaluates_and_refuses_other_options() {
   # Rerun without --resume, the unfinished job would lose its state: by the same command, or
   # from its own weights into its own directory.
   out=$("$mto" train --model gpt --model-args "$gpt_args" --out "$dir" 2>&1) && { echo "started over"; return 1; }
-  expect_error_line "$out" "--out $dir holds the unfinished training of a job (its training state): pass --resume" ||
+  expect_error_line "$out" "--out $dir holds the unfinished training of a job (its training state), which a save there would lose: continue it with mto train --resume" ||
     return 1
   out=$("$mto" train --init "$dir" --train-samples 64 --out "$dir" 2>&1) && { echo "started over in place"; return 1; }
+  expect_error_line "$out" "--out $dir holds the unfinished training of a job" || return 1
+  # Nor does another command's save replace it.
+  out=$("$mto" optimize "$dir" --mode quantize:int8 --calib-samples 8 --out "$dir" 2>&1) &&
+    { echo "optimize replaced an unfinished job"; return 1; }
   expect_error_line "$out" "--out $dir holds the unfinished training of a job" || return 1
   # The GPT carries its seed in its model_args too: both are named, --seed among them.
   out=$(ranks 2 "$mto" train --model gpt --model-args "$gpt_args" --train-samples 1024 --batch-size 8 --epochs 2 \
@@ -101,12 +105,32 @@ resume_without_checkpoint_starts_at_zero() {
     { echo "$out"; return 1; }
   grep -q "^no checkpoint at $work/fresh yet: starting from step 0" <<<"$out" || { echo "$out"; return 1; }
   grep -q "^1 training checkpoint(s) saved in the background" <<<"$out" || { echo "$out"; return 1; }
+  # An empty directory holds no checkpoint either.
+  mkdir "$work/empty"
+  out=$("$mto" train --model gpt --model-args '{"width": 16, "depth": 1, "heads": 2, "context": 8}' \
+        --train-samples 16 --batch-size 8 --epochs 1 --out "$work/empty" --resume 2>&1) || { echo "$out"; return 1; }
+  grep -q "^no checkpoint at $work/empty yet: starting from step 0" <<<"$out" || { echo "$out"; return 1; }
   "$mto" train --help | grep -q -- "--save-every" && "$mto" train --help | grep -q -- "--resume"
+}
+
+# A diverged job stops on every rank instead of saving weights that are no longer numbers;
+# its last training checkpoint stays. A context longer than the corpus is refused.
+diverged_training_stops() {
+  out=$(ranks 2 "$mto" train --model gpt --model-args '{"width": 16, "depth": 1, "heads": 2, "context": 8}' \
+        --train-samples 64 --batch-size 8 --epochs 2 --lr 1e30 --out "$work/diverged" 2>&1) &&
+    { echo "a diverged job succeeded"; return 1; }
+  expect_error_line "$out" "training diverged: the loss is [a-z]* by step [0-9]*, so the weights are no longer numbers" ||
+    return 1
+  [ ! -e "$work/diverged" ] || { echo "a diverged job saved $work/diverged"; return 1; }
+  out=$("$mto" train --model gpt --model-args '{"width": 2, "depth": 1, "heads": 1, "context": 10000000}' \
+        --train-samples 2 --out "$work/long" 2>&1) && { echo "trained on no sequence"; return 1; }
+  expect_error_line "$out" "the model's context of 10000000 bytes is longer than the text corpus's training text"
 }
 
 check killed_and_resumed_dp2 killed_and_resumed_dp2
 check killed_and_resumed_tp2 killed_and_resumed_tp2
 check training_checkpoint_evaluates_and_refuses_other_options training_checkpoint_evaluates_and_refuses_other_options
 check resume_without_checkpoint_starts_at_zero resume_without_checkpoint_starts_at_zero
+check diverged_training_stops diverged_training_stops
 
 finish

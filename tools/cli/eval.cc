@@ -67,7 +67,7 @@ void evaluate_classifier(torch::nn::Module& model, const EvalOptions& options, c
 void evaluate_text(torch::nn::Module& model, int64_t context, const EvalOptions& options, const Mesh& mesh,
                    double restore_seconds) {
   const data::TextCorpus corpus = data::load_text_corpus();
-  const at::Tensor windows = data::token_windows(corpus.validation, context, options.samples);
+  const at::Tensor windows = data::corpus_windows(corpus.validation, "validation", context, options.samples);
   const bool rank0 = mesh.world()->rank() == 0;
   // Only rank 0 prints the reference point.
   const double bigram = rank0 ? data::BigramModel(corpus.train).bits_per_byte(windows) : 0.0;

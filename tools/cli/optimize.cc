@@ -253,7 +253,7 @@ OptimizeData fashion_data(const OptimizeOptions& options, const Mesh& mesh, bool
 // the data-parallel ranks), the search scored on the last val_samples.
 OptimizeData text_data(const OptimizeOptions& options, const Mesh& mesh, int64_t context, bool searches) {
   const data::TextCorpus corpus = data::load_text_corpus();
-  const at::Tensor calibration_set = data::token_windows(corpus.train, context, options.calib_samples);
+  const at::Tensor calibration_set = data::corpus_windows(corpus.train, "training", context, options.calib_samples);
   const Range range = split_range(calibration_set.size(0), mesh.dp()->rank(), mesh.dp()->world_size());
   const at::Tensor mine = calibration_set.narrow(0, range.begin, range.size());
   const int64_t batch_size = options.batch_size;
@@ -266,7 +266,7 @@ OptimizeData text_data(const OptimizeOptions& options, const Mesh& mesh, int64_t
   out.description = absl::StrFormat("%d sequences of %d bytes", calibration_set.size(0), context);
   out.calibrate_loop = [run, mine](torch::nn::Module& m) { run(m, mine); };
   out.calibrate_all = [run, calibration_set](torch::nn::Module& m) { run(m, calibration_set); };
-  const at::Tensor scoring = data::token_windows(corpus.train, context, options.score_samples);
+  const at::Tensor scoring = data::corpus_windows(corpus.train, "training", context, options.score_samples);
   out.scoring = score_batches(
       scoring.size(0), batch_size,
       [scoring](torch::nn::Module& m, int64_t begin, int64_t count) {
@@ -283,7 +283,7 @@ OptimizeData text_data(const OptimizeOptions& options, const Mesh& mesh, int64_t
   out.trace = [trace_input](torch::nn::Module& m) { return zoo::forward(m, trace_input); };
   out.show_score = [](double score) { return absl::StrFormat("validation loss %.4f", -score); };
   if (searches) {
-    const at::Tensor all = data::token_windows(corpus.train, context);
+    const at::Tensor all = data::corpus_windows(corpus.train, "training", context);
     const int64_t count = std::min(options.val_samples, all.size(0));
     out.validation_count = count;
     out.validation_fingerprint = absl::StrFormat("fortunes: the last %d windows of %d bytes in batches of %d", count,

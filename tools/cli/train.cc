@@ -10,6 +10,7 @@
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 
 #include <nlohmann/json.hpp>
 
@@ -92,7 +93,7 @@ TrainingSet fashion_training_set(const TrainOptions& options) {
 
 TrainingSet text_training_set(const TrainOptions& options, int64_t context) {
   const data::TextCorpus corpus = data::load_text_corpus();
-  const at::Tensor windows = data::token_windows(corpus.train, context, options.train_samples);
+  const at::Tensor windows = data::corpus_windows(corpus.train, "training", context, options.train_samples);
   TrainingSet out;
   out.description = absl::StrFormat("%d sequences of %d bytes of the text corpus", windows.size(0), context);
   out.size = windows.size(0);
@@ -161,20 +162,37 @@ nlohmann::json job_of(const TrainOptions& options, const nlohmann::json& model_a
           {"tp", options.tp}};
 }
 
+// "loss 2.3026" for the running sums [loss * examples, examples]; "loss nan", not printf's
+// "-nan", once the training has diverged.
+std::string loss_text(const at::Tensor& loss_sum) {
+  const double loss = loss_sum[0].item<double>() / loss_sum[1].item<double>();
+  return std::isnan(loss) ? "loss nan" : absl::StrFormat("loss %.4f", loss);
+}
+
+// Throws on every rank if the epoch's loss, summed over the replicas, is not finite: the
+// weights have diverged, and saving them would hand on a broken model. The tensor-parallel
+// ranks of a replica hold the same loss, so every rank decides alike.
+void check_converging(double summed_loss, int64_t step, const TrainOptions& options) {
+  if (std::isfinite(summed_loss)) return;
+  throw std::runtime_error(absl::StrFormat(
+      "training diverged: the loss is %s by step %d, so the weights are no longer numbers; nothing more is saved to "
+      "%s (a training checkpoint saved before stays): lower --lr (%g)",
+      std::isnan(summed_loss) ? "nan" : "infinite", step, options.out, options.lr));
+}
+
+// check_converging of this replica's running loss `loss`, agreed over the replicas in `dp`
+// (one collective), before a training checkpoint is saved mid-epoch.
+void check_converging(double loss, Communicator& dp, int64_t step, const TrainOptions& options) {
+  at::Tensor diverged = at::full({1}, std::isfinite(loss) ? 0.0 : loss, at::kDouble);
+  dp.all_reduce(diverged, ReduceOp::kSum);
+  check_converging(diverged.item<double>(), step, options);
+}
+
 void run_train(const TrainOptions& options) {
   const std::shared_ptr<Mesh> mesh = join_mesh(options.tp);
-  check_out(*mesh->world(), options.out);
   // A rerun without --resume after a crash would start over and replace the unfinished
-  // job's optimizer state and progress without a word.
-  if (!options.resume) {
-    run_on_every_rank(*mesh->world(), [&] {
-      if (mesh->world()->rank() != 0 || !holds_training_state(options.out)) return;
-      throw ConfigError(absl::StrFormat(
-          "--out %s holds the unfinished training of a job (its training state): pass --resume to continue it, "
-          "or --out another directory to start a new one",
-          options.out));
-    });
-  }
+  // job's optimizer state and progress.
+  check_out(*mesh->world(), options.out, options.resume);
   const std::shared_ptr<Communicator>& dp = mesh->dp();
   const bool rank0 = mesh->world()->rank() == 0;
   at::manual_seed(options.seed);
@@ -275,6 +293,7 @@ void run_train(const TrainOptions& options) {
       done += index.size(0);
       ++batches;
       if (options.save_every > 0 && step % options.save_every == 0 && step < steps) {
+        check_converging(loss_sum[0].item<double>(), *dp, step, options);
         background.wait();  // a failed checkpoint stops the job
         background = save_training_checkpoint(*model, optimizer, {step, epoch, batches, {}},
                                               {loss_sum[0].item<double>(), loss_sum[1].item<double>()}, job,
@@ -282,11 +301,11 @@ void run_train(const TrainOptions& options) {
         save_blocked += background.blocked_seconds();
         ++saves;
       }
-      progress.update(done * dp->world_size() * train.units,
-                      absl::StrFormat("loss %.4f", loss_sum[0].item<double>() / loss_sum[1].item<double>()));
+      progress.update(done * dp->world_size() * train.units, loss_text(loss_sum));
     }
     dp->all_reduce(loss_sum, ReduceOp::kSum);
-    progress.finish(absl::StrFormat("loss %.4f", loss_sum[0].item<double>() / loss_sum[1].item<double>()));
+    progress.finish(loss_text(loss_sum));
+    check_converging(loss_sum[0].item<double>(), step, options);
   }
   background.wait();
   if (saves > 0 && rank0) {

@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <system_error>
 #include <tuple>
 #include <vector>
 
@@ -20,12 +21,12 @@
 #include "serialization/checkpoint_error.h"
 #include "serialization/checkpoint_layout.h"
 #include "serialization/checkpoint_reader.h"
+#include "tools/cli/out_option.h"
 
 namespace mto {
 namespace cli {
 namespace {
 
-constexpr char kStateFile[] = "training_state.json";
 constexpr char kPrefix[] = "optimizer.";
 
 // The key under which torch::optim keeps a parameter's state.
@@ -101,31 +102,23 @@ SaveHandle save_training_checkpoint(torch::nn::Module& model, torch::optim::Adam
   for (const auto& [sum, examples] : progress.losses) losses.push_back({sum, examples});
   const nlohmann::json state = {{"job", job},         {"step", progress.step}, {"epoch", progress.epoch},
                                 {"batches", progress.batches}, {"losses", losses},  {"optimizer", names}};
-  options.extra_files = {{kStateFile, state.dump(2) + "\n"}};
+  options.extra_files = {{kTrainingStateFile, state.dump(2) + "\n"}};
   return save_async(model, dir, options);
-}
-
-bool holds_training_state(const std::string& dir) {
-  if (!std::filesystem::exists(std::filesystem::path(dir) / kManifestFileName)) return false;
-  const Manifest manifest = read_checkpoint_manifest(dir);
-  for (const auto& record : manifest.extra_files()) {
-    if (record.file() == kStateFile) return true;
-  }
-  return false;
 }
 
 std::optional<ResumedTraining> resume_training(const std::string& dir, const nlohmann::json& job,
                                                Communicator& world) {
   std::string text;
   run_on_every_rank(world, [&] {
-    if (world.rank() != 0 || !std::filesystem::exists(dir)) return;
+    std::error_code ec;
+    if (world.rank() != 0 || !std::filesystem::exists(dir) || std::filesystem::is_empty(dir, ec)) return;
     const Manifest manifest = read_checkpoint_manifest(dir);
     for (const auto& record : manifest.extra_files()) {
-      if (record.file() == kStateFile) text = read_checked_file(dir, record);
+      if (record.file() == kTrainingStateFile) text = read_checked_file(dir, record);
     }
     if (text.empty()) {
       throw ConfigError(absl::StrCat("--resume: ", dir, " holds a finished model, not a training checkpoint (it has no ",
-                                     kStateFile, "); to train it further, start from it with --init ", dir));
+                                     kTrainingStateFile, "); to train it further, start from it with --init ", dir));
     }
   });
   world.broadcast(text, 0);
@@ -134,7 +127,7 @@ std::optional<ResumedTraining> resume_training(const std::string& dir, const nlo
   ResumedTraining out;
   nlohmann::json names;
   run_on_every_rank(world, [&] {
-    const std::string where = absl::StrCat("file ", dir, "/", kStateFile);
+    const std::string where = absl::StrCat("file ", dir, "/", kTrainingStateFile);
     nlohmann::json state;
     try {
       state = nlohmann::json::parse(text);

@@ -46,15 +46,10 @@ struct ResumedTraining {
   std::vector<std::pair<std::string, torch::optim::AdamParamState>> optimizer;
 };
 
-// Whether `dir` holds an unfinished training checkpoint: one with the training state --resume
-// continues from (false when it holds no checkpoint at all). Reads its MANIFEST; throws
-// CheckpointError as reading it does.
-bool holds_training_state(const std::string& dir);
-
 // Reads the training checkpoint at `dir` on every rank of `world` (collective), or returns
-// nothing when `dir` does not exist yet. Throws ConfigError when `dir` holds a finished model
-// (no training state) or was saved by a job whose options differ from `job`, naming every
-// one that differs; CheckpointError as restore does.
+// nothing when `dir` does not exist yet or is empty. Throws ConfigError when `dir` holds a
+// finished model (no training state) or was saved by a job whose options differ from `job`,
+// naming every one that differs; CheckpointError as restore does.
 std::optional<ResumedTraining> resume_training(const std::string& dir, const nlohmann::json& job,
                                                Communicator& world);
 

@@ -47,5 +47,10 @@ TextCorpus load_text_corpus(const std::string& root = default_text_corpus_root()
 // is not positive.
 at::Tensor token_windows(const at::Tensor& stream, int64_t length, int64_t limit = -1);
 
+// token_windows of `stream`, the corpus's `part` ("training", "validation"), for a model
+// whose context is `length` bytes. Throws std::invalid_argument naming both lengths when not
+// one window fits, so that no command runs on an empty set.
+at::Tensor corpus_windows(const at::Tensor& stream, const std::string& part, int64_t length, int64_t limit = -1);
+
 }  // namespace data
 }  // namespace mto
