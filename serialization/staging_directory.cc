@@ -122,6 +122,16 @@ bool is_mount_point(const fs::path& path) {
          own.st_dev != parent.st_dev;
 }
 
+// Throws CheckpointError starting with `what` unless a directory can be created in `dir`, as
+// the save will: by creating one and removing it. access(2) cannot tell, for root passes it
+// everywhere, and a read-only or special file system (sysfs, a read-only mount) refuses only
+// the creation itself.
+void check_writable(const fs::path& dir, const std::string& what) {
+  std::string probe = (dir / ".mto-probe-XXXXXX").string();
+  if (::mkdtemp(probe.data()) == nullptr) throw CheckpointError(io_error_message(what, dir.string(), errno));
+  ::rmdir(probe.c_str());
+}
+
 // The absolute path of the checkpoint directory `target` (trailing slashes dropped). Throws
 // CheckpointError if it names no directory ("", ".", "..").
 fs::path checkpoint_path(std::string target) {
@@ -166,10 +176,7 @@ void check_replaceable(const std::string& target) {
     if (!fs::is_directory(existing, ec)) {
       throw CheckpointError(absl::StrCat("cannot save ", target, ": ", existing.string(), " is not a directory"));
     }
-    if (::access(existing.c_str(), W_OK | X_OK) != 0) {
-      throw CheckpointError(io_error_message(absl::StrCat("cannot save ", target, ": cannot write in"),
-                                             existing.string(), errno));
-    }
+    check_writable(existing, absl::StrCat("cannot save ", target, ": cannot write in"));
     return;
   }
   if (!fs::is_directory(status)) {
@@ -179,10 +186,7 @@ void check_replaceable(const std::string& target) {
     throw CheckpointError(absl::StrCat("refusing to replace ", target, ": it is a mount point, which a save cannot ",
                                        "swap for a new directory; save into a directory inside it"));
   }
-  if (::access(t.parent_path().c_str(), W_OK | X_OK) != 0) {
-    throw CheckpointError(io_error_message(absl::StrCat("cannot replace ", target, ": cannot write in"),
-                                           t.parent_path().string(), errno));
-  }
+  check_writable(t.parent_path(), absl::StrCat("cannot replace ", target, ": cannot write in"));
   // In a sticky directory (/tmp, a shared scratch) only the owner of an entry or of the
   // directory may rename it, which the commit does. Root may (CAP_FOWNER).
   struct stat own, parent;

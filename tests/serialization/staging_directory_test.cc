@@ -180,6 +180,10 @@ TEST(StagingDirectoryTest, RefusesToReplaceSomethingElse) {
   EXPECT_NO_THROW(StagingDirectory(parent + "/empty"));
   EXPECT_THROW(StagingDirectory(parent + "/.."), CheckpointError);
   EXPECT_EQ(test::error_of([&] { StagingDirectory staging(""); }), "cannot save a checkpoint under an empty path");
+  // A directory in which nothing can be created, though access(2) says root may write there:
+  // found before any work, leaving nothing behind.
+  const std::string error = test::error_of([&] { check_replaceable("/proc/mto-test/ckpt"); });
+  EXPECT_EQ(error.rfind("cannot save /proc/mto-test/ckpt: cannot write in /proc: ", 0), 0u) << error;
 }
 
 // Nothing that a save would delete is replaced: a directory of other files, one whose
