@@ -79,6 +79,7 @@ std::string single_file(const std::string& dir) {
 }  // namespace
 
 std::map<std::string, SafetensorsLocation> read_safetensors_set(const std::string& dir) {
+  if (!fs::exists(dir)) fail(dir, "does not exist");
   if (!fs::is_directory(dir)) fail(dir, "is not a directory");
   const bool indexed = fs::exists(fs::path(dir) / kIndexName);
   std::map<std::string, std::string> weight_map;

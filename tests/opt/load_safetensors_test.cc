@@ -269,6 +269,12 @@ TEST_F(LoadSafetensorsTest, ASetWithNoTensorsIsRefusedEvenWithAllowMissing) {
   expect_error(dir_, {"it holds no tensors"}, options);
 }
 
+TEST_F(LoadSafetensorsTest, AMissingDirectoryOrAFileIsNamedAsSuch) {
+  expect_error(dir_ + "/nowhere", {dir_ + "/nowhere", "does not exist"});
+  write_text(dir_ + "/plain", "x");
+  expect_error(dir_ + "/plain", {dir_ + "/plain", "is not a directory"});
+}
+
 TEST_F(LoadSafetensorsTest, AQuantizedExportIsNamedAsOne) {
   std::vector<Named> codes = whole_;
   codes[2] = {codes[2].name, at::zeros(codes[2].tensor.sizes(), at::kInt)};

@@ -173,6 +173,14 @@ bad_values_are_named() {
   one_error_line "--samples: must be a count above 0 (or negative for all), not '0'" "$mto" eval "$work/float" \
     --samples 0 || return 1
   one_error_line "--out is required" "$mto" train --model fashion_cnn || return 1
+  one_error_line "--kd-weight: must be a number from 0 to 1, not 'nan'" "${train[@]}" --kd-weight nan || return 1
+  one_error_line "--kd-weight requires --teacher" "${train[@]}" --kd-weight 0.5 || return 1
+  one_error_line "--threads: must be a whole number from 1 to 1024, not '100000'" "$mto" --threads 100000 \
+    inspect "$work/float" || return 1
+  # The global options may follow the command too.
+  one_error_line "cannot open checkpoint directory $work/nowhere: No such file or directory \[mto::CheckpointError\]" \
+    "$mto" eval "$work/nowhere" -v || return 1
+  [ "$("$mto" --version)" = "mto 0.1.0" ] || { "$mto" --version; return 1; }
   # 627 TB, more than any address space: LibTorch's allocator refuses it.
   one_error_line "you tried to allocate 627199999993728 bytes" "$mto" train --model fashion_cnn \
     --model-args '{"hidden": 99999999999}' --train-samples 10 --out "$work/x" || return 1

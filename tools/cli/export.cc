@@ -91,8 +91,8 @@ void add_export_command(CLI::App& app) {
       "export",
       "Write a quantized checkpoint as a deployable one: real int8 / FP8 E4M3 / packed int4 weights with their "
       "scales under Model Optimizer's unified Hugging Face names, hf_quant_config.json and config.json. The "
-      "mpirun ranks restore it on a (dp, tp) mesh and each writes its own slices; mto restore and mto eval "
-      "read the result, whose outputs equal the fake-quantized model's bit for bit");
+      "mpirun ranks restore it on a (dp, tp) mesh and each writes its own slices; mto eval and mto generate "
+      "(and mto::restore from C++) read the result, whose outputs equal the fake-quantized model's bit for bit");
   command->add_option("checkpoint", options->checkpoint, "Checkpoint directory of a calibrated quantized model")
       ->required();
   add_tp_option(command, &options->tp);

@@ -18,12 +18,14 @@
 #include <cstdlib>
 #include <iostream>
 #include <string>
+#include <thread>
 #include <typeinfo>
 #include <vector>
 
 #include <CLI/CLI.hpp>
 
 #include "distributed/world.h"
+#include "opt/version.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/validators.h"
 #include "tools/common/heap.h"
@@ -104,13 +106,23 @@ int main(int argc, char** argv) {
   app.failure_message([](const CLI::App*, const CLI::Error& e) {
     return "mto: error: " + std::string(e.what()) + " (--help lists the options)\n";
   });
+  // -v and --threads may follow the command too (mto eval ckpt -v).
+  app.fallthrough();
+  app.set_version_flag("--version", std::string("mto ") + mto::kModeloptVersion);
   bool verbose = false;
   int threads = 1;
   app.add_flag("-v,--verbose", verbose, "On an error, also print its type and every rank's message");
-  app.add_option("--threads", threads, "Intra-op threads per rank (ranks usually share the cores)")
+  app.add_option("--threads", threads, "Intra-op threads per rank (ranks usually share the cores), at most 1024")
       ->capture_default_str()
-      ->check(positive());
-  app.parse_complete_callback([&threads] { at::set_num_threads(threads); });
+      ->check(count_up_to(1024));
+  app.parse_complete_callback([&threads] {
+    const unsigned cores = std::thread::hardware_concurrency();
+    if (cores > 0 && static_cast<unsigned>(threads) > cores && is_first_rank()) {
+      std::cerr << "mto: warning: --threads " << threads << " is more than the " << cores
+                << " cores of this machine, which slows every rank down" << std::endl;
+    }
+    at::set_num_threads(threads);
+  });
   add_train_command(app);
   add_optimize_command(app);
   add_eval_command(app);

@@ -340,17 +340,19 @@ void add_train_command(CLI::App& app) {
                       "Fine-tune this checkpoint (with its modes: sparse, pruned, quantized) instead of a new model")
       ->excludes(model)
       ->excludes(model_args);
-  command->add_option("--teacher", options->teacher,
+  CLI::Option* teacher = command->add_option("--teacher", options->teacher,
                       "Distill from this checkpoint (restored on the same mesh, never trained): the loss becomes "
                       "--kd-weight x the logits distillation loss + the rest x the model's own; the saved "
                       "checkpoint holds the student alone");
   command->add_option("--kd-temperature", options->kd_temperature,
                       "Softens both distributions in the distillation loss: T^2 x KL(softmax(t/T) || softmax(s/T))")
       ->capture_default_str()
-      ->check(positive());
+      ->check(positive())
+      ->needs(teacher);
   command->add_option("--kd-weight", options->kd_weight, "Weight of the distillation loss, in [0, 1]")
       ->capture_default_str()
-      ->check(CLI::Range(0.0, 1.0));
+      ->check(unit_interval())
+      ->needs(teacher);
   command->add_option("--data", options->data,
                       "Training data: fashion (Fashion-MNIST images), text (the fortunes corpus, byte tokens), or "
                       "auto (text for a language model)")

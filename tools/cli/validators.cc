@@ -35,5 +35,15 @@ CLI::Validator sample_count() {
   return number_check("N", "a count above 0 (or negative for all)", [](double value) { return value != 0; });
 }
 
+CLI::Validator count_up_to(int64_t most) {
+  return number_check("N", "a whole number from 1 to " + std::to_string(most), [most](double value) {
+    return value >= 1 && value <= static_cast<double>(most) && value == std::floor(value);
+  });
+}
+
+CLI::Validator unit_interval() {
+  return number_check("[0, 1]", "a number from 0 to 1", [](double value) { return value >= 0 && value <= 1; });
+}
+
 }  // namespace cli
 }  // namespace mto

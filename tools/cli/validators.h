@@ -1,5 +1,7 @@
 #pragma once
 
+#include <cstdint>
+
 #include <CLI/CLI.hpp>
 
 namespace mto {
@@ -17,6 +19,12 @@ CLI::Validator non_negative();
 
 // A count of samples: N above 0 for the first N, or a negative number for all of them.
 CLI::Validator sample_count();
+
+// A whole number from 1 to `most`.
+CLI::Validator count_up_to(int64_t most);
+
+// A number from 0 to 1 (a weight, a fraction).
+CLI::Validator unit_interval();
 
 }  // namespace cli
 }  // namespace mto
