@@ -41,6 +41,10 @@ Constraint Constraint::parse(const std::string& text) {
     throw ConfigError(absl::StrCat("constraint '", text, "' needs a positive number, e.g. params=0.5"));
   }
   if (percent) constraint.fraction /= 100;
+  if (constraint.fraction > 1) {
+    throw ConfigError(absl::StrCat("constraint '", text, "' asks for more than the whole model, which every subnet "
+                                   "meets: give a fraction of it up to 1 (or 100%)"));
+  }
   return constraint;
 }
 

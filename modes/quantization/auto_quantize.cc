@@ -760,7 +760,12 @@ Measured measure_scores(torch::nn::Module& model, const std::vector<std::unique_
 std::pair<ModulePtr, AutoQuantizeResult> auto_quantize(ModulePtr model, const AutoQuantizeOptions& options) {
   if (options.formats.empty()) throw ConfigError("auto_quantize: no candidate formats");
   std::vector<Format> formats;
-  for (const std::string& name : options.formats) formats.push_back(parse_format(name));
+  for (const std::string& name : options.formats) {
+    if (std::count(options.formats.begin(), options.formats.end(), name) > 1) {
+      throw ConfigError(absl::StrCat("auto_quantize: the candidate format '", name, "' is listed twice"));
+    }
+    formats.push_back(parse_format(name));
+  }
   std::stable_sort(formats.begin(), formats.end(), [](const Format& a, const Format& b) { return a.bits < b.bits; });
   if (!(options.effective_bits >= formats.front().bits && options.effective_bits <= kNoneBits)) {
     throw ConfigError(absl::StrCat("auto_quantize: effective_bits ", options.effective_bits, " is outside [",

@@ -335,12 +335,15 @@ void run_search(const ModulePtr& model, const nas::Constraint& constraint, const
   for (const nas::LayerWidth& entry : result.subnet) widths.push_back(absl::StrFormat("%s=%d", entry.layer(), entry.width()));
   std::cout << absl::StrFormat(
                    "searched %d candidates within %s on %d rank(s) in %.2f s (rank 0 scored %d%s)\n"
-                   "best subnet: %s; %d of %d parameters (%.3f of the %s); %s (full model: %s) on the last "
-                   "%d training examples\n",
+                   "best subnet: %s; %d of %d parameters%s; %s (full model: %s) on the last %d training "
+                   "examples\n",
                    result.candidates, constraint.to_string(), comm->world_size(), seconds, result.scored_here,
                    result.resumed ? absl::StrFormat(", %d from its checkpoint", result.resumed) : "",
-                   absl::StrJoin(widths, " "), result.params, result.full_params, result.fraction,
-                   constraint.kind == nas::Constraint::Kind::kParams ? "parameters" : "multiply-accumulates",
+                   absl::StrJoin(widths, " "), result.params, result.full_params,
+                   // The fraction is of what the constraint bounds.
+                   constraint.kind == nas::Constraint::Kind::kParams
+                       ? absl::StrFormat(" (%.3f of the parameters)", result.fraction)
+                       : absl::StrFormat(", %.3f of the multiply-accumulates", result.fraction),
                    data.show_score(result.score), data.show_score(full_score), data.validation_count)
             << std::flush;
 }
@@ -383,14 +386,20 @@ ModulePtr run_auto_quantize(ModulePtr model, double effective_bits, const Optimi
     std::cout << "left in floating point (a candidate format does not quantize them): "
               << absl::StrJoin(result.excluded, ", ") << "\n";
   }
+  // One column per format, as wide as its heading ("int4_blockwise (4 bit)").
   std::cout << absl::StrFormat("%-24s %-16s", "layer", "choice");
+  std::vector<int> widths;
   for (size_t f = 0; f < result.formats.size(); ++f) {
-    std::cout << absl::StrFormat(" %16s", absl::StrFormat("%s (%d bit)", result.formats[f], result.bits[f]));
+    const std::string heading = absl::StrFormat("%s (%d bit)", result.formats[f], result.bits[f]);
+    widths.push_back(std::max<int>(16, heading.size()));
+    std::cout << absl::StrFormat(" %*s", widths.back(), heading);
   }
   std::cout << "\n";
   for (const quantization::AutoQuantizeLayer& layer : result.layers) {
     std::cout << absl::StrFormat("%-24s %-16s", layer.name, result.formats[layer.chosen]);
-    for (double score : layer.scores) std::cout << absl::StrFormat(" %16.4e", score);
+    for (size_t f = 0; f < layer.scores.size(); ++f) {
+      std::cout << absl::StrFormat(" %*.4e", f < widths.size() ? widths[f] : 16, layer.scores[f]);
+    }
     std::cout << "\n";
   }
   std::cout << std::flush;

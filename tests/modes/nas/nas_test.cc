@@ -238,6 +238,10 @@ TEST(SearchTest, FlopsConstraintAndErrors) {
             "constraint 'size=0.5' must be params=FRACTION or flops=FRACTION");
   EXPECT_EQ(error_of([] { Constraint::parse("params=-1"); }),
             "constraint 'params=-1' needs a positive number, e.g. params=0.5");
+  EXPECT_EQ(error_of([] { Constraint::parse("params=2"); }),
+            "constraint 'params=2' asks for more than the whole model, which every subnet meets: give a fraction of "
+            "it up to 1 (or 100%)");
+  EXPECT_EQ(Constraint::parse("flops=100%").fraction, 1.0);
   options.constraint = Constraint::parse("params=0.5");
   options.score = nullptr;
   EXPECT_EQ(error_of([&] { search(model, options); }), "search: options.score is required");

@@ -707,6 +707,8 @@ TEST_F(AutoQuantizeGpt, Refusals) {
   EXPECT_THAT(error_of<ConfigError>(with([](AutoQuantizeOptions& o) { o.formats = {"int8", "int3"}; })),
               HasSubstr("int3"));
   EXPECT_THAT(error_of<ConfigError>(with([](AutoQuantizeOptions& o) { o.formats = {}; })), HasSubstr("formats"));
+  EXPECT_EQ(error_of<ConfigError>(with([](AutoQuantizeOptions& o) { o.formats = {"int8", "fp8", "int8"}; })),
+            "auto_quantize: the candidate format 'int8' is listed twice");
   EXPECT_THAT(error_of<ConfigError>(with([](AutoQuantizeOptions& o) { o.effective_bits = 3.9; })),
               HasSubstr("effective_bits"));
   EXPECT_THAT(error_of<ConfigError>(with([](AutoQuantizeOptions& o) {
