@@ -59,6 +59,7 @@ FileRecord write_recorded_file(const std::string& dir, const std::string& name, 
 }
 
 Manifest read_manifest(const std::string& dir) {
+  if (dir.empty()) throw CheckpointError("no checkpoint directory given (the path is empty)");
   const std::string path = path_in(dir, kManifestFileName);
   struct stat st;
   if (::stat(dir.c_str(), &st) != 0) {

@@ -296,6 +296,7 @@ void StagingDirectory::commit() {
 }
 
 std::string find_previous_checkpoint(const std::string& target) {
+  if (target.empty()) return "";
   std::error_code ec;
   fs::path t = fs::absolute(target);
   if (fs::exists(t, ec)) return "";

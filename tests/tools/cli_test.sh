@@ -181,6 +181,9 @@ bad_values_are_named() {
   one_error_line "cannot open checkpoint directory $work/nowhere: No such file or directory \[mto::CheckpointError\]" \
     "$mto" eval "$work/nowhere" -v || return 1
   [ "$("$mto" --version)" = "mto 0.1.0" ] || { "$mto" --version; return 1; }
+  one_error_line "--model: bogus not in {fashion_cnn,fashion_mlp,gpt}" "$mto" train --model bogus --out "$work/x" ||
+    return 1
+  one_error_line "no checkpoint directory given (the path is empty)" "$mto" eval "" || return 1
   # 627 TB, more than any address space: LibTorch's allocator refuses it.
   one_error_line "you tried to allocate 627199999993728 bytes" "$mto" train --model fashion_cnn \
     --model-args '{"hidden": 99999999999}' --train-samples 10 --out "$work/x" || return 1

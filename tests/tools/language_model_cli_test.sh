@@ -146,7 +146,7 @@ missing_corpus_names_the_package() {
 tensor_parallel_size_errors() {
   out=$(ranks 4 "$mto" train --model gpt --tp 3 --model-args "$gpt_args" --train-samples 16 --out "$work/x" 2>&1) &&
     { echo "--tp 3 on 4 ranks trained"; return 1; }
-  expect_error_line "$out" "the tensor-parallel size 3 does not divide the world size 4" || return 1
+  expect_error_line "$out" "--tp 3: the tensor-parallel size 3 does not divide the world size 4" || return 1
   out=$(ranks 4 "$mto" train --model gpt --tp 4 --model-args "$gpt_args" --train-samples 16 --out "$work/x" 2>&1) &&
     { echo "--tp 4 with 2 heads trained"; return 1; }
   expect_error_line "$out" "the tensor-parallel size 4 does not divide the 2 heads of model 'gpt'" || return 1

@@ -1,6 +1,8 @@
 #include "tools/cli/mesh_option.h"
 
 #include "absl/strings/str_format.h"
+#include "distributed/distributed_error.h"
+#include "distributed/mesh.h"
 #include "distributed/world.h"
 #include "opt/errors.h"
 #include "tools/cli/validators.h"
@@ -25,6 +27,11 @@ void check_model_splits(const Mesh& mesh, bool splits, const std::string& model)
 }
 
 std::shared_ptr<Mesh> join_mesh(int tp) {
+  try {
+    check_tensor_parallel_size(tp, world()->world_size());
+  } catch (const DistributedError& e) {
+    throw ConfigError(absl::StrFormat("--tp %d: %s", tp, e.what()));
+  }
   std::shared_ptr<Mesh> mesh = Mesh::create(world(), tp);
   set_default_mesh(mesh);
   return mesh;

@@ -496,10 +496,12 @@ void add_optimize_command(CLI::App& app) {
                       "JSON config (the Python original's form) of the one --mode given without a preset");
   add_tp_option(command, &options->tp);
   command->add_option("--calib-samples", options->calib_samples,
-                      "Calibrate on the first N training images or sequences, split over the data-parallel ranks")
+                      "Calibrate on the first N training images or sequences, split over the data-parallel ranks "
+                      "(all when negative)")
       ->capture_default_str()
       ->check(sample_count());
-  command->add_option("--batch-size", options->batch_size, "Calibration batch size")
+  command->add_option("--batch-size", options->batch_size,
+                      "Images or sequences per forward pass of the calibration, the search and the scoring")
       ->capture_default_str()
       ->check(positive());
   command->add_option("--search-candidates", options->search_candidates,

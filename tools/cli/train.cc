@@ -329,7 +329,9 @@ void add_train_command(CLI::App& app) {
       "Train a zoo model (a Fashion-MNIST classifier, or the GPT on the text corpus), data x tensor parallel over "
       "the mpirun ranks, and save it");
   CLI::Option* model =
-      command->add_option("--model", options->model, "Zoo model: fashion_cnn, fashion_mlp, gpt")->capture_default_str();
+      command->add_option("--model", options->model, "Zoo model: fashion_cnn, fashion_mlp, gpt")
+          ->capture_default_str()
+          ->check(CLI::IsMember(model_factory_names()));
   CLI::Option* model_args =
       command
           ->add_option("--model-args", options->model_args,
@@ -385,7 +387,8 @@ void add_train_command(CLI::App& app) {
       ->add_option("--save-every", options->save_every,
                    "Every N steps, save a training checkpoint (the model, Adam's state and the position in the "
                    "data) to --out in the background while training goes on; the end of training replaces it "
-                   "with the model alone")
+                   "with the model alone (0: only that final save)")
+      ->capture_default_str()
       ->check(non_negative());
   command->add_flag("--resume", options->resume,
                     "Continue from the training checkpoint at --out (saved with --save-every by a job with the "
