@@ -20,12 +20,13 @@ constexpr char kConfig[] = "config of mode 'fastnas'";
 constexpr char kMetadata[] = "metadata of mode 'fastnas'";
 
 // fastnas traces and cuts whole layers: a layer split over tensor-parallel ranks would be
-// measured and cut by its local width. Throws ApplyModeError naming the first such layer.
-void refuse_split_layers(torch::nn::Module& model) {
+// measured and cut by its local width. Throws ApplyModeError naming the first such layer and
+// ending with `advice` (what to do instead).
+void refuse_split_layers(torch::nn::Module& model, const char* advice) {
   for (const auto& [name, layer] : nn::named_dynamic_layers(model)) {
     if (const SplitModule* split = split_over_ranks(layer)) {
       throw ApplyModeError(absl::StrCat("fastnas: layer ", name, " is split over ", split->split_group()->world_size(),
-                                        " tensor-parallel ranks; fastnas searches whole layers only (apply it at tp = 1)"));
+                                        " tensor-parallel ranks; fastnas searches whole layers only (", advice, ")"));
     }
   }
 }
@@ -72,7 +73,7 @@ class FastNasModeDescriptor : public ModeDescriptor {
 
   // Mode argument: "dummy_forward" (DummyForward), one forward pass on a small input.
   ConvertResult convert(ModulePtr model, const Message& config, const RuntimeContext& context) const override {
-    refuse_split_layers(*model);
+    refuse_split_layers(*model, "apply it at tp = 1");
     FastNasMetadata metadata = trace_search_space(*model, context.get(kDummyForward),
                                                   message_as<FastNasConfig>(config, kConfig));
     SearchSpace::install(*model, metadata);
@@ -80,7 +81,7 @@ class FastNasModeDescriptor : public ModeDescriptor {
   }
 
   ModulePtr restore(ModulePtr model, const Message&, const Message& metadata) const override {
-    refuse_split_layers(*model);
+    refuse_split_layers(*model, "a checkpoint pruned by it restores at tp = 1 only, e.g. mto eval --tp 1");
     SearchSpace::install(*model, message_as<FastNasMetadata>(metadata, kMetadata));
     return model;
   }
