@@ -1,6 +1,17 @@
 #include "distributed/backend.h"
 
+#include <atomic>
+
 namespace mto {
+namespace {
+
+std::atomic<bool> a_backend_broke{false};
+
+}  // namespace
+
+bool Backend::any_broken() { return a_backend_broke.load(); }
+
+void Backend::note_broken() { a_backend_broke.store(true); }
 
 size_t data_type_size(DataType type) {
   switch (type) {

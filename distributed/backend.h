@@ -70,6 +70,14 @@ class Backend {
   // must not be finalized (peers may never answer).
   virtual bool broken() const { return false; }
 
+  // Whether any backend of this process has broken, the world's or a sub-group's (a mesh
+  // axis): a collective left in flight may still receive a late peer's data, and its peers
+  // may never reach MPI_Finalize, so the process must end the job with MPI_Abort.
+  static bool any_broken();
+  // Records, for any_broken, that a backend broke (each backend calls it when it does).
+  static void note_broken();
+
+
   // A backend over the ranks that pass the same `color`, ordered by `key`; nullptr for a
   // rank that passes a negative color. Collective over this backend.
   virtual std::unique_ptr<Backend> split(int color, int key,

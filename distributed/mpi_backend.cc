@@ -98,13 +98,13 @@ void MpiBackend::wait(void* requests, int count, const char* op, const std::stri
     int done = 0;
     int rc = MPI_Testall(count, req, &done, MPI_STATUSES_IGNORE);
     if (rc != MPI_SUCCESS) {
-      broken_reason_ = absl::StrCat(op, " failed: ", mpi_error_text(rc));
+      set_broken(absl::StrCat(op, " failed: ", mpi_error_text(rc)));
       throw DistributedError(absl::StrCat(op, " (", what, ") failed on rank ", rank_, " of ",
                                           size_, ": MPI error: ", mpi_error_text(rc)));
     }
     if (done) return;
     if (std::chrono::steady_clock::now() > deadline) {
-      broken_reason_ = absl::StrCat(op, " timed out");
+      set_broken(absl::StrCat(op, " timed out"));
       throw DistributedError(absl::StrCat(
           op, " (", what, ") timed out after ", seconds(timeout), " on rank ", rank_, " of ",
           size_, ": a peer did not join (it may have died or be stuck)"));
@@ -119,8 +119,13 @@ void MpiBackend::wait(void* requests, int count, const char* op, const std::stri
   }
 }
 
+void MpiBackend::set_broken(std::string reason) {
+  broken_reason_ = std::move(reason);
+  note_broken();
+}
+
 void MpiBackend::start_failed(const char* op, const std::string& what, int rc) {
-  broken_reason_ = absl::StrCat(op, " failed: ", mpi_error_text(rc));
+  set_broken(absl::StrCat(op, " failed: ", mpi_error_text(rc)));
   throw DistributedError(absl::StrCat(op, " (", what, ") failed on rank ", rank_, " of ", size_,
                                       ": MPI error: ", mpi_error_text(rc)));
 }
@@ -222,8 +227,11 @@ void MpiBackend::barrier(std::chrono::milliseconds timeout) {
   wait(&request, 1, "barrier", "all ranks", timeout, std::chrono::steady_clock::now() + timeout);
 }
 
-std::unique_ptr<Backend> MpiBackend::split(int color, int key, std::chrono::milliseconds) {
+std::unique_ptr<Backend> MpiBackend::split(int color, int key, std::chrono::milliseconds timeout) {
   check_usable("split");
+  // MPI_Comm_split blocks without a timeout: a barrier with one first, so that a rank that
+  // never comes (failed before, or stuck) fails the others in time instead of hanging them.
+  barrier(timeout);
   auto comm = std::make_unique<Comm>();
   int rc = MPI_Comm_split(comm_->comm, color < 0 ? MPI_UNDEFINED : color, key, &comm->comm);
   if (rc != MPI_SUCCESS) start_failed("split", absl::StrCat("color ", color), rc);

@@ -28,7 +28,7 @@ class MpiBackend : public Backend {
   void all_to_all(const std::vector<SendBuffer>& send, const std::vector<ReceiveBuffer>& receive,
                   std::chrono::milliseconds timeout) override;
   void barrier(std::chrono::milliseconds timeout) override;
-  // Uses MPI_Comm_split, which blocks without a timeout.
+  // A barrier within `timeout`, then MPI_Comm_split (which has no timeout of its own).
   std::unique_ptr<Backend> split(int color, int key, std::chrono::milliseconds timeout) override;
 
   bool broken() const override { return !broken_reason_.empty(); }
@@ -42,6 +42,8 @@ class MpiBackend : public Backend {
   // error or at `deadline`.
   void wait(void* requests, int count, const char* op, const std::string& what,
             std::chrono::milliseconds timeout, std::chrono::steady_clock::time_point deadline);
+  // Marks the backend broken for `reason` (and notes it for any_broken).
+  void set_broken(std::string reason);
   // Marks the backend broken and throws for a collective that MPI refused to start.
   [[noreturn]] void start_failed(const char* op, const std::string& what, int rc);
 

@@ -78,6 +78,7 @@ struct NcclBackend::State {
   // communicator first so that peers fail too instead of hanging.
   [[noreturn]] void fail(const std::string& op, const std::string& detail, int rank, int size) {
     broken_reason = absl::StrCat(op, ": ", detail);
+    Backend::note_broken();
     if (comm != nullptr) {
       ncclCommAbort(comm);
       comm = nullptr;

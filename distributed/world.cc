@@ -34,8 +34,9 @@ int env_int(const char* name, int fallback) {
 // Registered with atexit by init_world when it initialized MPI.
 void finalize_world() {
   std::lock_guard<std::mutex> lock(world_mutex);
-  const bool broken = world_communicator != nullptr && *world_communicator &&
-                      (*world_communicator)->broken();
+  // Any communicator: a mesh axis's timeout leaves the world itself intact.
+  const bool broken = Backend::any_broken() ||
+                      (world_communicator != nullptr && *world_communicator && (*world_communicator)->broken());
   if (!broken) {
     if (world_communicator != nullptr) world_communicator->reset();
     if (nccl_bootstrap != nullptr) nccl_bootstrap->reset();
@@ -80,9 +81,10 @@ WorldOptions world_options_from_env() {
   }
   if (const char* timeout = std::getenv("MTO_COLLECTIVE_TIMEOUT"); timeout != nullptr && *timeout) {
     double seconds = 0;
-    if (!absl::SimpleAtod(timeout, &seconds) || seconds <= 0) {
-      throw DistributedError(absl::StrCat("MTO_COLLECTIVE_TIMEOUT must be a positive number of seconds, got '",
-                                          timeout, "'"));
+    // Up to a year: beyond, the milliseconds overflow (and nan or inf are no durations).
+    if (!absl::SimpleAtod(timeout, &seconds) || !(seconds > 0 && seconds <= 365 * 86400.0)) {
+      throw DistributedError(absl::StrCat(
+          "MTO_COLLECTIVE_TIMEOUT must be a number of seconds above 0 (up to a year), got '", timeout, "'"));
     }
     options.timeout = std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
   }

@@ -166,8 +166,10 @@ TEST(WorldOptionsTest, ParsedFromTheEnvironment) {
   EXPECT_THROW(parse_backend_kind("gloo"), DistributedError);
   setenv("MTO_COLLECTIVE_TIMEOUT", "2.5", 1);
   EXPECT_EQ(world_options_from_env().timeout, std::chrono::milliseconds(2500));
-  setenv("MTO_COLLECTIVE_TIMEOUT", "soon", 1);
-  EXPECT_THROW(world_options_from_env(), DistributedError);
+  for (const char* bad : {"soon", "nan", "inf", "0", "-1", "1e300"}) {
+    setenv("MTO_COLLECTIVE_TIMEOUT", bad, 1);
+    EXPECT_THROW(world_options_from_env(), DistributedError) << bad;
+  }
   unsetenv("MTO_COLLECTIVE_TIMEOUT");
 }
 

@@ -1,7 +1,8 @@
 // A job in which rank 1 leaves in the middle of the collectives: `exit` ends its process,
-// `hang` stops it from answering. Every other rank must fail with a DistributedError that
-// names the operation and its rank within the collective timeout (MTO_COLLECTIVE_TIMEOUT),
-// and print it; see peer_death_test.sh.
+// `hang` stops it from answering, `hang_in_group` too, in a collective of a sub-group (as a
+// mesh axis is) rather than of the world. Every other rank must fail with a DistributedError
+// that names the operation and its rank within the collective timeout
+// (MTO_COLLECTIVE_TIMEOUT), and print it; see peer_death_test.sh.
 #include <ATen/ATen.h>
 
 #include <chrono>
@@ -15,7 +16,8 @@
 
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "exit";
-  auto comm = mto::world();
+  // In a group of every rank, which is a communicator of its own.
+  auto comm = mode == "hang_in_group" ? mto::world()->split(0, mto::world()->rank()) : mto::world();
   at::Tensor t = at::ones({4});
   comm->all_reduce(t, mto::ReduceOp::kSum);  // everyone is alive here
   if (comm->rank() == 1) {

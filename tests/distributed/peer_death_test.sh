@@ -6,7 +6,9 @@ binary=$(realpath "$1")
 export TMPDIR="${TEST_TMPDIR:-/tmp}"
 export MTO_COLLECTIVE_TIMEOUT=3
 failures=0
-for mode in exit hang; do
+# hang_in_group: the world itself stays sound, yet the job must end (MPI_Finalize would wait
+# for the stopped rank forever).
+for mode in exit hang hang_in_group; do
   start=$(date +%s)
   # Keep mpirun from killing the survivors as soon as rank 1 exits with an error: the test
   # is about what the survivors do themselves.
