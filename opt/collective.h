@@ -14,4 +14,13 @@ namespace mto {
 // of its own timed out) rethrows that error at once.
 void run_on_every_rank(Communicator& communicator, const std::function<void()>& step);
 
+// run_on_every_rank for a step that makes a value (data a rank loads on its own, from its
+// own files): returns what `step` returned on this rank, or throws on every rank.
+template <typename T, typename Step>
+T make_on_every_rank(Communicator& communicator, Step step) {
+  T out{};
+  run_on_every_rank(communicator, [&] { out = step(); });
+  return out;
+}
+
 }  // namespace mto

@@ -141,6 +141,19 @@ missing_corpus_names_the_package() {
         --model-args "$gpt_args" --train-samples 16 --out "$work/x" 2>&1) && { echo "trained without a corpus"; return 1; }
   expect_error_line "$out" "/nonexistent.*sudo apt-get install fortunes" || return 1
   [ ! -e "$work/x" ] || { echo "$work/x was written"; return 1; }
+  # Missing on one node only: every rank fails at once, naming that rank (not a timed-out
+  # collective on rank 0 minutes later, with the cause unsaid).
+  printf '#!/bin/sh\n[ "$OMPI_COMM_WORLD_RANK" = 1 ] && export MTO_TEXT_CORPUS_DIR=/nonexistent\nexec "$@"\n' \
+    >"$work/rank1_without_corpus" && chmod +x "$work/rank1_without_corpus"
+  local one=(ranks 2 "$work/rank1_without_corpus" "$mto")
+  out=$("${one[@]}" train --model gpt --model-args "$gpt_args" --train-samples 16 --out "$work/x" 2>&1) &&
+    { echo "trained without a corpus on rank 1"; return 1; }
+  expect_error_line "$out" "/nonexistent.*sudo apt-get install fortunes (on rank 1)" || return 1
+  out=$("${one[@]}" eval "$work/gpt" --samples 8 2>&1) && { echo "evaluated without a corpus on rank 1"; return 1; }
+  expect_error_line "$out" "/nonexistent.*sudo apt-get install fortunes (on rank 1)" || return 1
+  out=$("${one[@]}" optimize "$work/gpt" --mode quantize:int8 --calib-samples 8 --out "$work/x" 2>&1) &&
+    { echo "calibrated without a corpus on rank 1"; return 1; }
+  expect_error_line "$out" "/nonexistent.*sudo apt-get install fortunes (on rank 1)" || return 1
 }
 
 tensor_parallel_size_errors() {

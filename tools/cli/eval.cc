@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "distributed/world.h"
 #include "opt/checkpoint.h"
+#include "opt/collective.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/evaluate.h"
 #include "tools/cli/mesh_option.h"
@@ -43,8 +44,10 @@ nlohmann::ordered_json run_facts(const EvalOptions& options, const Mesh& mesh, d
 
 void evaluate_classifier(torch::nn::Module& model, const EvalOptions& options, const Mesh& mesh,
                          double restore_seconds) {
-  const data::Dataset test =
-      data::load_fashion_mnist(data::Split::kTest, data::default_fashion_mnist_root(), options.samples);
+  // Each rank reads its own copy: one missing or unreadable on one node fails every rank.
+  const data::Dataset test = make_on_every_rank<data::Dataset>(*mesh.world(), [&] {
+    return data::load_fashion_mnist(data::Split::kTest, data::default_fashion_mnist_root(), options.samples);
+  });
   const bool rank0 = mesh.world()->rank() == 0;
   const auto start = std::chrono::steady_clock::now();
   const Evaluation evaluation = evaluate(model, test, *mesh.dp(), options.batch_size, rank0 && !options.json);
@@ -66,7 +69,9 @@ void evaluate_classifier(torch::nn::Module& model, const EvalOptions& options, c
 
 void evaluate_text(torch::nn::Module& model, int64_t context, const EvalOptions& options, const Mesh& mesh,
                    double restore_seconds) {
-  const data::TextCorpus corpus = data::load_text_corpus();
+  // Each rank reads its own copy: one missing or unreadable on one node fails every rank.
+  const data::TextCorpus corpus =
+      make_on_every_rank<data::TextCorpus>(*mesh.world(), [] { return data::load_text_corpus(); });
   const at::Tensor windows = data::corpus_windows(corpus.validation, "validation", context, options.samples);
   const bool rank0 = mesh.world()->rank() == 0;
   // Only rank 0 prints the reference point.

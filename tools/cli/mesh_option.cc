@@ -27,12 +27,13 @@ void check_model_splits(const Mesh& mesh, bool splits, const std::string& model)
 }
 
 std::shared_ptr<Mesh> join_mesh(int tp) {
+  const std::shared_ptr<Communicator> ranks = world();
   try {
-    check_tensor_parallel_size(tp, world()->world_size());
+    check_tensor_parallel_size(tp, ranks->world_size());
   } catch (const DistributedError& e) {
     throw ConfigError(absl::StrFormat("--tp %d: %s", tp, e.what()));
   }
-  std::shared_ptr<Mesh> mesh = Mesh::create(world(), tp);
+  std::shared_ptr<Mesh> mesh = Mesh::create(ranks, tp);
   set_default_mesh(mesh);
   return mesh;
 }

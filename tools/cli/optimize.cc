@@ -202,8 +202,10 @@ quantization::ScoreBatches score_batches(int64_t rows, int64_t batch_size, RowsF
 // Fashion-MNIST: calibration on the first calib_samples training images, the search scored
 // on the last val_samples (which calibration and the test set never touch).
 OptimizeData fashion_data(const OptimizeOptions& options, const Mesh& mesh, bool searches) {
-  const data::Dataset calibration_set =
-      data::load_fashion_mnist(data::Split::kTrain, data::default_fashion_mnist_root(), options.calib_samples);
+  // Each rank reads its own copy: one missing or unreadable on one node fails every rank.
+  const data::Dataset calibration_set = make_on_every_rank<data::Dataset>(*mesh.world(), [&] {
+    return data::load_fashion_mnist(data::Split::kTrain, data::default_fashion_mnist_root(), options.calib_samples);
+  });
   const data::Dataset mine = data::shard(calibration_set, mesh.dp()->rank(), mesh.dp()->world_size());
   const int64_t batch_size = options.batch_size;
   OptimizeData out;
@@ -252,7 +254,9 @@ OptimizeData fashion_data(const OptimizeOptions& options, const Mesh& mesh, bool
 // The text corpus: calibration on the first calib_samples training sequences (split over
 // the data-parallel ranks), the search scored on the last val_samples.
 OptimizeData text_data(const OptimizeOptions& options, const Mesh& mesh, int64_t context, bool searches) {
-  const data::TextCorpus corpus = data::load_text_corpus();
+  // Each rank reads its own copy: one missing or unreadable on one node fails every rank.
+  const data::TextCorpus corpus =
+      make_on_every_rank<data::TextCorpus>(*mesh.world(), [] { return data::load_text_corpus(); });
   const at::Tensor calibration_set = data::corpus_windows(corpus.train, "training", context, options.calib_samples);
   const Range range = split_range(calibration_set.size(0), mesh.dp()->rank(), mesh.dp()->world_size());
   const at::Tensor mine = calibration_set.narrow(0, range.begin, range.size());

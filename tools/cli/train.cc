@@ -232,7 +232,10 @@ void run_train(const TrainOptions& options) {
     throw ConfigError(absl::StrFormat("--data %s does not fit %s, a %s", data, model_name,
                                       context > 0 ? "language model (--data text)" : "classifier (--data fashion)"));
   }
-  const TrainingSet train = data == "text" ? text_training_set(options, context) : fashion_training_set(options);
+  // Each rank reads its own copy: one missing or unreadable on one node fails every rank.
+  const TrainingSet train = make_on_every_rank<TrainingSet>(*mesh->world(), [&] {
+    return data == "text" ? text_training_set(options, context) : fashion_training_set(options);
+  });
 
   // Each replica draws its own part of every epoch's shuffle (the ranks of one replica draw
   // the same); with duplicates allowed, every replica takes the same number of steps, so the
