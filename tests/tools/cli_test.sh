@@ -123,6 +123,16 @@ inspect_text_and_json() {
     { echo "not one report from 2 ranks:"; echo "$out"; return 1; }
 }
 
+# Every rank must run the same command: a rank given another --batch-size would take other
+# steps (its collectives stop matching); refused at once on every rank, naming both.
+ranks_run_the_same_command() {
+  printf '#!/bin/bash\n[ "$OMPI_COMM_WORLD_RANK" = 1 ] && set -- "${@/--batch-size=64/--batch-size=128}"\nexec "$@"\n' \
+    >"$work/rank1_other_batch" && chmod +x "$work/rank1_other_batch"
+  out=$(ranks 2 "$work/rank1_other_batch" "$mto" train --model fashion_mlp --train-samples 256 --batch-size=64 \
+        --out "$work/x" 2>&1) && { echo "trained with another batch size on rank 1"; return 1; }
+  expect_error_line "$out" "rank 1 runs 'mto train .*--batch-size=128 .*' but rank 0 runs 'mto train .*--batch-size=64 .*': mpirun must start every rank with the same command"
+}
+
 # A state written by a newer version (a config field, a mode this binary does not know):
 # restore refuses it, naming the field; inspect still shows the rest, saying why not that.
 newer_state_is_shown() {
@@ -321,6 +331,7 @@ check optimize_with_config_file optimize_with_config_file
 check eval_any_world_size eval_any_world_size
 check inspect_text_and_json inspect_text_and_json
 check newer_state_is_shown newer_state_is_shown
+check ranks_run_the_same_command ranks_run_the_same_command
 check corrupt_checkpoint_is_named corrupt_checkpoint_is_named
 check missing_directory missing_directory
 check out_is_checked_first out_is_checked_first

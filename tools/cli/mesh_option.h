@@ -15,8 +15,9 @@ namespace cli {
 void add_tp_option(CLI::App* command, int* tp);
 
 // Splits the world into the mesh (world_size / tp, tp) and makes it the default mesh, so
-// that models built and restored by name are split over it. Collective. Throws
-// DistributedError naming both numbers when `tp` does not divide the world size.
+// that models built and restored by name are split over it. Collective. Throws ConfigError
+// on every rank when a rank runs with other arguments than rank 0, or when `tp` does not
+// divide the world size (naming both numbers).
 std::shared_ptr<Mesh> join_mesh(int tp);
 
 // Refuses a tensor-parallel mesh for a model that does not split over it (`splits` false:
