@@ -74,6 +74,14 @@ MpiBackend::MpiBackend(std::unique_ptr<Comm> comm) : comm_(std::move(comm)) {
   MPI_Comm_set_errhandler(comm_->comm, MPI_ERRORS_RETURN);
   MPI_Comm_rank(comm_->comm, &rank_);
   MPI_Comm_size(comm_->comm, &size_);
+  // A sub-group (a mesh axis) says which process of the job it is, too.
+  int world_rank = 0, world_size = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &world_size);
+  where_ = absl::StrCat("rank ", rank_, " of ", size_);
+  if (world_rank != rank_ || world_size != size_) {
+    absl::StrAppend(&where_, " (world rank ", world_rank, " of ", world_size, ")");
+  }
 }
 
 MpiBackend::~MpiBackend() {
@@ -83,8 +91,8 @@ MpiBackend::~MpiBackend() {
 
 void MpiBackend::check_usable(const char* op) const {
   if (broken()) {
-    throw DistributedError(absl::StrCat("cannot run ", op, " on rank ", rank_, " of ", size_,
-                                        ": the communicator broke earlier (", broken_reason_, ")"));
+    throw DistributedError(absl::StrCat("cannot run ", op, " on ", where_, ": the communicator broke earlier (",
+                                        broken_reason_, ")"));
   }
 }
 
@@ -99,15 +107,13 @@ void MpiBackend::wait(void* requests, int count, const char* op, const std::stri
     int rc = MPI_Testall(count, req, &done, MPI_STATUSES_IGNORE);
     if (rc != MPI_SUCCESS) {
       set_broken(absl::StrCat(op, " failed: ", mpi_error_text(rc)));
-      throw DistributedError(absl::StrCat(op, " (", what, ") failed on rank ", rank_, " of ",
-                                          size_, ": MPI error: ", mpi_error_text(rc)));
+      throw DistributedError(absl::StrCat(op, " (", what, ") failed on ", where_, ": MPI error: ", mpi_error_text(rc)));
     }
     if (done) return;
     if (std::chrono::steady_clock::now() > deadline) {
       set_broken(absl::StrCat(op, " timed out"));
-      throw DistributedError(absl::StrCat(
-          op, " (", what, ") timed out after ", seconds(timeout), " on rank ", rank_, " of ",
-          size_, ": a peer did not join (it may have died or be stuck)"));
+      throw DistributedError(absl::StrCat(op, " (", what, ") timed out after ", seconds(timeout), " on ", where_,
+                                          ": a peer did not join (it may have died or be stuck)"));
     }
     // Oversubscribed ranks share cores: yield first, then back off to short sleeps.
     if (++spins < 100) {
@@ -126,8 +132,7 @@ void MpiBackend::set_broken(std::string reason) {
 
 void MpiBackend::start_failed(const char* op, const std::string& what, int rc) {
   set_broken(absl::StrCat(op, " failed: ", mpi_error_text(rc)));
-  throw DistributedError(absl::StrCat(op, " (", what, ") failed on rank ", rank_, " of ", size_,
-                                      ": MPI error: ", mpi_error_text(rc)));
+  throw DistributedError(absl::StrCat(op, " (", what, ") failed on ", where_, ": MPI error: ", mpi_error_text(rc)));
 }
 
 void MpiBackend::all_reduce(void* data, size_t count, DataType type, ReduceOp op,

@@ -50,6 +50,8 @@ class MpiBackend : public Backend {
   std::unique_ptr<Comm> comm_;
   int rank_ = 0;
   int size_ = 1;
+  // "rank 1 of 2", and "(world rank 3 of 4)" for a sub-group: what its errors name.
+  std::string where_;
   std::string broken_reason_;
 };
 

@@ -16,8 +16,10 @@
 
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "exit";
-  // In a group of every rank, which is a communicator of its own.
-  auto comm = mode == "hang_in_group" ? mto::world()->split(0, mto::world()->rank()) : mto::world();
+  // In a group of every rank in reverse order, which is a communicator of its own (its errors
+  // name the world rank too).
+  const auto world = mto::world();
+  auto comm = mode == "hang_in_group" ? world->split(0, world->world_size() - 1 - world->rank()) : world;
   at::Tensor t = at::ones({4});
   comm->all_reduce(t, mto::ReduceOp::kSum);  // everyone is alive here
   if (comm->rank() == 1) {
