@@ -77,7 +77,6 @@ class Backend {
   // Records, for any_broken, that a backend broke (each backend calls it when it does).
   static void note_broken();
 
-
   // A backend over the ranks that pass the same `color`, ordered by `key`; nullptr for a
   // rank that passes a negative color. Collective over this backend.
   virtual std::unique_ptr<Backend> split(int color, int key,

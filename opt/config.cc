@@ -141,12 +141,12 @@ std::string message_to_json(const Message& message, bool pretty) {
   // map entries in key order (otherwise the order changes from one process to the next).
   constexpr char kUrlPrefix[] = "type.googleapis.com";
   const google::protobuf::DescriptorPool* pool = message.GetDescriptor()->file()->pool();
-  static google::protobuf::util::TypeResolver* const generated =
-      google::protobuf::util::NewTypeResolverForDescriptorPool(kUrlPrefix, google::protobuf::DescriptorPool::generated_pool());
-  std::unique_ptr<google::protobuf::util::TypeResolver> other;
-  if (pool != google::protobuf::DescriptorPool::generated_pool()) {
-    other.reset(google::protobuf::util::NewTypeResolverForDescriptorPool(kUrlPrefix, pool));
-  }
+  using google::protobuf::DescriptorPool;
+  using google::protobuf::util::NewTypeResolverForDescriptorPool;
+  using google::protobuf::util::TypeResolver;
+  static TypeResolver* const generated = NewTypeResolverForDescriptorPool(kUrlPrefix, DescriptorPool::generated_pool());
+  std::unique_ptr<TypeResolver> other;
+  if (pool != DescriptorPool::generated_pool()) other.reset(NewTypeResolverForDescriptorPool(kUrlPrefix, pool));
   std::string out;
   auto status = google::protobuf::util::BinaryToJsonString(
       other ? other.get() : generated, absl::StrCat(kUrlPrefix, "/", message.GetDescriptor()->full_name()),

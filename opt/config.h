@@ -41,9 +41,10 @@ class ConfigInput {
 MessagePtr clone_message(const Message& message);
 
 // `message` as JSON with the .proto field names and every field, defaults included, map
-// entries in key order (the same text in every process); indented by two spaces when `pretty`. Unlike protobuf's JSON mapping, which writes every 64-bit
-// integer (int64, uint64, sint64, fixed64, sfixed64) as a string, integers that are exact in
-// a double (|v| <= 2^53) are numbers, wherever they sit: nested messages, repeated fields,
+// entries in key order (the same text in every process); indented by two spaces when
+// `pretty`. Unlike protobuf's JSON mapping, which writes every 64-bit integer (int64,
+// uint64, sint64, fixed64, sfixed64) as a string, integers that are exact in a double
+// (|v| <= 2^53) are numbers, wherever they sit: nested messages, repeated fields,
 // map values, Int64Value and UInt64Value, messages packed in an Any. Larger ones stay
 // strings so that a reader that parses numbers as doubles cannot round them. Protobuf's
 // parser, and so merge_json_into_message, accepts both forms. Throws ConfigError if the

@@ -50,8 +50,9 @@ class StagingDirectory {
 // Throws CheckpointError naming `target` unless a save could replace it without losing
 // anything: it must be missing (with a writable ancestor), an empty directory, or an mto
 // checkpoint whose MANIFEST reads and validates and that holds nothing else than the files
-// it records; never a symbolic link, a mount point or a file; its parent writable; and not
-// missing because an interrupted save left the previous checkpoint aside. Cheap:
+// it records; never a symbolic link, a mount point (bind mounts included) or a file; not
+// another user's in a sticky directory; its parent writable (a directory can be created
+// there); and not missing because an interrupted save left the previous checkpoint aside. Cheap:
 // callers may run it before long work whose result goes to `target`.
 void check_replaceable(const std::string& target);
 
