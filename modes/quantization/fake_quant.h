@@ -17,8 +17,8 @@ constexpr double kMinAmax = 1e-12;
 at::Tensor int_scale(const at::Tensor& amax, int bits, bool is_unsigned);
 
 // The integer codes of `x`: clamp(round(x / scale), lo, bound), as float32, where lo is
-// -(bound + 1) (Model Optimizer's default narrow_range=False), or 0 when is_unsigned. Rounds half to even; a zero code is +0, never -0. `scale`
-// broadcasts against `x`.
+// -(bound + 1) (Model Optimizer's default narrow_range=False), or 0 when is_unsigned. Rounds
+// half to even; a zero code is +0, never -0. `scale` broadcasts against `x`.
 at::Tensor quantize_int(const at::Tensor& x, const at::Tensor& scale, int bits, bool is_unsigned);
 
 // Integer fake quantization: quantize_int(x, scale) * scale with scale = int_scale(amax).

@@ -345,10 +345,11 @@ void add_train_command(CLI::App& app) {
                       "Fine-tune this checkpoint (with its modes: sparse, pruned, quantized) instead of a new model")
       ->excludes(model)
       ->excludes(model_args);
-  CLI::Option* teacher = command->add_option("--teacher", options->teacher,
-                      "Distill from this checkpoint (restored on the same mesh, never trained): the loss becomes "
-                      "--kd-weight x the logits distillation loss + the rest x the model's own; the saved "
-                      "checkpoint holds the student alone");
+  CLI::Option* teacher =
+      command->add_option("--teacher", options->teacher,
+                          "Distill from this checkpoint (restored on the same mesh, never trained): the loss becomes "
+                          "--kd-weight x the logits distillation loss + the rest x the model's own; the saved "
+                          "checkpoint holds the student alone");
   command->add_option("--kd-temperature", options->kd_temperature,
                       "Softens both distributions in the distillation loss: T^2 x KL(softmax(t/T) || softmax(s/T))")
       ->capture_default_str()
