@@ -36,7 +36,8 @@ std::vector<ModeWithConfig> quantize_modes(const std::string& config) {
     // not know is refused there, as the other calibrations refuse theirs.
     nlohmann::ordered_json options = algorithm_json(quantize_config);
     options.erase("method");
-    modes.push_back(options.empty() ? ModeWithConfig("max_calibrate") : ModeWithConfig("max_calibrate", options.dump()));
+    modes.push_back(options.empty() ? ModeWithConfig("max_calibrate")
+                                    : ModeWithConfig("max_calibrate", options.dump()));
   } else if (!quantize_config.algorithm().empty()) {
     modes.emplace_back(quantize_config.algorithm() + "_calibrate", algorithm_json(quantize_config).dump());
   }

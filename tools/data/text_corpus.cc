@@ -102,8 +102,9 @@ at::Tensor token_windows(const at::Tensor& stream, int64_t length, int64_t limit
 at::Tensor corpus_windows(const at::Tensor& stream, const std::string& part, int64_t length, int64_t limit) {
   at::Tensor windows = token_windows(stream, length, limit);
   if (windows.size(0) == 0 && limit != 0) {
-    throw std::invalid_argument("the model's context of " + std::to_string(length) + " bytes is longer than the text corpus's " +
-                                part + " text (" + std::to_string(stream.numel()) +
+    throw std::invalid_argument("the model's context of " + std::to_string(length) +
+                                " bytes is longer than the text corpus's " + part + " text (" +
+                                std::to_string(stream.numel()) +
                                 " bytes): not one sequence fits; use a GPT with a shorter \"context\"");
   }
   return windows;

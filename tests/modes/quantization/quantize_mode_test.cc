@@ -210,7 +210,8 @@ TEST(QuantizeConfig, ConfigTextIsAPresetNameOrAJsonObject) {
 // The options of {"method": "max", ...} reach max_calibrate's config, and one it does not
 // know is refused there, as the other algorithms' are.
 TEST(QuantizeConfig, MaxAlgorithmOptionsReachMaxCalibrate) {
-  const std::string rules = R"("quant_cfg": {"default": {"enable": false}, "*weight_quantizer": {"num_bits": 8, "axis": 0}})";
+  const std::string rules =
+      R"("quant_cfg": {"default": {"enable": false}, "*weight_quantizer": {"num_bits": 8, "axis": 0}})";
   std::vector<ModeWithConfig> modes =
       quantize_modes("{" + rules + R"(, "algorithm": {"method": "max", "distributed_sync": false}})");
   ASSERT_EQ(modes.size(), 2u);
