@@ -102,7 +102,7 @@ at::Tensor compute_kd_loss(torch::nn::Module& model, const at::Tensor& student_l
   at::Tensor kd = logits_distillation_loss(holder.student_output, holder.teacher_output, holder.temperature);
   holder.student_output = at::Tensor();
   holder.teacher_output = at::Tensor();
-  if (!student_loss.defined()) return kd;
+  if (!student_loss.defined()) return kd * holder.kd_loss_weight;
   return kd * holder.kd_loss_weight + student_loss * (1.0 - holder.kd_loss_weight);
 }
 

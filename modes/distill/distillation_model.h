@@ -59,7 +59,8 @@ at::Tensor distillation_forward(torch::nn::Module& model, const ForwardFunction&
 
 // The loss of the last distillation_forward, as Model Optimizer's compute_kd_loss with a
 // StaticLossBalancer: kd_loss_weight * kd + (1 - kd_loss_weight) * student_loss, where kd
-// is logits_distillation_loss at the temperature; kd alone when `student_loss` is undefined.
+// is logits_distillation_loss at the temperature; kd_loss_weight * kd alone when `student_loss`
+// is undefined (the balancer's student term is left out, as Model Optimizer's is).
 // Clears the kept outputs. Throws StateError if there was no distillation_forward since the
 // last call, and std::invalid_argument naming the teacher if its logits' shape is not the
 // student's.

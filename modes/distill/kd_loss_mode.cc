@@ -6,11 +6,13 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <system_error>
 
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "modes/distill/distill.pb.h"
+#include "distributed/communicator.h"
 #include "modes/distill/distillation_model.h"
 #include "opt/checkpoint.h"
 #include "opt/errors.h"
@@ -22,6 +24,26 @@ namespace distill {
 namespace {
 
 constexpr char kConfigName[] = "config of mode 'kd_loss'";
+
+// Whether `teacher` names a checkpoint directory, the same on every rank of `world` (one
+// collective): a name with a '/' must be one, a plain name is one where it is a directory.
+// A directory that some ranks see and others do not fails every rank, naming it.
+bool names_checkpoint(const std::string& teacher, Communicator& world) {
+  std::error_code error;
+  const bool here = std::filesystem::is_directory(teacher, error);
+  // Byte 0: some rank sees the directory; byte 1: some rank does not.
+  std::string seen = {static_cast<char>(here), static_cast<char>(!here)};
+  world.all_reduce(seen, ReduceOp::kMax);
+  if (seen[0] && seen[1]) {
+    throw ApplyModeError(absl::StrCat("kd_loss: the teacher checkpoint ", teacher, " is a directory on some of the ",
+                                      world.world_size(), " ranks but not on all (rank ", world.rank(), ": ",
+                                      here ? "present" : "missing", "); every rank must see it"));
+  }
+  if (!here && teacher.find('/') != std::string::npos) {
+    throw ApplyModeError(absl::StrCat("kd_loss: the teacher checkpoint ", teacher, " does not exist"));
+  }
+  return here;
+}
 
 // The teacher the config or the context names, built or restored on this rank.
 ModulePtr make_teacher(const KdLossConfig& config, const RuntimeContext& context) {
@@ -37,10 +59,7 @@ ModulePtr make_teacher(const KdLossConfig& config, const RuntimeContext& context
         "kd_loss: no teacher; set \"teacher\" to a checkpoint directory or a model-like, or pass "
         "distill::kTeacher in the context");
   }
-  if (teacher.find('/') != std::string::npos || std::filesystem::is_directory(teacher)) {
-    if (!std::filesystem::is_directory(teacher)) {
-      throw ApplyModeError(absl::StrCat("kd_loss: the teacher checkpoint ", teacher, " does not exist"));
-    }
+  if (names_checkpoint(teacher, *context.mesh()->world())) {
     // On the student's ranks (the context's mesh), which may be fewer than the default
     // mesh's: restoring is collective over the ranks it names.
     RestoreOptions options;

@@ -24,8 +24,10 @@
 #include "modes/distill/distillation_model.h"
 #include "opt/checkpoint.h"
 #include "opt/conversion.h"
+#include "opt/errors.h"
 #include "opt/state_dict.h"
 #include "serialization/checkpoint_reader.h"
+#include "tests/testing/errors.h"
 #include "tests/testing/model_checks.h"
 #include "tools/zoo/forward.h"
 #include "tools/zoo/gpt.h"
@@ -36,6 +38,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using test::error_of;
 using test::expect_slices_of;
 
 // Outputs of different tp sizes differ by the order of their sums only.
@@ -228,6 +231,24 @@ TEST_F(DistillMpiTest, DistillationResumesOnASubMeshOfTwoRanks) {
     EXPECT_TRUE(at::allclose(out, student_reference->forward(tokens(2)), kTolerance, kTolerance));
     EXPECT_TRUE(std::isfinite(loss.item<double>()));
   }
+  world()->barrier();
+}
+
+TEST_F(DistillMpiTest, ATeacherDirectorySomeRanksLackFailsEveryRankAtOnce) {
+  // A plain name is a checkpoint where it is a directory: seen by rank 0 alone (each rank
+  // in its own working directory), every rank refuses it, rather than rank 0 restoring
+  // while the others build a model-like of that name.
+  const fs::path before = fs::current_path();
+  const fs::path here = fs::path(base) / ("rank" + std::to_string(rank));
+  fs::create_directories(rank == 0 ? here / "teacher" : here);
+  fs::current_path(here);
+  const std::string error = error_of<ApplyModeError>([&] {
+    apply_mode(ModelLike("gpt", gpt_args(kStudentSeed)).build(), {{"kd_loss", json{{"teacher", "teacher"}}.dump()}});
+  });
+  fs::current_path(before);
+  EXPECT_EQ(error, "kd_loss: the teacher checkpoint teacher is a directory on some of the 4 ranks but not on all "
+                   "(rank " + std::to_string(rank) + ": " + (rank == 0 ? "present" : "missing") +
+                       "); every rank must see it");
   world()->barrier();
 }
 

@@ -285,14 +285,14 @@ TEST_P(KdLossTest, ForwardLossGradientsAndTheFrozenTeacher) {
     EXPECT_FALSE(p.value().grad().defined()) << where << ": the teacher's " << p.key() << " got a gradient";
   }
 
-  // Without a student loss: kd alone.
+  // Without a student loss: the weighted kd alone, as Model Optimizer's StaticLossBalancer.
   const at::Tensor out2 = distillation_forward(*model, zoo::forward, tokens(3));
   at::Tensor teacher_out2;
   {
     torch::NoGradGuard no_grad;
     teacher_out2 = zoo::forward(*teacher_reference, tokens(3));
   }
-  EXPECT_NEAR(compute_kd_loss(*model).item<double>(), hand_kd_loss(out2, teacher_out2, temperature), 1e-6)
+  EXPECT_NEAR(compute_kd_loss(*model).item<double>(), weight * hand_kd_loss(out2, teacher_out2, temperature), 1e-6)
       << where;
 }
 
