@@ -42,6 +42,7 @@
 #include "opt/conversion.h"
 #include "opt/errors.h"
 #include "opt/collective.h"
+#include "opt/nn/conv2d.h"
 #include "opt/nn/linear.h"
 #include "opt/registry.h"
 #include "serialization/checkpoint_error.h"
@@ -198,16 +199,20 @@ class OutputProbeImpl : public nn::TransformImpl {
     if (probe->phase == LayerProbe::Phase::kKlDiv) {
       return probe->substitute < 0 ? y : probe->output(probe->input, probe->substitute);
     }
-    if (probe->phase != LayerProbe::Phase::kGradient || !y.requires_grad()) return y;
-    y.register_hook([probe, input = probe->input](const at::Tensor& grad) {
+    if (probe->phase != LayerProbe::Phase::kGradient) return y;
+    // The parameters are frozen while scoring (score_batch): the first layers' outputs need
+    // no gradient, and become leaves that do, so that the loss's gradient reaches them.
+    at::Tensor out = y.requires_grad() ? y : y.detach().requires_grad_(true);
+    out.register_hook([probe, input = probe->input](const at::Tensor& grad) {
       torch::NoGradGuard no_grad;
       const std::vector<at::Tensor> changes = probe->changes(input);
+      const at::Tensor g = grad.to(at::kFloat);
       for (size_t f = 0; f < changes.size(); ++f) {
-        probe->scores[f] += (grad * changes[f]).clamp(-1e10, 1e10).square().sum().item<double>();
+        probe->scores[f] += (g * changes[f].to(at::kFloat)).clamp(-1e10, 1e10).square().sum().item<double>();
       }
       return grad;
     });
-    return y;
+    return out;
   }
 
  private:
@@ -220,7 +225,10 @@ std::vector<std::unique_ptr<LayerProbe>> searched_layers(torch::nn::Module& mode
   std::vector<std::unique_ptr<LayerProbe>> out;
   for (const nn::NamedDynamicLayer& entry : nn::named_dynamic_layers(model)) {
     auto* linear = dynamic_cast<nn::LinearImpl*>(entry.layer);
-    if (linear == nullptr) continue;
+    if (linear == nullptr) {
+      if (dynamic_cast<nn::Conv2dImpl*>(entry.layer) != nullptr) excluded->push_back(entry.name);
+      continue;
+    }
     if (!entry.layer->transform_names(nn::Slot::kWeight).empty()) {
       throw ApplyModeError(absl::StrCat("auto_quantize: layer '", entry.name, "' transforms its weight (",
                                         absl::StrJoin(entry.layer->transform_names(nn::Slot::kWeight), ", "),
@@ -302,12 +310,12 @@ struct ProbeRemover {
 };
 
 // Rethrows this rank's `failure`; else throws ApplyModeError if `failed` (synced over the
-// ranks) says another rank failed in `phase`.
-void throw_if_failed(const std::exception_ptr& failure, double failed, const char* phase) {
+// ranks: the failing rank + 1, 0 for none) says another rank of `group` failed in `phase`.
+void throw_if_failed(const std::exception_ptr& failure, double failed, const Communicator& group, const char* phase) {
   if (failure) std::rethrow_exception(failure);
   if (failed > 0) {
-    throw ApplyModeError(absl::StrCat("auto_quantize: ", phase,
-                                      " failed on another rank (its own error says why); no rank went on"));
+    throw ApplyModeError(absl::StrCat("auto_quantize: ", phase, " failed on rank ", static_cast<int>(failed) - 1,
+                                      " of ", group.world_size(), " (its own error says why); no rank went on"));
   }
 }
 
@@ -517,7 +525,7 @@ std::vector<double> calibrate_candidates(torch::nn::Module& model, const std::ve
   for (size_t l = 0; l < layers.size(); ++l) amax[l] = input_amax[l].item<double>();
   if (failure) amax[-1] = group.rank() + 1;
   group.all_reduce(amax, ReduceOp::kMax);
-  throw_if_failed(failure, amax[-1].item<double>(), "calibration");
+  throw_if_failed(failure, amax[-1].item<double>(), group, "calibration");
   const at::Tensor values = amax.narrow(0, 0, static_cast<int64_t>(layers.size())).contiguous();
   return std::vector<double>(values.data_ptr<double>(), values.data_ptr<double>() + values.numel());
 }
@@ -590,14 +598,39 @@ void apply_smoothing(torch::nn::Module& model, const std::vector<std::unique_ptr
   }
 }
 
+// Turns off requires_grad of every parameter of a model while it lives, and puts it back.
+// Scoring needs the gradients of the layers' outputs only: Model Optimizer frees each
+// weight's gradient as it comes, and with the parameters frozen none is computed, so a
+// model's memory does not grow by its gradients and the caller's .grad stay as they were.
+class FrozenParameters {
+ public:
+  explicit FrozenParameters(torch::nn::Module& model) : parameters_(model.parameters()) {
+    for (at::Tensor& p : parameters_) {
+      required_.push_back(p.requires_grad());
+      p.requires_grad_(false);
+    }
+  }
+  ~FrozenParameters() {
+    for (size_t i = 0; i < parameters_.size(); ++i) parameters_[i].requires_grad_(required_[i]);
+  }
+  FrozenParameters(const FrozenParameters&) = delete;
+  FrozenParameters& operator=(const FrozenParameters&) = delete;
+
+ private:
+  std::vector<at::Tensor> parameters_;
+  std::vector<bool> required_;
+};
+
 // The scores of batch `index`, [layers x formats] in order.
 std::vector<double> score_batch(torch::nn::Module& model, const std::vector<std::unique_ptr<LayerProbe>>& layers,
                                 size_t formats, const AutoQuantizeOptions& options, int64_t index) {
   std::vector<double> row;
   if (options.method == ScoreMethod::kGradient) {
     for (const auto& probe : layers) probe->scores.assign(formats, 0.0);
-    options.score.loss(model, index).backward();
-    for (at::Tensor& p : model.parameters()) p.mutable_grad().reset();
+    {
+      const FrozenParameters frozen(model);
+      options.score.loss(model, index).backward();
+    }
     // A column-parallel layer's ranks scored their own output features: the score is their
     // sum, in one all-reduce per group (a row-parallel layer's ranks all scored the whole).
     std::vector<at::Tensor> partial(layers.size());
@@ -696,13 +729,14 @@ Measured measure_scores(torch::nn::Module& model, const std::vector<std::unique_
   // Score: the batches not scored yet go round-robin over the ranks, a round at a time (one
   // round in all without a checkpoint). Each round's scores travel in one SUM whose rows
   // only their scorer fills (so the sum is exact), with a column marking the rows scored and
-  // a last row that marks a failing rank.
+  // a last row whose cell r marks rank r failing.
   std::vector<int64_t> pending;
   for (int64_t b = 0; b < count; ++b) {
     if (progress.scored.count(b) == 0) pending.push_back(b);
   }
   const int ranks = group.world_size(), rank = group.rank();
   const size_t round_size = options.checkpoint.empty() ? std::max<size_t>(pending.size(), 1) : ranks;
+  const size_t stride = std::max(width + 1, static_cast<size_t>(ranks));
   const bool print = options.verbose && rank == 0;
   const bool measures_memory = reset_peak_rss();
   const int64_t resident_at_start = status_bytes("VmRSS");
@@ -710,27 +744,29 @@ Measured measure_scores(torch::nn::Module& model, const std::vector<std::unique_
   int64_t shown_tenth = -1;
   for (size_t first = 0; first < pending.size(); first += round_size) {
     const size_t size = std::min(round_size, pending.size() - first);
-    at::Tensor round = at::zeros({static_cast<int64_t>(size) + 1, static_cast<int64_t>(width) + 1}, at::kDouble);
+    at::Tensor round = at::zeros({static_cast<int64_t>(size) + 1, static_cast<int64_t>(stride)}, at::kDouble);
     double* rows = round.data_ptr<double>();
     std::exception_ptr failure;
     for (size_t i = rank; i < size && !failure; i += ranks) {
       try {
         const std::vector<double> row = score_batch(model, layers, formats.size(), options, pending[first + i]);
-        std::copy(row.begin(), row.end(), rows + i * (width + 1));
-        rows[i * (width + 1) + width] = 1;
+        std::copy(row.begin(), row.end(), rows + i * stride);
+        rows[i * stride + width] = 1;
         ++out.scored_here;
       } catch (...) {
         failure = std::current_exception();
       }
     }
-    if (failure) rows[size * (width + 1)] = 1;
+    double* failed = rows + size * stride;
+    if (failure) failed[rank] = 1;
     group.all_reduce(round, ReduceOp::kSum);
     for (size_t i = 0; i < size; ++i) {
-      const double* row = rows + i * (width + 1);
+      const double* row = rows + i * stride;
       if (row[width] == 1) progress.scored[pending[first + i]] = std::vector<double>(row, row + width);
     }
     keep(options.checkpoint, progress, search);
-    throw_if_failed(failure, rows[size * (width + 1)], "scoring");
+    const double* first_failed = std::find(failed, failed + ranks, 1.0);
+    throw_if_failed(failure, first_failed == failed + ranks ? 0 : first_failed - failed + 1, group, "scoring");
     const int64_t done = static_cast<int64_t>(progress.scored.size());
     if (print && done * 10 / count != shown_tenth) {
       shown_tenth = done * 10 / count;
@@ -761,17 +797,25 @@ std::pair<ModulePtr, AutoQuantizeResult> auto_quantize(ModulePtr model, const Au
   if (options.formats.empty()) throw ConfigError("auto_quantize: no candidate formats");
   std::vector<Format> formats;
   for (const std::string& name : options.formats) {
-    if (std::count(options.formats.begin(), options.formats.end(), name) > 1) {
-      throw ConfigError(absl::StrCat("auto_quantize: the candidate format '", name, "' is listed twice"));
-    }
     formats.push_back(parse_format(name));
+    for (size_t f = 0; f + 1 < formats.size(); ++f) {
+      if (quantize_preset(formats[f].name) != quantize_preset(name)) continue;
+      throw ConfigError(formats[f].name == name
+                            ? absl::StrCat("auto_quantize: the candidate format '", name, "' is listed twice")
+                            : absl::StrCat("auto_quantize: the candidate formats '", formats[f].name, "' and '", name,
+                                           "' are the same preset"));
+    }
   }
   std::stable_sort(formats.begin(), formats.end(), [](const Format& a, const Format& b) { return a.bits < b.bits; });
   if (!(options.effective_bits >= formats.front().bits && options.effective_bits <= kNoneBits)) {
     throw ConfigError(absl::StrCat("auto_quantize: effective_bits ", options.effective_bits, " is outside [",
                                    formats.front().bits, ", 16] (the fewest bits of a candidate, and no quantization)"));
   }
-  if (!quantized_slots(*model).empty()) throw ApplyModeError("auto_quantize: the model is quantized already");
+  if (const std::vector<QuantizerSlot> quantized = quantized_slots(*model); !quantized.empty()) {
+    throw ApplyModeError(absl::StrCat("auto_quantize: the model is quantized already (layer '",
+                                      quantized.front().layer_name, "' has quantizers); auto_quantize searches a "
+                                      "float model"));
+  }
   options.context.get(kForwardLoop);  // fails early, naming the missing loop
   if (options.score.count <= 0) throw ConfigError("auto_quantize: options.score has no batches to score on");
   if (!(options.method == ScoreMethod::kGradient ? options.score.loss : options.score.logits)) {
@@ -796,6 +840,15 @@ std::pair<ModulePtr, AutoQuantizeResult> auto_quantize(ModulePtr model, const Au
   }
   const Measured measured = measure_scores(*model, layers, formats, options, *group, *search, tp);
   const std::vector<double>& scores = measured.scores;
+  // A loss or logits that were not finite on some batch leave no score to rank the formats by
+  // (the same sums on every rank, so every rank refuses).
+  for (size_t k = 0; k < scores.size(); ++k) {
+    if (std::isfinite(scores[k])) continue;
+    throw ApplyModeError(absl::StrCat("auto_quantize: the ", method_name(options.method), " score of format '",
+                                      formats[k % formats.size()].name, "' on layer '",
+                                      layers[k / formats.size()]->name, "' is ", scores[k],
+                                      " (the loss or the logits were not finite on some batch); nothing was chosen"));
+  }
   result.batches_scored_here = measured.scored_here;
   result.batches_resumed = measured.resumed;
   result.peak_extra_bytes = measured.peak_extra_bytes;
@@ -824,11 +877,16 @@ std::pair<ModulePtr, AutoQuantizeResult> auto_quantize(ModulePtr model, const Au
     }
   }
   const uint64_t budget = static_cast<uint64_t>(std::floor(static_cast<double>(params_total) * options.effective_bits));
-  const std::optional<std::vector<int>> chosen = solve_multiple_choice_knapsack(groups, budget);
+  std::optional<std::vector<int>> chosen = solve_multiple_choice_knapsack(groups, budget);
   if (!chosen) {
     throw ApplyModeError(absl::StrCat("auto_quantize: no choice of formats fits effective_bits ",
                                       options.effective_bits));
   }
+  // The ranks hold the same scores and solve alike; rank 0's choice is everyone's all the
+  // same, as Model Optimizer broadcasts it, so that the ranks can never quantize apart.
+  at::Tensor choice = at::tensor(std::vector<int64_t>(chosen->begin(), chosen->end()), at::kLong);
+  search->broadcast(choice, 0);
+  chosen->assign(choice.data_ptr<int64_t>(), choice.data_ptr<int64_t>() + choice.numel());
   uint64_t used = 0;
   for (size_t l = 0; l < layers.size(); ++l) {
     result.layers[l].chosen = (*chosen)[l];

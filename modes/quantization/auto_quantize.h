@@ -78,7 +78,8 @@ struct AutoQuantizeResult {
   std::vector<std::string> formats;
   std::vector<int> bits;
   std::vector<AutoQuantizeLayer> layers;
-  // Layers left out because a candidate format leaves them unquantized (lm_head).
+  // Layers left in floating point: linear ones that a candidate format leaves unquantized
+  // (lm_head), and convolutions, which auto_quantize does not search.
   std::vector<std::string> excluded;
   double effective_bits = 0;
   // The quantize config the choice expands to (rules per layer), as applied.

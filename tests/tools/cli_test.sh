@@ -185,6 +185,9 @@ bad_values_are_named() {
   one_error_line "--out is required" "$mto" train --model fashion_cnn || return 1
   one_error_line "--kd-weight: must be a number from 0 to 1, not 'nan'" "${train[@]}" --kd-weight nan || return 1
   one_error_line "--kd-weight requires --teacher" "${train[@]}" --kd-weight 0.5 || return 1
+  # A teacher is a checkpoint, even by a plain name: never an untrained model of that name.
+  one_error_line "kd_loss: the teacher checkpoint ./fashion_cnn does not exist" "$mto" train --init "$work/float" \
+    --teacher fashion_cnn --train-samples 16 --out "$work/x" || return 1
   one_error_line "--threads: must be a whole number from 1 to 1024, not '100000'" "$mto" --threads 100000 \
     inspect "$work/float" || return 1
   # The global options may follow the command too.
@@ -194,6 +197,17 @@ bad_values_are_named() {
   one_error_line "--model: bogus not in {fashion_cnn,fashion_mlp,gpt}" "$mto" train --model bogus --out "$work/x" ||
     return 1
   one_error_line "no checkpoint directory given (the path is empty)" "$mto" eval "" || return 1
+  one_error_line "--config needs exactly one --mode without a preset to apply to (got 0)" "$mto" optimize \
+    "$work/float" --mode auto_quantize --config /dev/null --out "$work/x" || return 1
+  one_error_line "--mode kd_loss: distillation trains the student; use mto train --teacher" "$mto" optimize \
+    "$work/float" --mode kd_loss --out "$work/x" || return 1
+  # A search option with no search to apply it to would be ignored.
+  one_error_line "--search-candidates applies to the search of fastnas, and no --mode runs one" "$mto" optimize \
+    "$work/float" --mode quantize:int8 --search-candidates 4 --out "$work/x" || return 1
+  one_error_line "--search-checkpoint applies to the search of fastnas or auto_quantize, and no --mode runs one" \
+    "$mto" optimize "$work/float" --mode sparse_magnitude --search-checkpoint "$work/s" --out "$work/x" || return 1
+  one_error_line "--formats applies to the search of auto_quantize, and no --mode runs one" "$mto" optimize \
+    "$work/float" --mode fastnas:params=0.5 --formats int8 --out "$work/x" || return 1
   # 627 TB, more than any address space: LibTorch's allocator refuses it.
   one_error_line "you tried to allocate 627199999993728 bytes" "$mto" train --model fashion_cnn \
     --model-args '{"hidden": 99999999999}' --train-samples 10 --out "$work/x" || return 1

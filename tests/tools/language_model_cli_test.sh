@@ -218,7 +218,7 @@ auto_quantize_within_bits() {
     return 1
   bits=$(sed -nE 's/^auto_quantize: effective bits ([0-9.]+) .*/\1/p' <<<"$out")
   awk -v b="$bits" 'BEGIN { exit !(b <= 6 && b >= 4) }' || { echo "effective bits $bits not in [4, 6]"; return 1; }
-  grep -q "^left in floating point (a candidate format does not quantize them): lm_head$" <<<"$out" || return 1
+  grep -q "^left in floating point (convolutions, and layers a candidate format does not quantize): lm_head$" <<<"$out" || return 1
   [ "$(grep -cE "^blocks\.0\.(attn\.qkv|attn\.proj|fc1|fc2) +(int4_blockwise|int8|fp8|none) " <<<"$out")" = 4 ] ||
     { echo "not one choice per layer"; return 1; }
   out=$("$mto" inspect "$work/auto6") || { echo "$out"; return 1; }

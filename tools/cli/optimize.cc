@@ -62,6 +62,8 @@ struct OptimizeOptions {
   std::string score_method = "gradient";
   int tp = 1;
   std::string out;
+  // The search options given on the command line, each with the searches it applies to.
+  std::vector<std::pair<std::string, std::vector<std::string>>> given_search_options;
 };
 
 // One mode to apply and, for fastnas, the constraint of the search that follows it; for
@@ -87,8 +89,9 @@ std::string read_text(const std::string& path) {
 // ("params=0.5"). The one mode given without a preset takes the config file.
 std::vector<Step> parse_modes(const OptimizeOptions& options) {
   std::vector<Step> out;
+  // auto_quantize makes its config from --formats.
   auto takes_config_file = [](const std::string& spec) {
-    return spec.find(':') == std::string::npos || spec.rfind("fastnas:", 0) == 0;
+    return (spec.find(':') == std::string::npos && spec != "auto_quantize") || spec.rfind("fastnas:", 0) == 0;
   };
   const int64_t without_preset = std::count_if(options.modes.begin(), options.modes.end(), takes_config_file);
   if (!options.config_file.empty() && without_preset != 1) {
@@ -102,6 +105,9 @@ std::vector<Step> parse_modes(const OptimizeOptions& options) {
     const std::string argument = colon == std::string::npos ? "" : spec.substr(colon + 1);
     const std::string config_file =
         options.config_file.empty() || !takes_config_file(spec) ? "" : read_text(options.config_file);
+    if (name == "kd_loss" || name == "export_student") {
+      throw ConfigError(absl::StrFormat("--mode %s: distillation trains the student; use mto train --teacher", name));
+    }
     if (name == "fastnas") {
       if (argument.empty()) {
         throw ConfigError("--mode fastnas needs the constraint of its search, e.g. fastnas:params=0.5 or "
@@ -387,7 +393,7 @@ ModulePtr run_auto_quantize(ModulePtr model, double effective_bits, const Optimi
           ? "sum over the batches of (dLoss/dY * (Y_format - Y))^2"
           : "sum over the batches of KL(p_float || p_format), one layer quantized at a time");
   if (!result.excluded.empty()) {
-    std::cout << "left in floating point (a candidate format does not quantize them): "
+    std::cout << "left in floating point (convolutions, and layers a candidate format does not quantize): "
               << absl::StrJoin(result.excluded, ", ") << "\n";
   }
   // One column per format, as wide as its heading ("int4_blockwise (4 bit)").
@@ -410,6 +416,20 @@ ModulePtr run_auto_quantize(ModulePtr model, double effective_bits, const Optimi
   return quantized;
 }
 
+// Refuses a search option that no --mode runs a search for: it would be ignored.
+void check_search_options(const OptimizeOptions& options, const std::vector<Step>& steps) {
+  for (const auto& given : options.given_search_options) {
+    const std::vector<std::string>& searches = given.second;
+    const bool used = std::any_of(steps.begin(), steps.end(), [&](const Step& step) {
+      return (step.constraint || step.effective_bits) &&
+             std::find(searches.begin(), searches.end(), step.mode.mode) != searches.end();
+    });
+    if (used) continue;
+    throw ConfigError(absl::StrFormat("%s applies to the search of %s, and no --mode runs one", given.first,
+                                      absl::StrJoin(searches, " or ")));
+  }
+}
+
 void run_optimize(const OptimizeOptions& options) {
   const std::shared_ptr<Mesh> mesh = join_mesh(options.tp);
   // Rank 0 decides, for the ranks' file systems may see the paths differently.
@@ -425,6 +445,7 @@ void run_optimize(const OptimizeOptions& options) {
   const std::shared_ptr<Communicator>& comm = mesh->world();
   const bool rank0 = comm->rank() == 0;
   const std::vector<Step> steps = parse_modes(options);
+  check_search_options(options, steps);
   auto start = std::chrono::steady_clock::now();
   ModulePtr model = restore(options.checkpoint);
   const double restore_seconds = seconds_since(start);
@@ -537,7 +558,20 @@ void add_optimize_command(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::IsMember({"gradient", "kl_div"}));
   command->add_option("--out", options->out, "Checkpoint directory to write")->required();
-  command->callback([options] { run_optimize(*options); });
+  const std::vector<std::pair<CLI::Option*, std::vector<std::string>>> search_options = {
+      {command->get_option("--search-candidates"), {"fastnas"}},
+      {command->get_option("--search-seed"), {"fastnas"}},
+      {command->get_option("--val-samples"), {"fastnas"}},
+      {command->get_option("--search-checkpoint"), {"fastnas", "auto_quantize"}},
+      {command->get_option("--formats"), {"auto_quantize"}},
+      {command->get_option("--score-samples"), {"auto_quantize"}},
+      {command->get_option("--score-method"), {"auto_quantize"}}};
+  command->callback([options, search_options] {
+    for (const auto& [option, searches] : search_options) {
+      if (option->count() > 0) options->given_search_options.emplace_back(option->get_name(), searches);
+    }
+    run_optimize(*options);
+  });
 }
 
 }  // namespace cli

@@ -121,10 +121,12 @@ void check_trainable(const ModulePtr& model, const std::string& init) {
 }
 
 // The student with the mode "kd_loss" applied: the teacher checkpoint restored beside it on
-// the same mesh.
+// the same mesh. A plain name is a directory too ("./NAME"), never a model-like, which would
+// be an untrained teacher.
 ModulePtr with_teacher(ModulePtr student, const TrainOptions& options) {
+  const bool plain_name = options.teacher.find('/') == std::string::npos;
   const nlohmann::json config = {
-      {"teacher", options.teacher}, {"temperature", options.kd_temperature}, {"kd_loss_weight", options.kd_weight}};
+      {"teacher", plain_name ? "./" + options.teacher : options.teacher}, {"temperature", options.kd_temperature}, {"kd_loss_weight", options.kd_weight}};
   return apply_mode(student, ModeList({ModeWithConfig("kd_loss", config.dump())}));
 }
 

@@ -174,7 +174,9 @@ void interrupt(const std::shared_ptr<Communicator>& group, int64_t fail_at, cons
   // Rounds of one batch per rank: batch b is rank (b mod n)'s.
   EXPECT_EQ(error, fail_at % group->world_size() == group->rank()
                        ? "node lost"
-                       : "auto_quantize: scoring failed on another rank (its own error says why); no rank went on");
+                       : "auto_quantize: scoring failed on rank " + std::to_string(fail_at % group->world_size()) +
+                             " of " + std::to_string(group->world_size()) +
+                             " (its own error says why); no rank went on");
 }
 
 // Resumes the search of `checkpoint` on `group`: it gives `uninterrupted`'s result, scores
@@ -332,8 +334,8 @@ TEST_F(AutoQuantizeMpi, ARankThatFailsFailsEveryRankWithoutAHang) {
     }
     const std::string error = test::error_of<std::exception>([&] { search(failing); });
     EXPECT_EQ(error, rank == 2 ? "rank 2's data is gone"
-                               : "auto_quantize: " + phase +
-                                     " failed on another rank (its own error says why); no rank went on")
+                               : "auto_quantize: " + phase + " failed on rank 2 of " +
+                                     std::to_string(world()->world_size()) + " (its own error says why); no rank went on")
         << phase;
   }
 }

@@ -417,6 +417,39 @@ TEST_F(AutoQuantizeGpt, ScoresMatchTheGradientScoreByHandMadeMonotone) {
   expect_scores(ScoreMethod::kGradient, scores_by_hand());
 }
 
+// Scoring needs the gradients at the layers' outputs only: a frozen model scores as a
+// trainable one (Model Optimizer turns gradients on while scoring), and the parameters'
+// requires_grad and .grad are left as they were.
+TEST_F(AutoQuantizeGpt, FrozenParametersScoreAlikeAndGradientsAreLeftAlone) {
+  const auto [trainable, expected] = auto_quantize(float_gpt(), options(6));
+  ModulePtr frozen = float_gpt();
+  for (at::Tensor& p : frozen->parameters()) p.requires_grad_(false);
+  const auto [frozen_result, result] = auto_quantize(frozen, options(6));
+  ASSERT_EQ(result.layers.size(), expected.layers.size());
+  for (size_t l = 0; l < result.layers.size(); ++l) {
+    EXPECT_GT(result.layers[l].scores[0], 0) << result.layers[l].name;
+    for (size_t f = 0; f < result.layers[l].scores.size(); ++f) {
+      const double want = expected.layers[l].scores[f];
+      EXPECT_NEAR(result.layers[l].scores[f], want, 1e-9 * std::abs(want)) << result.layers[l].name << " " << f;
+    }
+    EXPECT_EQ(result.layers[l].chosen, expected.layers[l].chosen) << result.layers[l].name;
+  }
+  for (const at::Tensor& p : frozen_result->parameters()) EXPECT_FALSE(p.requires_grad());
+
+  ModulePtr model = float_gpt();
+  const at::Tensor grad = at::full_like(linear(*model, "blocks.0.fc1")->weight, 0.25);
+  linear(*model, "blocks.0.fc1")->weight.mutable_grad() = grad.clone();
+  const auto [quantized, unused] = auto_quantize(model, options(6));
+  for (const auto& p : quantized->named_parameters()) {
+    EXPECT_TRUE(p.value().requires_grad()) << p.key();
+    if (p.key() == "blocks.0.fc1.weight") {
+      EXPECT_TRUE(at::equal(p.value().grad(), grad)) << "the caller's gradient changed";
+    } else {
+      EXPECT_FALSE(p.value().grad().defined()) << p.key() << " got a gradient";
+    }
+  }
+}
+
 TEST_F(AutoQuantizeGpt, ScoresMatchTheKlDivScoreByHandMadeMonotone) {
   expect_scores(ScoreMethod::kKlDiv, kl_scores_by_hand());
 }
@@ -709,6 +742,17 @@ TEST_F(AutoQuantizeGpt, Refusals) {
   EXPECT_THAT(error_of<ConfigError>(with([](AutoQuantizeOptions& o) { o.formats = {}; })), HasSubstr("formats"));
   EXPECT_EQ(error_of<ConfigError>(with([](AutoQuantizeOptions& o) { o.formats = {"int8", "fp8", "int8"}; })),
             "auto_quantize: the candidate format 'int8' is listed twice");
+  EXPECT_EQ(error_of<ConfigError>(with([](AutoQuantizeOptions& o) { o.formats = {"int8", "INT8_DEFAULT_CFG"}; })),
+            "auto_quantize: the candidate formats 'int8' and 'INT8_DEFAULT_CFG' are the same preset");
+  // A loss that is not finite on one batch leaves no score to rank by: refused, naming the
+  // first score it spoiled, rather than every layer taking the fewest bits.
+  EXPECT_EQ(error_of<ApplyModeError>(with([](AutoQuantizeOptions& o) {
+              o.score.loss = [](torch::nn::Module& model, int64_t index) {
+                return lm_loss(model, score_batches()[index]) * (index == 1 ? std::nan("") : 1.0);
+              };
+            })),
+            "auto_quantize: the gradient score of format 'int4_blockwise' on layer 'blocks.0.attn.qkv' is nan (the "
+            "loss or the logits were not finite on some batch); nothing was chosen");
   EXPECT_THAT(error_of<ConfigError>(with([](AutoQuantizeOptions& o) { o.effective_bits = 3.9; })),
               HasSubstr("effective_bits"));
   EXPECT_THAT(error_of<ConfigError>(with([](AutoQuantizeOptions& o) {
@@ -730,7 +774,7 @@ TEST_F(AutoQuantizeGpt, Refusals) {
                                                  context);
                 auto_quantize(quantized, options(6));
               }),
-              HasSubstr("quantized already"));
+              HasSubstr("quantized already (layer 'blocks.0.attn.qkv' has quantizers)"));
   // A failed search leaves the model as it was: no probes left behind.
   ModulePtr model = float_gpt();
   AutoQuantizeOptions failing = options(6);
