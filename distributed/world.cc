@@ -89,6 +89,21 @@ WorldOptions world_options_from_env() {
   return options;
 }
 
+void call_at_mpi_finalize(void (*callback)()) {
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (!initialized || finalized) return;
+  // MPI_Finalize deletes MPI_COMM_SELF's attributes first, calling their delete functions.
+  int key = MPI_KEYVAL_INVALID;
+  auto at_delete = [](MPI_Comm, int, void*, void* extra) -> int {
+    reinterpret_cast<void (*)()>(extra)();
+    return MPI_SUCCESS;
+  };
+  MPI_Comm_create_keyval(MPI_COMM_NULL_COPY_FN, at_delete, &key, reinterpret_cast<void*>(callback));
+  MPI_Comm_set_attr(MPI_COMM_SELF, key, nullptr);
+}
+
 bool launched_by_mpirun() { return std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr; }
 
 std::shared_ptr<Communicator> init_world(const WorldOptions& options) {

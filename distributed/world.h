@@ -48,6 +48,11 @@ std::shared_ptr<Communicator> init_world(const WorldOptions& options = world_opt
 // unless MPI is initialized with less than MPI_THREAD_MULTIPLE (init_world asks for it).
 bool concurrent_communicators();
 
+// Has `callback` run at the start of MPI_Finalize, whoever calls it (mto's exit, or a
+// program that initialized MPI itself and finalizes it before returning from main), while
+// MPI still works; does nothing where MPI is not initialized.
+void call_at_mpi_finalize(void (*callback)());
+
 // The world communicator, joining the job with world_options_from_env() if needed.
 std::shared_ptr<Communicator> world();
 

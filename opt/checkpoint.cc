@@ -149,6 +149,7 @@ ModulePtr unwrapped_or_refuse(const ModelOrModelLike* model) {
 ModulePtr restore_checkpoint(const ModelOrModelLike* model, const std::string& dir,
                              const RestoreOptions& options) {
   std::shared_ptr<Communicator> comm = options.communicator ? options.communicator : default_mesh()->world();
+  finish_save_in_flight();  // which may be writing `dir`
   ModulePtr target;
   std::string manifest_bytes;
   std::string state_bytes;

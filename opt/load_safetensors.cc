@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "opt/save_async.h"
 #include "opt/state_dict.h"
 #include "serialization/checkpoint_error.h"
 #include "serialization/checkpoint_reader.h"
@@ -91,6 +92,7 @@ at::Tensor read_part(const File& file, const SafetensorsLocation& location, cons
 
 LoadSafetensorsReport load_safetensors(torch::nn::Module& model, const std::string& dir,
                                        const LoadSafetensorsOptions& options) {
+  finish_save_in_flight();  // which may be writing `dir`
   const std::map<std::string, SafetensorsLocation> set = read_safetensors_set(dir);
   std::map<std::string, const SafetensorsLocation*> sources;
   std::vector<bool> applied(options.rename_prefixes.size(), false);

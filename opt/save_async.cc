@@ -44,6 +44,9 @@ namespace {
 
 // Guards the pool, the background communicators and the save in flight.
 std::mutex registry_mutex;
+// Held by a save_async from finishing the save in flight until its own is in flight: the
+// snapshot pool serves one save at a time, so saves from two threads take turns.
+std::mutex start_mutex;
 SnapshotPool* pool = nullptr;
 std::shared_ptr<AsyncSave>* in_flight = nullptr;
 
@@ -54,9 +57,26 @@ struct Background {
 };
 std::map<const Communicator*, Background>* backgrounds = nullptr;
 
-// Registered with atexit at the first save_async, after the world (so it runs before MPI is
-// finalized): a save in flight at exit is finished.
-void finish_at_exit() { finish_save_in_flight(); }
+// Registered with atexit at the first save_async, after the world (so it runs before mto
+// finalizes MPI), and to run when MPI is finalized (by a program that owns MPI): a save in
+// flight at exit is finished, and a failure nobody waited for is printed.
+void finish_at_exit() {
+  std::shared_ptr<AsyncSave> save;
+  {
+    std::lock_guard<std::mutex> lock(registry_mutex);
+    if (in_flight == nullptr || *in_flight == nullptr) return;
+    save = *in_flight;
+  }
+  save->join();
+  std::lock_guard<std::mutex> lock(save->mutex);
+  if (save->error == nullptr || save->waited) return;
+  save->waited = true;
+  try {
+    std::rethrow_exception(save->error);
+  } catch (const std::exception& e) {
+    std::cerr << "mto: a background save that nobody waited for failed: " << e.what() << "\n";
+  }
+}
 
 std::shared_ptr<Communicator> background_of(const std::shared_ptr<Communicator>& comm) {
   std::lock_guard<std::mutex> lock(registry_mutex);
@@ -103,7 +123,11 @@ SaveHandle& SaveHandle::operator=(SaveHandle&& other) {
 }
 
 SaveHandle::~SaveHandle() {
-  if (save_ == nullptr || save_->waited) return;
+  if (save_ == nullptr) return;
+  {
+    std::lock_guard<std::mutex> lock(save_->mutex);
+    if (save_->waited) return;
+  }
   try {
     wait();
   } catch (const std::exception& e) {
@@ -114,8 +138,8 @@ SaveHandle::~SaveHandle() {
 void SaveHandle::wait() {
   if (save_ == nullptr) return;
   save_->join();
-  save_->waited = true;
   std::lock_guard<std::mutex> lock(save_->mutex);
+  save_->waited = true;
   if (save_->error) std::rethrow_exception(save_->error);
 }
 
@@ -140,6 +164,7 @@ void finish_save_in_flight() {
 SaveHandle save_async(torch::nn::Module& model, const std::string& dir, const SaveOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   std::shared_ptr<Communicator> comm = options.communicator ? options.communicator : default_mesh()->world();
+  const std::lock_guard<std::mutex> turn(start_mutex);
   finish_save_in_flight();
   auto save = std::make_shared<AsyncSave>();
   if (!concurrent_communicators()) {
@@ -158,6 +183,7 @@ SaveHandle save_async(torch::nn::Module& model, const std::string& dir, const Sa
       pool = new SnapshotPool();
       in_flight = new std::shared_ptr<AsyncSave>();
       std::atexit(finish_at_exit);
+      call_at_mpi_finalize(finish_at_exit);
     }
     mine = tensors_written_by(planned, comm->rank());
     std::vector<at::Tensor> sources(planned.tensors.size());

@@ -12,7 +12,7 @@ namespace mto {
 struct AsyncSave;
 
 // A save that save_async started and that goes on in the background; wait() ends it.
-class SaveHandle {
+class [[nodiscard]] SaveHandle {
  public:
   // A handle of no save: wait() returns at once.
   SaveHandle() = default;
@@ -43,8 +43,11 @@ class SaveHandle {
 // files are written, checksummed, fsynced and committed atomically by a background thread,
 // whose collectives run on a communicator split once from options.communicator. Collective:
 // every rank calls it. A save_async or save still in flight in this process is finished
-// first, and one in flight at exit is finished before MPI is finalized; a crash at any
-// moment leaves the previous checkpoint at `dir` intact and the new one complete or absent.
+// first (a save_async from another thread waits its turn), and so is it by restore and
+// load_safetensors in this process. One in flight at exit, or when a program that
+// initialized MPI itself finalizes it, is finished before MPI is finalized, and its failure
+// printed if nobody waited for it. A crash at any moment leaves the previous checkpoint at
+// `dir` intact and the new one complete or absent.
 // Throws what save throws for a failure found while planning (a `dir` that is not an mto
 // checkpoint, replicas that differ, ...); later failures come from wait(). Where MPI lacks
 // MPI_THREAD_MULTIPLE (concurrent_communicators() is false), saves synchronously and

@@ -12,7 +12,12 @@
 #include <filesystem>
 #include <regex>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
 
 #include "distributed/world.h"
 #include "opt/checkpoint.h"
@@ -116,6 +121,65 @@ TEST_F(SaveAsyncTest, ASaveInFlightIsFinishedFirst) {
   EXPECT_TRUE(three.done());
   three.wait();
   EXPECT_TRUE(at::equal(restored_output(), output_of(first)));
+}
+
+TEST_F(SaveAsyncTest, ARestoreFinishesTheSaveInFlightFirst) {
+  const ModulePtr previous = model(1);
+  save(*previous, dir_);
+  const ModulePtr next = model(2);
+  SaveHandle handle = save_async(*next, dir_);
+  // Never the old manifest with the new shards (a false "corrupt file"), nor the old weights.
+  EXPECT_TRUE(at::equal(restored_output(), output_of(next)));
+  EXPECT_TRUE(handle.done());
+  handle.wait();
+}
+
+// Two threads, each saving its own model on its own communicator: the snapshot pool serves
+// one save at a time, so neither overwrites the snapshot the other is writing from.
+TEST_F(SaveAsyncTest, SavesFromTwoThreadsTakeTurns) {
+  const std::vector<std::shared_ptr<Communicator>> comms = {comm->split(0, rank), comm->split(0, rank)};
+  const std::vector<nlohmann::json> args = {{{"seed", 1}, {"hidden", 1024}}, {{"seed", 2}, {"hidden", 512}}};
+  const std::vector<ModulePtr> models = {ModelLike("test_mlp", args[0]).build(), ModelLike("test_mlp", args[1]).build()};
+  constexpr int kSaves = 4;
+  std::vector<std::string> errors(2, "no error");
+  auto saves = [&](int id) {
+    SaveOptions options;
+    options.communicator = comms[id];
+    errors[id] = test::error_of([&] {
+      for (int i = 0; i < kSaves; ++i) {
+        save_async(*models[id], absl::StrCat(parent_, "/thread", id, "-", i), options).wait();
+      }
+    });
+  };
+  std::thread first(saves, 0), second(saves, 1);
+  first.join();
+  second.join();
+  for (int id = 0; id < 2; ++id) {
+    EXPECT_EQ(errors[id], "no error");
+    for (int i = 0; i < kSaves; ++i) {
+      const ModulePtr restored = restore(ModelLike("test_mlp", args[id]), absl::StrCat(parent_, "/thread", id, "-", i));
+      EXPECT_TRUE(at::equal(output_of(restored), output_of(models[id]))) << "thread " << id << ", save " << i;
+    }
+  }
+}
+
+// A failure that nobody waited for is printed at exit, also where std::exit skips the
+// handle's destructor.
+TEST_F(SaveAsyncTest, AFailureNobodyWaitedForIsPrintedAtExit) {
+  if (size > 1) GTEST_SKIP() << "one process: the death test forks";
+  // 4 MiB of weights, over a file-size limit that the message (to a file) stays within.
+  const ModulePtr m = ModelLike("test_mlp", {{"seed", 1}, {"hidden", 1024}}).build();
+  EXPECT_EXIT(
+      {
+        ::signal(SIGXFSZ, SIG_IGN);
+        struct rlimit limit;
+        ::getrlimit(RLIMIT_FSIZE, &limit);
+        limit.rlim_cur = 1 << 16;
+        ::setrlimit(RLIMIT_FSIZE, &limit);
+        SaveHandle handle = save_async(*m, dir_);
+        std::exit(0);
+      },
+      ::testing::ExitedWithCode(0), "a background save that nobody waited for failed: .*File too large");
 }
 
 // Replaces the random part of staging directory names, which differs from save to save.
