@@ -103,7 +103,9 @@ inspect_text_and_json() {
   out=$("$mto" inspect "$work/int8" --verify) || { echo "$out"; return 1; }
   for pattern in "model-like   fashion_cnn" "1. quantize" "2. max_calibrate" "conv1.weight_quantizer._amax" \
                  "verified     every checksum matches" "written by   mto .* on 2 rank" \
-                 "mesh         (dp=2, tp=1)" "conv1.weight  *F32  *\[[0-9, ]*\]  *whole  "; do
+                 "mesh         (dp=2, tp=1)" "conv1.weight  *F32  *\[[0-9, ]*\]  *whole  " \
+                 "  name  .*  split  *file  *bytes$" \
+                 '^         "\*weight_quantizer": {"axis":0,"num_bits":8},$'; do
     grep -q "$pattern" <<<"$out" || { echo "missing '$pattern' in:"; echo "$out"; return 1; }
   done
   json=$("$mto" inspect "$work/int8" --json --verify) || return 1
@@ -309,7 +311,7 @@ prune_search_resume_fine_tune() {
   grep -q '"channel_divisor": 4,\?$' <<<"$json" && grep -qE '"(max_width|width|positions)": [0-9]+,?$' <<<"$json" ||
     { echo "int64 fields not printed as numbers in:"; echo "$json"; return 1; }
   integers_are_numbers "$json" || return 1
-  grep -q 'config   {.*"channel_divisor":4[,}]' <<<"$("$mto" inspect "$work/pruned")" || { echo "no channel_divisor 4"; return 1; }
+  grep -qE '"channel_divisor": ?4([,}]|$)' <<<"$("$mto" inspect "$work/pruned")" || { echo "no channel_divisor 4"; return 1; }
   out=$(ranks 2 "$mto" train --init "$work/pruned" --epochs 1 --train-samples 512 --out "$work/pruned-ft" 2>&1) ||
     { echo "$out"; return 1; }
   out=$(ranks 3 "$mto" eval "$work/pruned-ft" --samples 300 --json 2>&1) || { echo "$out"; return 1; }

@@ -93,6 +93,24 @@ ModeView view_mode(const ModeEntry& entry) {
   return view;
 }
 
+// `value` as compact JSON where it fits in `width` columns after the `used` ones of its line;
+// otherwise an object or array with one entry per line, indented by `indent` + 2 spaces (its
+// closing bracket by `indent`), each entry wrapped the same way.
+std::string wrapped_json(const ordered_json& value, size_t indent, size_t used, size_t width) {
+  const std::string compact = value.dump();
+  if (used + compact.size() <= width || !value.is_structured() || value.empty()) return compact;
+  const std::string inner(indent + 2, ' ');
+  std::string out = value.is_object() ? "{\n" : "[\n";
+  size_t i = 0;
+  for (auto it = value.begin(); it != value.end(); ++it, ++i) {
+    std::string line = inner;
+    if (value.is_object()) line += ordered_json(it.key()).dump() + ": ";
+    line += wrapped_json(*it, indent + 2, line.size(), width);
+    out += line + (i + 1 < value.size() ? ",\n" : "\n");
+  }
+  return out + std::string(indent, ' ') + (value.is_object() ? "}" : "]");
+}
+
 std::string shape_text(const TensorRecord& record) {
   return "[" + absl::StrJoin(record.shape(), ", ") + "]";
 }
@@ -109,6 +127,9 @@ std::string split_text(const TensorRecord& record) {
   if (record.split_parts() <= 1) return "whole";
   return absl::StrFormat("dim %d / %d", record.split_dim(), record.split_parts());
 }
+
+// The width the text output keeps its mode configs within, where it can.
+constexpr size_t kTextWidth = 100;
 
 void print_text(const InspectOptions& options, const CheckpointContents& contents,
                 const std::vector<ModeView>& modes) {
@@ -127,7 +148,10 @@ void print_text(const InspectOptions& options, const CheckpointContents& content
   std::cout << absl::StrFormat("modes        %d\n", modes.size());
   for (size_t i = 0; i < modes.size(); ++i) {
     std::cout << absl::StrFormat("  %d. %s\n", i + 1, modes[i].mode);
-    if (!modes[i].config.is_null()) std::cout << "     config   " << modes[i].config.dump() << "\n";
+    if (!modes[i].config.is_null()) {
+      const std::string label = "     config   ";
+      std::cout << label << wrapped_json(modes[i].config, 5, label.size(), kTextWidth) << "\n";
+    }
     std::cout << "     " << modes[i].summary << "\n";
   }
   uint64_t total = 0;
@@ -145,8 +169,9 @@ void print_text(const InspectOptions& options, const CheckpointContents& content
                                  "optimizer state), which a model restore skips\n",
                                  extra);
   }
+  // "file": the number of the shard file (model-0000N-of-...) that holds the tensor.
   std::cout << absl::StrFormat("  %-*s  %-5s  %-18s  %-10s  %5s  %12s\n", name_width, "name", "dtype", "shape",
-                               "split", "shard", "bytes");
+                               "split", "file", "bytes");
   const int limit = options.all_tensors ? manifest.tensors_size() : std::min(manifest.tensors_size(), 40);
   for (int i = 0; i < limit; ++i) {
     const TensorRecord& record = manifest.tensors(i);
